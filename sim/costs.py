@@ -1,0 +1,67 @@
+"""Solo durations of kernels: a roofline by default, a measured profile when calibrated.
+
+Roofline: a kernel lasts max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) plus a fixed
+per-kernel overhead (Williams et al., "Roofline", CACM 2009). GEMMs also pay tile and wave
+quantisation (NVIDIA, "Matrix Multiplication Background User's Guide"): the output is cut
+into tiles of at most 128 × 128, and each SM computes one tile at a time, so a GEMM lasts
+as many waves as ceil(tiles / SMs), each wave the time one SM needs for one tile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sim.kernels import Kernel, KernelSpec
+from sim.links import Topology
+
+TILE = 128
+
+
+class CostModel(Protocol):
+    def solo(self, kernel: Kernel) -> float: ...
+    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float: ...
+
+
+@dataclass(slots=True)
+class RooflineCost:
+    peak_flops: float
+    hbm_bw: float
+    sms: int
+    kernel_overhead_s: float
+    topology: Topology
+    _cache: dict = field(default_factory=dict)
+
+    def solo(self, kernel: Kernel) -> float:
+        return self.spec_solo(kernel.spec, kernel.group)
+
+    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
+        key = (id(spec), group)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._compute(spec, group)
+            self._cache[key] = (t, spec)  # keep spec alive so its id is not reused
+            return t
+        return t[0]
+
+    def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
+        if spec.is_collective:
+            if not group:
+                return 0.0
+            return self.topology.collective_time(spec.kind, group, spec.dims["nbytes"])
+        t_mem = spec.bytes / self.hbm_bw
+        t_math = spec.flops / self.peak_flops
+        if spec.kind in ("gemm", "bgemm"):
+            t_math = max(t_math, self._gemm_waves(spec))
+        return max(t_math, t_mem) + self.kernel_overhead_s
+
+    def _gemm_waves(self, spec: KernelSpec) -> float:
+        d = spec.dims
+        m, n, k, b = d["m"], d["n"], d["k"], d.get("b", 1)
+        # The library picks a tile no bigger than the problem (multiples of 16).
+        tm, tn = min(TILE, 16 * math.ceil(m / 16)), min(TILE, 16 * math.ceil(n / 16))
+        tiles = b * math.ceil(m / tm) * math.ceil(n / tn)
+        waves = math.ceil(tiles / self.sms)
+        per_sm = self.peak_flops / self.sms
+        return waves * 2.0 * tm * tn * k / per_sm

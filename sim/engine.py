@@ -1,0 +1,365 @@
+"""The SimPy model of GPUs, streams, events, collectives and contention.
+
+Speed matters (a 70-layer model on 4 GPUs is ~900k kernels per 200 jobs), so kernels are
+not SimPy processes: each GPU stream is a FIFO of work items advanced by callbacks, and a
+running kernel costs one scheduled completion. Host threads are SimPy processes that run
+the policy generators; a host keeps its own clock and only yields to SimPy when it blocks
+(`sync`), because launching never observes the GPU.
+
+Contention is a fluid (processor-sharing) model: a running kernel holds `remaining` solo
+seconds of work and progresses at rate 1 / slowdown, where the slowdown is read from the
+contention table for the kernels it currently overlaps on its GPU. Rates are recomputed
+whenever that set changes; a completion scheduled under an old rate is discarded.
+Collectives start on every rank at once when the last rank of the group reaches them (an
+early rank's stream waits, as with NCCL); they progress at the pace of their slowest
+rank, and a link shared with another running collective divides its bandwidth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import simpy
+
+from sim.contention import ContentionTable
+from sim.ir import Op, Schedule
+from sim.kernels import Kernel
+from sim.links import Topology
+from sim.runtime import PolicyGen, RecordingRuntime
+
+_KERNEL, _RECORD, _WAIT = 0, 1, 2
+EVENT_COLUMNS = ["rank", "stream", "kernel_id", "request_id", "layer", "kind", "name", "cls", "group",
+                 "parent", "fraction", "launch_s", "start_s", "end_s", "solo_s"]
+
+
+class EventInstance:
+    """One `record` of an event: complete when the stream reaches it."""
+
+    __slots__ = ("done", "t", "streams", "host")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.t = 0.0
+        self.streams: list[Stream] = []
+        self.host: simpy.Event | None = None
+
+
+class Stream:
+    __slots__ = ("rank", "sid", "priority", "queue", "busy", "wake_at")
+
+    def __init__(self, rank: int, sid: int, priority: int):
+        self.rank, self.sid, self.priority = rank, sid, priority
+        self.queue: deque = deque()
+        self.busy: Run | None = None
+        self.wake_at = -1.0
+
+
+class Run:
+    """A kernel in execution (for a collective: all ranks' parts of it at once)."""
+
+    __slots__ = ("kernels", "streams", "cls", "remaining", "rate", "t_last", "version", "start",
+                 "solo", "links", "launch")
+
+    def __init__(self, kernels: list[Kernel], streams: list[Stream], solo: float, now: float, cls: str):
+        self.kernels, self.streams = kernels, streams
+        self.cls = cls
+        self.solo = solo
+        self.remaining = solo
+        self.rate = 0.0
+        self.t_last = now
+        self.start = now
+        self.version = 0
+        self.links: dict[int, int] = {}
+        self.launch: list[float] = []
+
+
+@dataclass(slots=True)
+class HostParams:
+    launch_s: float
+    sync_wakeup_s: float
+
+
+@dataclass
+class SimResult:
+    events: list[tuple]
+    schedule: Schedule
+    sim_wall_s: float
+    end_s: float
+    meta: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, world: int, solo: Callable[[Kernel], float], contention: ContentionTable,
+                 topology: Topology, host: HostParams, record_ir: bool = True):
+        self.env = simpy.Environment()
+        self.world = world
+        self.solo = solo
+        self.contention = contention
+        self.topology = topology
+        self.host = host
+        self.running: list[list[Run]] = [[] for _ in range(world)]
+        self.streams: list[list[Stream]] = [[] for _ in range(world)]
+        self.pending_coll: dict[tuple, list] = {}
+        self.link_runs: dict[int, list[Run]] = {}
+        self.rows: list[tuple] = []
+        self.ops: list[Op] | None = [] if record_ir else None
+        self._work: list[Stream] = []
+
+    # ------------------------------------------------------------------ streams
+    def add_stream(self, rank: int, sid: int, priority: int) -> Stream:
+        s = Stream(rank, sid, priority)
+        self.streams[rank].append(s)
+        return s
+
+    def enqueue(self, stream: Stream, item: tuple) -> None:
+        stream.queue.append(item)
+        if stream.busy is None and len(stream.queue) == 1:
+            self._work.append(stream)
+            self._drain()
+
+    def _drain(self) -> None:
+        work = self._work
+        while work:
+            self._advance(work.pop())
+
+    def _advance(self, s: Stream) -> None:
+        now = self.env.now
+        q = s.queue
+        while s.busy is None and q:
+            code, payload, ready = q[0]
+            if ready > now:
+                if s.wake_at != ready:
+                    s.wake_at = ready
+                    self.env.timeout(ready - now).callbacks.append(lambda _e, s=s: self._wake(s))
+                return
+            if code == _KERNEL:
+                q.popleft()
+                self._begin(s, payload, ready)
+                return
+            if code == _RECORD:
+                q.popleft()
+                self._complete_event(payload, now)
+            else:  # _WAIT
+                if not payload.done:
+                    payload.streams.append(s)
+                    return
+                q.popleft()
+
+    def _wake(self, s: Stream) -> None:
+        s.wake_at = -1.0
+        self._work.append(s)
+        self._drain()
+
+    def _complete_event(self, inst: EventInstance, now: float) -> None:
+        inst.done, inst.t = True, now
+        if inst.streams:
+            self._work.extend(inst.streams)
+            inst.streams = []
+        if inst.host is not None:
+            inst.host.succeed()
+
+    # ------------------------------------------------------------------ kernels
+    def _begin(self, s: Stream, k: Kernel, launched: float) -> None:
+        if k.group is None:
+            run = Run([k], [s], self.solo(k), self.env.now, k.spec.cls)
+            run.launch = [launched]
+            s.busy = run
+            self._start(run)
+            return
+        key = (k.group, k.seq)
+        arrived = self.pending_coll.get(key)
+        if arrived is None:
+            arrived = self.pending_coll[key] = []
+        arrived.append((k, s, launched))
+        s.busy = _WAITING  # occupies the stream until every rank has arrived
+        if len(arrived) == len(k.group):
+            del self.pending_coll[key]
+            arrived.sort(key=lambda a: a[0].rank)
+            kernels = [a[0] for a in arrived]
+            streams = [a[1] for a in arrived]
+            run = Run(kernels, streams, self.solo(k), self.env.now, k.spec.cls)
+            run.launch = [a[2] for a in arrived]
+            run.links = self.topology.collective_loads(k.spec.kind, k.group)
+            for st in streams:
+                st.busy = run
+            self._start(run)
+
+    def _start(self, run: Run) -> None:
+        ranks = [st.rank for st in run.streams]
+        for link in run.links:
+            self.link_runs.setdefault(link, []).append(run)
+        alone = True
+        for r in ranks:
+            if self.running[r]:
+                alone = False
+            self.running[r].append(run)
+        if alone and not run.links:
+            run.rate = 1.0
+            self._schedule(run)
+            return
+        self._rerate(self._affected(run, ranks))
+
+    def _affected(self, run: Run, ranks: list[int]) -> list[Run]:
+        seen: dict[int, Run] = {id(run): run}
+        for r in ranks:
+            for other in self.running[r]:
+                seen[id(other)] = other
+        for link in run.links:
+            for other in self.link_runs.get(link, ()):
+                seen[id(other)] = other
+        return list(seen.values())
+
+    def _rerate(self, runs: list[Run]) -> None:
+        now = self.env.now
+        table = self.contention
+        for run in runs:
+            slow = 1.0
+            for st in run.streams:
+                local = 1.0
+                for other in self.running[st.rank]:
+                    if other is not run:
+                        ost = other.streams[0] if len(other.streams) == 1 else _stream_on(other, st.rank)
+                        local += table.factor(run.cls, other.cls, st.priority, ost.priority) - 1.0
+                if local > slow:
+                    slow = local
+            if run.links:
+                slow *= self._link_share(run)
+            rate = 1.0 / slow
+            if run.rate != rate:
+                if run.rate > 0.0:
+                    run.remaining -= (now - run.t_last) * run.rate
+                    if run.remaining < 0.0:
+                        run.remaining = 0.0
+                run.t_last = now
+                run.rate = rate
+                run.version += 1
+                self._schedule(run)
+
+    def _link_share(self, run: Run) -> float:
+        """How much slower `run`'s bottleneck flow is when links are shared with others."""
+        own = self.topology.bottleneck_bw(run.links)
+        shared = min(self.topology.link_bw[link] / sum(o.links[link] for o in self.link_runs[link])
+                     for link in run.links)
+        return own / shared
+
+    def _schedule(self, run: Run) -> None:
+        v = run.version
+        self.env.timeout(run.remaining / run.rate).callbacks.append(lambda _e: self._finish(run, v))
+
+    def _finish(self, run: Run, version: int) -> None:
+        if version != run.version:
+            return  # rescheduled under a new rate
+        now = self.env.now
+        run.version += 1
+        rows = self.rows
+        for k, st, launched in zip(run.kernels, run.streams, run.launch):
+            spec = k.spec
+            rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, spec.kind, spec.name, spec.cls,
+                         k.group, k.parent, spec.fraction, launched, run.start, now, run.solo))
+        others: list[Run] = []
+        for st in run.streams:
+            lst = self.running[st.rank]
+            lst.remove(run)
+            others.extend(lst)
+            st.busy = None
+            self._work.append(st)
+        for link in run.links:
+            lst = self.link_runs[link]
+            lst.remove(run)
+            others.extend(lst)
+        if others:
+            self._rerate(list({id(o): o for o in others}.values()))
+        self._drain()
+
+    # ------------------------------------------------------------------ hosts
+    def run(self, policies: list[Callable[[SimRankRuntime], PolicyGen]], meta: dict | None = None) -> SimResult:
+        wall = time.perf_counter()
+        rts = [SimRankRuntime(self, r) for r in range(self.world)]
+        for rt, policy in zip(rts, policies):
+            self.env.process(self._host(rt, policy(rt)))
+        self.env.run()
+        stuck = [st for sts in self.streams for st in sts if st.queue or st.busy is not None]
+        if stuck or self.pending_coll:
+            raise RuntimeError(f"schedule deadlocked: {len(stuck)} streams still hold work "
+                               f"(collectives waiting: {sorted(self.pending_coll)[:3]})")
+        sched = Schedule(self.world, self.ops or [], dict(meta or {}))
+        return SimResult(self.rows, sched, time.perf_counter() - wall, self.env.now, dict(meta or {}))
+
+    def _host(self, rt: SimRankRuntime, gen: PolicyGen):
+        env = self.env
+        send = None
+        while True:
+            try:
+                op = gen.send(send)
+            except StopIteration:
+                return
+            if op.op == "sleep_until":
+                if op.until > rt.host_t:
+                    rt.host_t = op.until
+                continue
+            # sync: the host must first reach this point in simulated time
+            if rt.host_t > env.now:
+                yield env.timeout(rt.host_t - env.now)
+            inst = rt.events.get(op.event)
+            if inst is not None and not inst.done:
+                if inst.host is None:
+                    inst.host = env.event()
+                yield inst.host
+                rt.host_t = env.now + self.host.sync_wakeup_s
+            else:
+                rt.host_t = max(rt.host_t, env.now)
+
+
+class _Waiting:
+    """Marks a stream whose collective waits for the other ranks."""
+
+
+_WAITING = _Waiting()
+
+
+def _stream_on(run: Run, rank: int) -> Stream:
+    for st in run.streams:
+        if st.rank == rank:
+            return st
+    raise KeyError(rank)
+
+
+class SimRankRuntime(RecordingRuntime):
+    """One rank's view of the simulated machine (the Runtime protocol)."""
+
+    def __init__(self, engine: Engine, rank: int):
+        super().__init__(rank, engine.world, engine.solo, engine.ops)
+        self.engine = engine
+        self.host_t = 0.0
+        self.events: dict[int, EventInstance] = {}
+        self._streams: list[Stream] = []
+        self._launch_s = engine.host.launch_s
+
+    def now(self) -> float:
+        return self.host_t
+
+    def _stream(self, sid: int, priority: int) -> None:
+        self._streams.append(self.engine.add_stream(self.rank, sid, priority))
+
+    def _launch(self, kernel: Kernel, stream: int) -> float:
+        kernel.rank = self.rank
+        t = self.host_t = self.host_t + self._launch_s
+        self.engine.enqueue(self._streams[stream], (_KERNEL, kernel, t))
+        return t
+
+    def _record(self, event: int, stream: int) -> float:
+        inst = EventInstance()
+        self.events[event] = inst
+        t = self.host_t = self.host_t + self._launch_s
+        self.engine.enqueue(self._streams[stream], (_RECORD, inst, t))
+        return t
+
+    def _wait(self, stream: int, event: int) -> float:
+        t = self.host_t = self.host_t + self._launch_s
+        inst = self.events.get(event)
+        if inst is not None:  # waiting on a never-recorded event is a no-op, as in CUDA
+            self.engine.enqueue(self._streams[stream], (_WAIT, inst, t))
+        return t

@@ -1,0 +1,137 @@
+"""The schedule IR: the host operations each rank performs, as CUDA programs do.
+
+`launch(kernel, stream)`, `record(event, stream)`, `wait(stream, event)`, `sync(event)`,
+`sleep_until(t)`, plus `stream(priority)` declaring a stream. Recorded from whichever
+backend ran a policy and replayable on either. Serialised as JSON lines: a header line
+carrying the format version, then one line per kernel spec the first time it is used, then
+one line per operation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sim.errors import LigerSimError
+from sim.kernels import Kernel, KernelSpec
+
+IR_FORMAT = "ligersim-ir"
+IR_VERSION = 1
+BLOCKING = frozenset({"sync", "sleep_until"})
+
+
+@dataclass(slots=True)
+class Op:
+    """One host operation. `t` is the host time at which the rank issued it."""
+
+    rank: int
+    op: str
+    t: float = 0.0
+    stream: int = -1
+    event: int = -1
+    priority: int = 0
+    until: float = 0.0
+    kernel: Kernel | None = None
+
+    def key(self) -> tuple:
+        """Everything but the host time: what must match when comparing schedules."""
+        k = self.kernel
+        kd = None if k is None else (k.kernel_id, k.request_id, k.layer, k.group, k.parent,
+                                     json.dumps(k.spec.to_dict(), sort_keys=True))
+        return (self.rank, self.op, self.stream, self.event, self.priority, self.until, kd)
+
+
+@dataclass(slots=True)
+class Schedule:
+    world: int
+    ops: list[Op]
+    meta: dict
+
+    def by_rank(self) -> list[list[Op]]:
+        out: list[list[Op]] = [[] for _ in range(self.world)]
+        for op in self.ops:
+            out[op.rank].append(op)
+        return out
+
+
+def save(schedule: Schedule, path: str | Path) -> None:
+    spec_ids: dict[int, int] = {}
+    with open(path, "w") as f:
+        f.write(json.dumps({"format": IR_FORMAT, "version": IR_VERSION, "world": schedule.world,
+                            "meta": schedule.meta}) + "\n")
+        for op in schedule.ops:
+            d: dict = {"r": op.rank, "op": op.op, "t": op.t}
+            if op.op == "stream":
+                d.update(s=op.stream, p=op.priority)
+            elif op.op == "launch":
+                k = op.kernel
+                assert k is not None
+                sid = spec_ids.get(id(k.spec))
+                if sid is None:
+                    sid = spec_ids[id(k.spec)] = len(spec_ids)
+                    f.write(json.dumps({"op": "spec", "id": sid, **k.spec.to_dict()}) + "\n")
+                d.update(s=op.stream, spec=sid, id=k.kernel_id, req=k.request_id, layer=k.layer)
+                if k.group is not None:
+                    d["group"] = list(k.group)
+                if k.parent >= 0:
+                    d["parent"] = k.parent
+            elif op.op == "record":
+                d.update(e=op.event, s=op.stream)
+            elif op.op == "wait":
+                d.update(s=op.stream, e=op.event)
+            elif op.op == "sync":
+                d.update(e=op.event)
+            elif op.op == "sleep_until":
+                d.update(until=op.until)
+            f.write(json.dumps(d) + "\n")
+
+
+def load(path: str | Path) -> Schedule:
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise LigerSimError(f"cannot read the IR file ({e.strerror})", file=str(path)) from None
+    if not lines:
+        raise LigerSimError("the IR file is empty", file=str(path))
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise LigerSimError("line 1 is not JSON; an IR file starts with a ligersim-ir header",
+                            file=str(path)) from None
+    if not isinstance(header, dict) or header.get("format") != IR_FORMAT:
+        raise LigerSimError(f"not a ligersim IR file (header format must be {IR_FORMAT!r})", file=str(path))
+    if header.get("version") != IR_VERSION:
+        raise LigerSimError(f"IR version {header.get('version')!r} is not supported; this ligersim reads "
+                            f"version {IR_VERSION}", file=str(path), field="version")
+    specs: dict[int, KernelSpec] = {}
+    ops: list[Op] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        try:
+            d = json.loads(line)
+            kind = d["op"]
+            if kind == "spec":
+                specs[d["id"]] = KernelSpec.from_dict(d)
+                continue
+            op = Op(rank=int(d["r"]), op=kind, t=float(d["t"]))
+            if kind == "stream":
+                op.stream, op.priority = int(d["s"]), int(d["p"])
+            elif kind == "launch":
+                group = tuple(d["group"]) if "group" in d else None
+                op.stream = int(d["s"])
+                op.kernel = Kernel(specs[d["spec"]], op.rank, int(d["req"]), int(d["layer"]), group,
+                                   int(d["id"]), int(d.get("parent", -1)))
+            elif kind in ("record", "wait"):
+                op.stream, op.event = int(d["s"]), int(d["e"])
+            elif kind == "sync":
+                op.event = int(d["e"])
+            elif kind == "sleep_until":
+                op.until = float(d["until"])
+            else:
+                raise KeyError(f"unknown op {kind!r}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise LigerSimError(f"line {lineno} is not a valid IR operation ({e})", file=str(path)) from None
+        ops.append(op)
+    world = int(header.get("world", 1 + max((o.rank for o in ops), default=0)))
+    return Schedule(world, ops, dict(header.get("meta", {})))

@@ -1,0 +1,143 @@
+"""Kernel descriptors: what both backends need to run, time and report one kernel.
+
+A `KernelSpec` is the shape-level description (kind, dims, FLOPs, bytes), shared by every
+layer and request that runs the same shape, so costs are computed once per shape. A
+`Kernel` is one launch of a spec on one rank for one request and layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Kernel classes are what the contention table is keyed by.
+KERNEL_CLASSES = ("compute", "memory", "collective", "copy")
+
+# kind -> class. Attention here is the fused (flash) prefill kernel: compute-bound.
+KIND_CLASS: dict[str, str] = {
+    "gemm": "compute",
+    "bgemm": "compute",
+    "attention": "compute",
+    "softmax": "memory",
+    "layernorm": "memory",
+    "rmsnorm": "memory",
+    "elementwise": "memory",
+    "rope": "memory",
+    "copy": "copy",
+    "all_reduce": "collective",
+    "send": "collective",
+    "recv": "collective",
+}
+COLLECTIVE_KINDS = frozenset({"all_reduce", "send", "recv"})
+SPLITTABLE_KINDS = frozenset({"gemm"})
+
+
+@dataclass(slots=True, eq=False)
+class KernelSpec:
+    """Shape-level description of a kernel.
+
+    dims by kind: gemm m,n,k; bgemm b,m,n,k; attention b,h,sq,skv,d; softmax/elementwise/
+    norms/rope/copy: elems; collectives: nbytes (payload each rank contributes).
+    `fraction` < 1 marks a piece of a GEMM split along N (`parent_n` is the whole N).
+    """
+
+    kind: str
+    name: str
+    dims: dict[str, int]
+    flops: float
+    bytes: float
+    dtype_bytes: int = 2
+    fraction: float = 1.0
+    cls: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cls = KIND_CLASS[self.kind]
+
+    @property
+    def is_collective(self) -> bool:
+        return self.kind in COLLECTIVE_KINDS
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "name": self.name, "dims": self.dims, "flops": self.flops,
+             "bytes": self.bytes, "dtype_bytes": self.dtype_bytes}
+        if self.fraction != 1.0:
+            d["fraction"] = self.fraction
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KernelSpec:
+        return cls(kind=d["kind"], name=d["name"], dims=dict(d["dims"]), flops=float(d["flops"]),
+                   bytes=float(d["bytes"]), dtype_bytes=int(d.get("dtype_bytes", 2)),
+                   fraction=float(d.get("fraction", 1.0)))
+
+
+@dataclass(slots=True, eq=False)
+class Kernel:
+    """One launch of `spec` on `rank` (a collective: this rank's part of it)."""
+
+    spec: KernelSpec
+    rank: int
+    request_id: int = -1
+    layer: int = -1
+    group: tuple[int, ...] | None = None
+    kernel_id: int = -1
+    parent: int = -1  # kernel_id of the GEMM this piece was split from
+    seq: int = -1  # collectives: order of issue within `group`, assigned at launch
+
+
+# ------------------------------------------------------------------ constructors
+def gemm(name: str, m: int, n: int, k: int, dtype_bytes: int = 2, bias: bool = False) -> KernelSpec:
+    nbytes = (m * k + k * n + m * n + (n if bias else 0)) * dtype_bytes
+    return KernelSpec("gemm", name, {"m": m, "n": n, "k": k}, 2.0 * m * n * k, nbytes, dtype_bytes)
+
+
+def bgemm(name: str, b: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
+    nbytes = b * (m * k + k * n + m * n) * dtype_bytes
+    return KernelSpec("bgemm", name, {"b": b, "m": m, "n": n, "k": k}, 2.0 * b * m * n * k, nbytes, dtype_bytes)
+
+
+def attention(name: str, b: int, h: int, sq: int, skv: int, d: int, kv_h: int, causal: bool,
+              dtype_bytes: int = 2) -> KernelSpec:
+    """Fused (flash) attention: QK^T and PV FLOPs, reading Q, K, V once and writing O."""
+    pairs = sq * skv - (sq * (sq - 1) // 2 if causal and sq == skv else 0)
+    flops = 4.0 * b * h * pairs * d
+    nbytes = b * (2 * h * sq * d + 2 * kv_h * skv * d) * dtype_bytes
+    return KernelSpec("attention", name, {"b": b, "h": h, "sq": sq, "skv": skv, "d": d, "kv_h": kv_h},
+                      flops, nbytes, dtype_bytes)
+
+
+def pointwise(kind: str, name: str, elems: int, reads: int, writes: int, flops_per_elem: float,
+              dtype_bytes: int = 2) -> KernelSpec:
+    """A memory-bound kernel touching `reads` + `writes` tensors of `elems` elements."""
+    return KernelSpec(kind, name, {"elems": elems}, flops_per_elem * elems,
+                      float((reads + writes) * elems * dtype_bytes), dtype_bytes)
+
+
+def collective(kind: str, name: str, nbytes: int) -> KernelSpec:
+    return KernelSpec(kind, name, {"nbytes": nbytes}, 0.0, float(nbytes), 2)
+
+
+def split_gemm(spec: KernelSpec, fraction: float) -> tuple[KernelSpec, KernelSpec]:
+    """Split a GEMM along N into a piece holding `fraction` of the parent and the rest.
+
+    N is divided in whole columns, so the two pieces' FLOPs add up exactly to the parent's.
+    """
+    if spec.kind not in SPLITTABLE_KINDS:
+        raise ValueError(f"cannot split a {spec.kind} kernel")
+    n = spec.dims["n"]
+    n_head = max(1, min(n - 1, round(n * fraction / spec.fraction)))
+    m, k, db = spec.dims["m"], spec.dims["k"], spec.dtype_bytes
+    parts = []
+    for n_part in (n_head, n - n_head):
+        p = gemm(spec.name, m, n_part, k, db)
+        p.fraction = spec.fraction * n_part / n
+        parts.append(p)
+    return parts[0], parts[1]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tile_count(m: int, n: int, tile_m: int, tile_n: int) -> int:
+    return math.ceil(m / tile_m) * math.ceil(n / tile_n)

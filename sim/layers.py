@@ -1,0 +1,146 @@
+"""A model's layers as sharded kernel lists, and what the model weighs per GPU.
+
+Tensor parallelism follows Megatron-LM (Shoeybi et al. 2019): Q/K/V and the MLP's first
+GEMM are column-parallel (each rank holds heads/t heads and ffn/t columns), the attention
+output and the MLP's second GEMM are row-parallel, and each is followed by an all-reduce
+of the layer's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim import kernels as K
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """The fields of a model the kernel lists need (see `sim.presets.MODELS`)."""
+
+    name: str
+    arch: str  # encoder | decoder
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    gated: bool
+    vocab: int
+    norm: str  # layernorm | rmsnorm
+    rope: bool
+    dtype_bytes: int
+
+
+def tp_errors(m: ModelShape, tp: int) -> str | None:
+    """Why `tp` cannot shard `m` (None if it can)."""
+    if m.heads % tp:
+        ok = [d for d in range(1, m.heads + 1) if m.heads % d == 0 and d <= 64]
+        return f"tp={tp} does not divide the model's {m.heads} attention heads; allowed: {ok}"
+    if m.kv_heads % tp and tp % m.kv_heads:
+        return f"tp={tp} and the model's {m.kv_heads} KV heads divide neither way"
+    if m.ffn % tp:
+        return f"tp={tp} does not divide the model's FFN width {m.ffn}"
+    return None
+
+
+def _local_heads(m: ModelShape, tp: int) -> tuple[int, int]:
+    # GQA with tp > kv_heads replicates KV heads so each rank still holds one (Megatron/vLLM).
+    return m.heads // tp, max(1, m.kv_heads // tp)
+
+
+def layer_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:
+    """The kernels one rank runs for one layer of one job of `batch` × `seq` tokens."""
+    if m.arch == "encoder":
+        return encoder_layer(m, tp, batch, seq)
+    return decoder_layer(m, tp, batch, seq)
+
+
+def encoder_layer(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:
+    """The Liger artifact's 16-kernel encoder layer (DESIGN.md), sharded over `tp` ranks."""
+    db, t, h = m.dtype_bytes, batch * seq, m.hidden
+    nh, nkv = _local_heads(m, tp)
+    q_w, kv_w = nh * m.head_dim, nkv * m.head_dim
+    f = m.ffn // tp * (2 if m.gated else 1)
+    ks = [
+        K.gemm("q_proj", t, q_w, h, db, bias=True),
+        K.gemm("k_proj", t, kv_w, h, db, bias=True),
+        K.gemm("v_proj", t, kv_w, h, db, bias=True),
+        K.pointwise("elementwise", "bias_transpose", t * (q_w + 2 * kv_w), 1, 1, 1.0, db),
+        K.bgemm("qk_bmm", batch * nh, seq, seq, m.head_dim, db),
+        K.pointwise("softmax", "softmax", batch * nh * seq * seq, 1, 1, 5.0, db),
+        K.bgemm("sv_bmm", batch * nh, seq, m.head_dim, seq, db),
+        K.pointwise("elementwise", "transpose", t * q_w, 1, 1, 0.0, db),
+        K.gemm("out_proj", t, h, q_w, db, bias=True),
+    ]
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
+    ks += [
+        K.pointwise("layernorm", "layernorm_1", t * h, 2, 1, 8.0, db),
+        K.gemm("mlp_up", t, f, h, db, bias=True),
+        K.pointwise("elementwise", "bias_act", t * m.ffn // tp, 2 if m.gated else 1, 1, 8.0, db),
+        K.gemm("mlp_down", t, h, m.ffn // tp, db, bias=True),
+    ]
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "mlp_all_reduce", t * h * db))
+    ks.append(K.pointwise("layernorm", "layernorm_2", t * h, 2, 1, 8.0, db))
+    return ks
+
+
+def decoder_layer(m: ModelShape, tp: int, batch: int, seq: int, past: int = 0) -> list[K.KernelSpec]:
+    """A LLaMA/OPT-style decoder layer over `seq` new tokens per sequence with `past` cached."""
+    db, t, h = m.dtype_bytes, batch * seq, m.hidden
+    nh, nkv = _local_heads(m, tp)
+    q_w, kv_w = nh * m.head_dim, nkv * m.head_dim
+    norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
+    f = m.ffn // tp
+    ks = [
+        K.pointwise(norm, "input_norm", t * h, 2, 1, 6.0, db),
+        K.gemm("qkv_proj", t, q_w + 2 * kv_w, h, db),
+    ]
+    if m.rope:
+        ks.append(K.pointwise("rope", "rope", t * (q_w + kv_w), 1, 1, 6.0, db))
+    ks += [
+        K.attention("attention", batch, nh, seq, past + seq, m.head_dim, nkv, causal=True, dtype_bytes=db),
+        K.gemm("o_proj", t, h, q_w, db),
+    ]
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
+    ks += [
+        K.pointwise(norm, "post_attn_norm", t * h, 2, 1, 6.0, db),
+        K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
+        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
+        K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
+    ]
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "mlp_all_reduce", t * h * db))
+    return ks
+
+
+def layer_params(m: ModelShape) -> int:
+    """Weights of one layer (unsharded), biases and norms included."""
+    h, d = m.hidden, m.head_dim
+    attn = h * (m.heads + 2 * m.kv_heads) * d + m.heads * d * h
+    mlp = h * m.ffn * (3 if m.gated else 2)
+    small = 4 * h + (m.heads + 2 * m.kv_heads) * d + m.ffn * (2 if m.gated else 1)
+    return attn + mlp + small
+
+
+def weight_bytes_per_gpu(m: ModelShape, tp: int, pp: int = 1) -> float:
+    """Bytes of weights each GPU holds when sharded `tp` ways inside `pp` pipeline stages.
+
+    The embedding and LM head (vocab × hidden each) are split across the TP ranks of the
+    first and last stage; counting both on every stage keeps the check conservative.
+    """
+    per_layer = layer_params(m) / tp
+    layers = -(-m.layers // pp)
+    embed = 2 * m.vocab * m.hidden / tp
+    return (per_layer * layers + embed) * m.dtype_bytes
+
+
+def activation_bytes_per_gpu(m: ModelShape, tp: int, batch: int, seq: int) -> float:
+    """Peak live activations of one layer of one job on one rank (largest buffers at once)."""
+    nh, _ = _local_heads(m, tp)
+    t = batch * seq
+    scores = batch * nh * seq * seq if m.arch == "encoder" else 0
+    return (4 * t * m.hidden + t * m.ffn // tp * 2 + 2 * scores) * m.dtype_bytes

@@ -1,0 +1,83 @@
+"""Measures computed from the events table, identically for simulated and measured runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sim.jobs import Job
+
+
+def requests_frame(events: pd.DataFrame, jobs: list[Job]) -> pd.DataFrame:
+    """One row per job: arrival, first kernel start, last kernel end, JCT = end − arrival."""
+    ev = events[events["request_id"] >= 0]
+    span = ev.groupby("request_id").agg(start_s=("start_s", "min"), end_s=("end_s", "max"))
+    arrivals = pd.DataFrame({"request_id": [j.request_id for j in jobs],
+                             "arrival_s": [j.arrival_s for j in jobs]}).set_index("request_id")
+    df = arrivals.join(span, how="left").reset_index()
+    df["jct_s"] = df["end_s"] - df["arrival_s"]
+    return df[["request_id", "arrival_s", "start_s", "end_s", "jct_s"]]
+
+
+def _union_length(starts: np.ndarray, ends: np.ndarray) -> float:
+    if len(starts) == 0:
+        return 0.0
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], np.maximum.accumulate(ends[order])
+    # a new busy period begins where a start exceeds every earlier end
+    new = np.empty(len(s), dtype=bool)
+    new[0] = True
+    new[1:] = s[1:] > e[:-1]
+    idx = np.flatnonzero(new)
+    period_end = np.append(e[idx[1:] - 1], e[-1])
+    return float(np.sum(period_end - s[idx]))
+
+
+def _intervals(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return df["start_s"].to_numpy(float), df["end_s"].to_numpy(float)
+
+
+def utilisation(events: pd.DataFrame, window: float) -> dict:
+    """GPU busy fraction, overlap fraction (compute and communication at once) and
+    per-stream occupancy, each as a fraction of `window` seconds, averaged over ranks."""
+    busy, overlap, streams = [], [], {}
+    for rank, ev in events.groupby("rank"):
+        comm = ev["cls"] == "collective"
+        b = _union_length(*_intervals(ev))
+        c = _union_length(*_intervals(ev[~comm]))
+        m = _union_length(*_intervals(ev[comm]))
+        busy.append(b / window)
+        overlap.append((c + m - b) / window)  # |C ∩ M| = |C| + |M| − |C ∪ M|
+        for sid, es in ev.groupby("stream"):
+            streams.setdefault(int(sid), []).append(_union_length(*_intervals(es)) / window)
+    return {
+        "gpu_busy_frac": float(np.mean(busy)) if busy else 0.0,
+        "overlap_frac": float(np.mean(overlap)) if overlap else 0.0,
+        "stream_occupancy": {str(k): float(np.mean(v)) for k, v in sorted(streams.items())},
+    }
+
+
+def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wall_s: float | None) -> dict:
+    done = requests.dropna(subset=["end_s"])
+    jct = done["jct_s"].to_numpy(float)
+    first = float(requests["arrival_s"].min())
+    last = float(events["end_s"].max()) if len(events) else first
+    makespan = last - first
+    q = (lambda p: float(np.percentile(jct, p))) if len(jct) else (lambda p: float("nan"))
+    out = {
+        "policy": policy,
+        "jobs": int(len(requests)),
+        "completed": int(len(done)),
+        "jct_mean_s": float(jct.mean()) if len(jct) else float("nan"),
+        "jct_p50_s": q(50),
+        "jct_p90_s": q(90),
+        "jct_p99_s": q(99),
+        "throughput_jobs_s": len(done) / makespan if makespan > 0 else float("nan"),
+        "offered_rate_jobs_s": (len(requests) - 1) / (float(requests["arrival_s"].max()) - first)
+        if len(requests) > 1 and requests["arrival_s"].max() > first else float("nan"),
+        "makespan_s": makespan,
+        "kernels": int(len(events)),
+        "sim_wall_s": sim_wall_s,
+    }
+    out.update(utilisation(events, makespan) if makespan > 0 else {})
+    return out

@@ -1,0 +1,73 @@
+"""Writing a run's results: the same files for simulated and measured runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from sim import ir
+from sim.metrics import requests_frame, summarise
+
+
+def chrome_trace(events: pd.DataFrame, path: Path, title: str = "ligersim") -> None:
+    """A Chrome trace (opens in Perfetto / chrome://tracing): a process per rank, a thread per stream."""
+    out: list[dict] = []
+    for rank in sorted(events["rank"].unique()):
+        out.append({"ph": "M", "name": "process_name", "pid": int(rank), "args": {"name": f"rank {rank}"}})
+        for sid in sorted(events.loc[events["rank"] == rank, "stream"].unique()):
+            out.append({"ph": "M", "name": "thread_name", "pid": int(rank), "tid": int(sid),
+                        "args": {"name": f"stream {sid}"}})
+    cols = ["rank", "stream", "name", "cls", "request_id", "layer", "kernel_id", "start_s", "end_s", "solo_s",
+            "fraction"]
+    for r, s, name, cls, req, layer, kid, t0, t1, solo, frac in events[cols].itertuples(index=False):
+        out.append({"ph": "X", "pid": int(r), "tid": int(s), "name": name, "cat": cls, "ts": t0 * 1e6,
+                    "dur": (t1 - t0) * 1e6, "args": {"request": int(req), "layer": int(layer),
+                                                      "kernel_id": int(kid), "solo_us": solo * 1e6,
+                                                      "fraction": frac}})
+    with open(path, "w") as f:
+        json.dump({"traceEvents": out, "displayTimeUnit": "ms", "otherData": {"title": title}}, f)
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
+
+
+def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | None, policy: str,
+              sim_wall_s: float | None, extra: dict | None = None, trace: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    events.to_parquet(out / "events.parquet", index=False)
+    requests = requests_frame(events, jobs)
+    requests.to_csv(out / "requests.csv", index=False)
+    summary = summarise(events, requests, policy, sim_wall_s)
+    summary.update(extra or {})
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    if trace:
+        chrome_trace(events, out / "trace.json", title=str((extra or {}).get("scenario", policy)))
+    if schedule is not None:
+        ir.save(schedule, out / "ir.jsonl")
+    return summary
+
+
+def describe(summary: dict) -> str:
+    """A short human summary of a run."""
+    ms = 1e3
+    lines = [
+        f"policy {summary['policy']}: {summary['completed']}/{summary['jobs']} jobs, {summary['kernels']:,} kernels",
+        f"  JCT mean {summary['jct_mean_s'] * ms:.2f} ms  p50 {summary['jct_p50_s'] * ms:.2f}  "
+        f"p90 {summary['jct_p90_s'] * ms:.2f}  p99 {summary['jct_p99_s'] * ms:.2f} ms",
+        f"  throughput {summary['throughput_jobs_s']:.2f} jobs/s (offered {summary['offered_rate_jobs_s']:.2f}), "
+        f"makespan {summary['makespan_s']:.3f} s",
+    ]
+    if "gpu_busy_frac" in summary:
+        lines.append(f"  GPU busy {summary['gpu_busy_frac']:.1%}, compute/comm overlap {summary['overlap_frac']:.1%}")
+    if summary.get("sim_wall_s"):
+        lines.append(f"  simulated in {summary['sim_wall_s']:.2f} s "
+                     f"({summary['kernels'] / summary['sim_wall_s']:,.0f} kernels/s)")
+    return "\n".join(lines)

@@ -1,0 +1,251 @@
+"""The scenario schema (pydantic) and its loader: YAML in, a validated `Scenario` out.
+
+Hardware, interconnect, model, host and contention sections accept a preset name
+(`gpu: H100-SXM`) or a mapping that names a preset and overrides fields
+(`gpu: {preset: A100-PCIe, memory: 40e9}`), or a full mapping without a preset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sim.errors import LigerSimError
+from sim.layers import ModelShape, activation_bytes_per_gpu, tp_errors, weight_bytes_per_gpu
+from sim.presets import PRESETS
+from sim.workload import GenerateWorkload, TraceWorkload, WorkloadConfig
+
+KernelClass = Literal["compute", "memory", "collective", "copy"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _preset(section: str, label: str):
+    """A before-validator turning a preset name or {preset: NAME, ...} into full fields."""
+
+    def resolve(value: Any) -> Any:
+        table = PRESETS[section]
+        if isinstance(value, str):
+            name, overrides = value, {}
+        elif isinstance(value, dict) and "preset" in value:
+            overrides = dict(value)
+            name = overrides.pop("preset")
+        else:
+            return value
+        if name not in table:
+            raise ValueError(f"unknown {label} preset {name!r}; allowed: {', '.join(table)}")
+        return {**table[name], **overrides}
+
+    return resolve
+
+
+class GpuSpec(_Model):
+    name: str = Field(description="GPU name (a preset: H100-SXM, A100-SXM, A100-PCIe, V100-SXM2).")
+    peak_flops: float = Field(gt=0, description="Peak dense FP16/BF16 tensor throughput, FLOP/s.")
+    hbm_bw: float = Field(gt=0, description="Peak HBM bandwidth, bytes/s.")
+    memory: float = Field(gt=0, description="Device memory, bytes.")
+    sms: int = Field(ge=1, description="Streaming multiprocessors.")
+    _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("gpu", "GPU")(v)))
+
+
+class InterconnectSpec(_Model):
+    name: str = Field(description="Interconnect name (a preset: " + ", ".join(PRESETS["interconnect"]) + ").")
+    kind: Literal["switch", "pairwise", "mesh", "pcie"] = Field(
+        description="switch: NVSwitch crossbar; pairwise: a direct link per pair; mesh: NVLink bricks per "
+        "pair (DGX-1 cube-mesh); pcie: per-GPU x16 links through a shared host bridge.")
+    link_bw: float = Field(gt=0, description="Bandwidth of one link per direction, bytes/s.")
+    bridge_bw: float | None = Field(None, gt=0, description="pcie: host bridge bandwidth shared by all flows, bytes/s.")
+    fallback_bw: float | None = Field(None, gt=0, description="mesh: bandwidth between GPUs without NVLink, bytes/s.")
+    mesh: list[list[int]] | None = Field(None, description="mesh: NVLink bricks between each GPU pair.")
+    max_gpus: int = Field(8, ge=1, description="Most GPUs this interconnect joins.")
+    step_latency_s: float = Field(ge=0, description="Latency of one ring step (α), s.")
+    base_latency_s: float = Field(0.0, ge=0, description="Fixed latency of a collective call, s.")
+    _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("interconnect", "interconnect")(v)))
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> InterconnectSpec:
+        if self.kind == "pcie" and self.bridge_bw is None:
+            raise ValueError("kind 'pcie' needs bridge_bw (bytes/s)")
+        if self.kind == "mesh" and not self.mesh:
+            raise ValueError("kind 'mesh' needs mesh (NVLink bricks per GPU pair)")
+        return self
+
+
+class HostSpec(_Model):
+    name: str = Field("default", description="Host preset name.")
+    launch_s: float = Field(ge=0, description="Host time to launch a kernel or record/wait an event, s.")
+    sync_wakeup_s: float = Field(ge=0, description="Delay from an event completing to the blocked host resuming, s.")
+    kernel_overhead_s: float = Field(ge=0, description="Fixed GPU time added to every non-collective kernel, s.")
+    _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("host", "host")(v)))
+
+
+class ContentionPair(_Model):
+    victim: KernelClass = Field(description="Class of the kernel that is slowed.")
+    other: KernelClass = Field(description="Class of the kernel running beside it.")
+    slowdown: float = Field(ge=1.0, description="How many times longer the victim takes (≥ 1).")
+    priority: Literal["any", "higher", "lower", "equal"] = Field(
+        "any", description="Victim's stream priority relative to the other's; `any` matches all.")
+
+
+class ContentionSpec(_Model):
+    name: str = Field("custom", description="Contention preset name (default, none).")
+    pairs: list[ContentionPair] = Field(description="Slowdown factors per kernel-class pair.")
+    _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("contention", "contention")(v)))
+
+
+class Hardware(_Model):
+    gpu: GpuSpec = Field(description="GPU preset name or fields.")
+    count: int = Field(ge=1, description="Number of GPUs.")
+    interconnect: InterconnectSpec = Field(description="Interconnect preset name or fields.")
+    host: HostSpec = Field(default_factory=lambda: HostSpec.model_validate("default"),
+                           description="Host launch/sync costs.")
+    contention: ContentionSpec = Field(default_factory=lambda: ContentionSpec.model_validate("default"),
+                                       description="Contention table.")
+    profile: str | None = Field(None, description="Calibrated profile file (kernel costs), if any.")
+
+    @model_validator(mode="after")
+    def _fits_interconnect(self) -> Hardware:
+        if self.count > self.interconnect.max_gpus:
+            raise ValueError(f"count={self.count} exceeds interconnect {self.interconnect.name}'s "
+                             f"max_gpus={self.interconnect.max_gpus}")
+        if self.interconnect.mesh is not None and len(self.interconnect.mesh) < self.count:
+            raise ValueError(f"interconnect mesh describes {len(self.interconnect.mesh)} GPUs, count={self.count}")
+        return self
+
+
+class ModelSpec(_Model):
+    name: str = Field(description="Model name (a preset: " + ", ".join(PRESETS["model"]) + ").")
+    arch: Literal["encoder", "decoder"] = Field(description="Layer type: encoder (Liger) or decoder (LLaMA/OPT).")
+    layers: int = Field(ge=1, description="Transformer layers.")
+    hidden: int = Field(ge=1, description="Hidden size.")
+    heads: int = Field(ge=1, description="Attention (query) heads.")
+    kv_heads: int = Field(ge=1, description="Key/value heads (GQA when < heads).")
+    head_dim: int = Field(ge=1, description="Dimension of one head.")
+    ffn: int = Field(ge=1, description="FFN inner width.")
+    gated: bool = Field(description="Gated FFN (SwiGLU/GeGLU: two up projections).")
+    vocab: int = Field(ge=0, description="Vocabulary size (embedding and LM head weights).")
+    norm: Literal["layernorm", "rmsnorm"] = Field(description="Normalisation kernel.")
+    rope: bool = Field(description="Rotary position embedding kernel.")
+    dtype_bytes: int = Field(2, ge=1, le=8, description="Bytes per element (2 = fp16/bf16).")
+    _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("model", "model")(v)))
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelSpec:
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
+        return self
+
+    def shape(self) -> ModelShape:
+        return ModelShape(**self.model_dump())
+
+
+POLICIES = ("in_order",)
+
+
+class PolicySpec(_Model):
+    name: str = Field("in_order", description="Scheduling policy: " + ", ".join(POLICIES) + ".")
+    tp: int | None = Field(None, description="Tensor-parallel degree (default: all GPUs).")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; allowed: {', '.join(POLICIES)}")
+        return v
+
+
+class Scenario(_Model):
+    name: str = Field("scenario", description="Label used in outputs and plot titles.")
+    seed: int = Field(0, description="Seed of every random draw (same seed, same result).")
+    hardware: Hardware
+    model: ModelSpec
+    workload: WorkloadConfig
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+
+    def tp(self) -> int:
+        return self.policy.tp or self.hardware.count
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names allowed where an unknown key `loc` was found (best effort)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        fields = getattr(cur, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        cur = fields[part].annotation
+        cur = next((a for a in getattr(cur, "__args__", ()) if hasattr(a, "model_fields")), cur)
+    return list(getattr(cur, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, file: str) -> LigerSimError:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p in ("generate", "trace", "poisson", "gamma", "constant", "onoff") or "[" in p)))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_fields(Scenario, loc)
+        msg = f"unknown field {loc[-1]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    elif e["type"] == "missing":
+        msg = "required field is missing"
+    else:
+        msg = e["msg"].removeprefix("Value error, ")
+        if "input" in e and not isinstance(e["input"], dict | list):
+            msg += f" (got {e['input']!r})"
+    more = len(err.errors()) - 1
+    return LigerSimError(msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""),
+                         file=file, field=field)
+
+
+def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise LigerSimError("a scenario must be a YAML mapping with sections hardware, model, workload, "
+                            "policy, seed", file=file)
+    try:
+        scn = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise format_validation_error(err, file) from None
+    problem = tp_errors(scn.model.shape(), scn.tp())
+    if problem:
+        raise LigerSimError(problem, file=file, field="policy.tp" if scn.policy.tp else "hardware.count")
+    if scn.hardware.count % scn.tp():
+        raise LigerSimError(f"tp={scn.tp()} does not divide hardware.count={scn.hardware.count}",
+                            file=file, field="policy.tp")
+    return scn
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """Load and validate a scenario file; returns it and the folder relative paths resolve in."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise LigerSimError(f"cannot read scenario ({e.strerror})", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise LigerSimError(f"malformed YAML{where}: {problem}", file=str(path)) from None
+    return parse_scenario(data, str(path)), path.parent
+
+
+def check_memory(scn: Scenario, jobs_max_tokens: tuple[int, int], file: str, tp: int, pp: int = 1) -> None:
+    """Refuse a model that does not fit: weights plus one job's activations per GPU."""
+    m = scn.model.shape()
+    batch, seq = jobs_max_tokens
+    need = weight_bytes_per_gpu(m, tp, pp) + activation_bytes_per_gpu(m, tp, batch, seq)
+    have = scn.hardware.gpu.memory
+    if need > have:
+        raise LigerSimError(
+            f"model {m.name} needs {need / 1e9:.1f} GB per GPU (weights at tp={tp}, pp={pp} plus activations of "
+            f"a {batch}x{seq} job) but {scn.hardware.gpu.name} has {have / 1e9:.1f} GB; use more GPUs, a larger "
+            f"GPU or a smaller model", file=file, field="model")
+
+
+__all__ = ["Scenario", "load_scenario", "parse_scenario", "check_memory", "GenerateWorkload", "TraceWorkload"]

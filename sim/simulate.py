@@ -1,0 +1,94 @@
+"""Scenario -> engine -> result: the one place that wires the simulator's parts together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sim import policies
+from sim.contention import ContentionTable
+from sim.costs import RooflineCost
+from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
+from sim.errors import LigerSimError
+from sim.ir import Schedule
+from sim.jobs import Job
+from sim.links import build_topology
+from sim.runtime import replay_policy
+from sim.scenario import Scenario, check_memory, parse_scenario
+from sim.workload import build_jobs
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    jobs: list[Job]
+    result: SimResult
+    events: pd.DataFrame
+
+
+def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, RooflineCost]:
+    hw = scn.hardware
+    topo = build_topology(hw.interconnect.model_dump(), hw.count)
+    cost = RooflineCost(hw.gpu.peak_flops, hw.gpu.hbm_bw, hw.gpu.sms, hw.host.kernel_overhead_s, topo)
+    table = ContentionTable((p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs)
+    host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
+    return Engine(hw.count, cost.solo, table, topo, host, record_ir=record_ir), cost
+
+
+def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) -> list[Job]:
+    jobs = build_jobs(scn.workload, scn.seed, base_dir)
+    if limit is not None:
+        jobs = jobs[:limit]
+    if not jobs:
+        raise LigerSimError("the workload has no jobs", field="workload")
+    return jobs
+
+
+def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>") -> Run:
+    tp = scn.tp()
+    if scn.policy.name == "in_order" and tp != scn.hardware.count:
+        raise LigerSimError(f"in_order shards over all {scn.hardware.count} GPUs; policy.tp={tp} is not allowed",
+                            file=file, field="policy.tp")
+    biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
+    check_memory(scn, (biggest.batch, biggest.seq_len), file, tp)
+    engine, cost = make_engine(scn, record_ir)
+    ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo)
+    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs)}
+    result = engine.run(policies.build(ctx), meta)
+    return Run(scn, jobs, result, events_frame(result.events))
+
+
+def replay(schedule: Schedule, jobs: list[Job] | None = None) -> Run:
+    """Re-execute a recorded IR in the simulator, on the hardware its header describes."""
+    if "scenario" not in schedule.meta:
+        raise LigerSimError("the IR header carries no scenario; cannot rebuild the hardware", field="meta")
+    scn = parse_scenario(schedule.meta["scenario"], "<IR header scenario>")
+    if schedule.world != scn.hardware.count:
+        raise LigerSimError(f"IR has {schedule.world} ranks but its scenario has {scn.hardware.count} GPUs",
+                            field="world")
+    engine, _ = make_engine(scn)
+    result = engine.run([replay_policy(ops) for ops in schedule.by_rank()], schedule.meta)
+    if jobs is None:
+        jobs = jobs_from_events(result.events, schedule)
+    return Run(scn, jobs, result, events_frame(result.events))
+
+
+def jobs_from_events(rows: list[tuple], schedule: Schedule) -> list[Job]:
+    """Recover arrivals from the IR when only the IR is at hand: a job's arrival is the
+    latest `sleep_until` issued before its first launch (0 if none)."""
+    arrival: dict[int, float] = {}
+    last_sleep: dict[int, float] = {}
+    for op in schedule.ops:
+        if op.op == "sleep_until":
+            last_sleep[op.rank] = op.until
+        elif op.op == "launch" and op.kernel is not None and op.kernel.request_id >= 0:
+            arrival.setdefault(op.kernel.request_id, last_sleep.get(op.rank, 0.0))
+    return [Job(rid, t) for rid, t in sorted(arrival.items())]
+
+
+def events_frame(rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
+    df["group"] = df["group"].map(lambda g: "" if g is None else ",".join(map(str, g)))
+    return df.sort_values(["rank", "start_s", "stream", "kernel_id"], kind="stable").reset_index(drop=True)
