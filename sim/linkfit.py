@@ -83,16 +83,22 @@ def _model_terms(collective: str, n: int) -> tuple[float, float]:
         return 2.0 * (n - 1), 2.0 * (n - 1) / n
     if collective == "send_recv":
         return 1.0, 1.0
-    raise LigerSimError(f"unknown collective {collective!r}, expected one of {COLLECTIVES}", field="collective")
+    raise LigerSimError(
+        f"unknown collective {collective!r}, expected one of {COLLECTIVES}", field="collective"
+    )
 
 
-def predict(collective: str, n: int, nbytes: float | np.ndarray, alpha_s: float, bandwidth_Bps: float):
+def predict(
+    collective: str, n: int, nbytes: float | np.ndarray, alpha_s: float, bandwidth_Bps: float
+) -> float | np.ndarray:
     """Seconds the simulator's α–β model gives a collective of `nbytes` over `n` GPUs."""
     steps, factor = _model_terms(collective, n)
     return steps * alpha_s + factor * np.asarray(nbytes, dtype=float) / bandwidth_Bps
 
 
-def bus_bandwidth(collective: str, n: int, nbytes: float | np.ndarray, time_s: float | np.ndarray):
+def bus_bandwidth(
+    collective: str, n: int, nbytes: float | np.ndarray, time_s: float | np.ndarray
+) -> float | np.ndarray:
     """Bus bandwidth (B/s) a measurement implies, nccl-tests' convention: comparable to link peak."""
     _, factor = _model_terms(collective, n)
     return factor * np.asarray(nbytes, dtype=float) / np.asarray(time_s, dtype=float)
@@ -126,11 +132,14 @@ def load_nccl_table(path: str | Path) -> pd.DataFrame:
     if len(kinds) != 1 or kinds[0] not in COLLECTIVES:
         raise LigerSimError(
             f"expected one collective out of {COLLECTIVES}, found {sorted(map(str, kinds))}",
-            file=str(path), field="collective",
+            file=str(path),
+            field="collective",
         )
     collective = str(kinds[0])
     if m and m["collective"] != collective:
-        raise LigerSimError(f"file name says {m['collective']} but rows say {collective}", file=str(path), field="collective")
+        raise LigerSimError(
+            f"file name says {m['collective']} but rows say {collective}", file=str(path), field="collective"
+        )
     time_cols = {s: f"time_stats.{collective}.{s}" for s in STATS}
     for col in time_cols.values():
         if col not in raw.columns:
@@ -141,7 +150,9 @@ def load_nccl_table(path: str | Path) -> pd.DataFrame:
         bad = values[col].isna() | (values[col] < 0) | ((values[col] == 0) & (col != time_cols["std"]))
         if bad.any():
             row = raw.index[bad.to_numpy()][0]
-            raise LigerSimError(f"row {row}: expected a positive number, got {raw.at[row, col]!r}", file=str(path), field=col)
+            raise LigerSimError(
+                f"row {row}: expected a positive number, got {raw.at[row, col]!r}", file=str(path), field=col
+            )
     n = values["num_workers"].astype(int)
     dpn = values["devices_per_node"].astype(int)
     df = pd.DataFrame(
@@ -175,7 +186,9 @@ def fit_alpha_beta(df: pd.DataFrame, min_bytes: int = 0) -> FitResult:
         df = df.assign(devices_per_node=df["n"])
     keys = df[["collective", "n", "devices_per_node"]].drop_duplicates()
     if len(keys) != 1:
-        raise LigerSimError(f"fit one group at a time, got {len(keys)} (collective, n, devices_per_node) groups")
+        raise LigerSimError(
+            f"fit one group at a time, got {len(keys)} (collective, n, devices_per_node) groups"
+        )
     collective, n, dpn = keys.iloc[0]
     n, dpn = int(n), int(dpn)
     data = df[df["bytes"] >= min_bytes]
@@ -247,9 +260,13 @@ def fit_all(directory: str | Path, min_bytes: int = 0) -> pd.DataFrame:
             if fit.median_rel_err > BAD_FIT_MEDIAN:
                 warnings.append(f"alpha-beta fits poorly: median relative error {fit.median_rel_err:.0%}")
             if peak is not None and busbw > peak:
-                warnings.append(f"measured bus bandwidth {busbw / 1e9:.0f} GB/s exceeds the {peak / 1e9:.0f} GB/s link peak")
+                warnings.append(
+                    f"measured bus bandwidth {busbw / 1e9:.0f} GB/s exceeds the {peak / 1e9:.0f} GB/s link peak"
+                )
             if peak is not None and fit.bandwidth_Bps > peak:
-                warnings.append(f"fitted bandwidth {fit.bandwidth_Bps / 1e9:.0f} GB/s exceeds the {peak / 1e9:.0f} GB/s link peak")
+                warnings.append(
+                    f"fitted bandwidth {fit.bandwidth_Bps / 1e9:.0f} GB/s exceeds the {peak / 1e9:.0f} GB/s link peak"
+                )
             if twins:
                 warnings.append(f"source file is byte-identical to {', '.join(twins)}")
             row = {"topology": topology, **asdict(fit)}
@@ -261,9 +278,25 @@ def fit_all(directory: str | Path, min_bytes: int = 0) -> pd.DataFrame:
             row["warnings"] = warnings
             rows.append(row)
     cols = [
-        "topology", "collective", "n", "nodes", "devices_per_node", "alpha_s", "bandwidth_GBps",
-        "median_rel_err", "p90_rel_err", "max_rel_err", "small_median_rel_err", "large_median_rel_err",
-        "points", "min_bytes", "max_bytes", "max_busbw_GBps", "link_peak_GBps", "source", "warnings",
+        "topology",
+        "collective",
+        "n",
+        "nodes",
+        "devices_per_node",
+        "alpha_s",
+        "bandwidth_GBps",
+        "median_rel_err",
+        "p90_rel_err",
+        "max_rel_err",
+        "small_median_rel_err",
+        "large_median_rel_err",
+        "points",
+        "min_bytes",
+        "max_bytes",
+        "max_busbw_GBps",
+        "link_peak_GBps",
+        "source",
+        "warnings",
     ]
     return pd.DataFrame(rows)[cols]
 
@@ -282,7 +315,7 @@ def links_document(fits: pd.DataFrame, directory: str | Path, min_bytes: int = 0
             "directory": str(directory),
             "files": sorted(fits["source"].unique().tolist()),
             "provenance": "Vidur profiler NCCL timings, see profiles/nccl/README.md",
-            "units": "time columns in ms, size column in bytes (verified: module sim/linkfit.py)",
+            "units": "time columns ms, size column bytes (checked: sim/linkfit.py docstring, profiles/nccl/README.md)",
         },
         "model": {
             "all_reduce": "T = 2(n-1)*alpha_s + 2(n-1)/n * bytes / (bandwidth_GBps*1e9)",
@@ -323,15 +356,23 @@ def links_document(fits: pd.DataFrame, directory: str | Path, min_bytes: int = 0
 
 def _order(fits: pd.DataFrame) -> pd.DataFrame:
     """DGX before pairwise, H100 before A100: the order people look for them."""
-    rank = {t: i for i, t in enumerate(("h100_dgx", "a100_dgx", "h100_pairwise_nvlink", "a100_pairwise_nvlink"))}
+    rank = {
+        t: i for i, t in enumerate(("h100_dgx", "a100_dgx", "h100_pairwise_nvlink", "a100_pairwise_nvlink"))
+    }
     key = fits["topology"].map(lambda t: rank.get(t, len(rank)))
-    return fits.assign(_k=key).sort_values(["_k", "topology", "collective", "nodes", "n"], kind="stable").drop(columns="_k")
+    return (
+        fits.assign(_k=key)
+        .sort_values(["_k", "topology", "collective", "nodes", "n"], kind="stable")
+        .drop(columns="_k")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sim.linkfit [DIR] -o profiles/links.yaml`: fit every table and write the YAML."""
     ap = argparse.ArgumentParser(prog="python -m sim.linkfit", description=__doc__.splitlines()[0])
-    ap.add_argument("directory", nargs="?", default="profiles/nccl", help="folder of <topology>_<collective>.csv")
+    ap.add_argument(
+        "directory", nargs="?", default="profiles/nccl", help="folder of <topology>_<collective>.csv"
+    )
     ap.add_argument("-o", "--output", default="profiles/links.yaml", help="YAML file to write")
     ap.add_argument("--min-bytes", type=int, default=0, help="fit only message sizes >= this")
     args = ap.parse_args(argv)
@@ -351,8 +392,19 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110))
     show = fits.assign(alpha_us=fits["alpha_s"] * 1e6)[
-        ["topology", "collective", "n", "nodes", "alpha_us", "bandwidth_GBps", "median_rel_err", "p90_rel_err",
-         "small_median_rel_err", "large_median_rel_err", "max_busbw_GBps"]
+        [
+            "topology",
+            "collective",
+            "n",
+            "nodes",
+            "alpha_us",
+            "bandwidth_GBps",
+            "median_rel_err",
+            "p90_rel_err",
+            "small_median_rel_err",
+            "large_median_rel_err",
+            "max_busbw_GBps",
+        ]
     ]
     print(show.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"wrote {out}")

@@ -1,0 +1,135 @@
+"""Properties of the SimPy engine over random programs (hypothesis)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+
+from sim import ir
+from sim.runtime import replay_policy
+from sim.simulate import events_frame
+from tests.programs import make_engine, program_policy, programs
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EPS = 1e-12
+
+
+def simulate(prog, contention="default"):
+    eng = make_engine(prog.world, contention)
+    res = eng.run(program_policy(prog))
+    return res, events_frame(res.events)
+
+
+def launches(res):
+    return [op for op in res.schedule.ops if op.op == "launch"]
+
+
+@SETTINGS
+@given(programs())
+def test_every_kernel_runs_exactly_once(prog):
+    res, ev = simulate(prog)
+    keys = sorted((op.rank, op.kernel.kernel_id) for op in launches(res))
+    assert sorted(zip(ev["rank"], ev["kernel_id"])) == keys
+
+
+@SETTINGS
+@given(programs())
+def test_stream_order_and_launch_time(prog):
+    res, ev = simulate(prog)
+    for _, g in ev.groupby(["rank", "stream"]):
+        g = g.sort_values("kernel_id")
+        assert (g["start_s"].to_numpy()[1:] >= g["end_s"].to_numpy()[:-1] - EPS).all()
+        assert (g["start_s"] >= g["launch_s"] - EPS).all()
+
+
+@SETTINGS
+@given(programs())
+def test_waits_are_honoured(prog):
+    """A kernel launched after wait(stream, e) starts after every kernel that preceded
+    the record of e on its stream has ended."""
+    res, ev = simulate(prog)
+    end = {(r, k): e for r, k, e in zip(ev["rank"], ev["kernel_id"], ev["end_s"])}
+    start = {(r, k): s for r, k, s in zip(ev["rank"], ev["kernel_id"], ev["start_s"])}
+    for rank_ops in res.schedule.by_rank():
+        last_on: dict[int, int] = {}
+        recorded: dict[int, int | None] = {}
+        must_follow: dict[int, list[int]] = {}
+        for op in rank_ops:
+            if op.op == "launch":
+                kid = op.kernel.kernel_id
+                for before in must_follow.pop(op.stream, []):
+                    assert start[(op.rank, kid)] >= end[(op.rank, before)] - EPS
+                last_on[op.stream] = kid
+            elif op.op == "record":
+                recorded[op.event] = last_on.get(op.stream)
+            elif op.op == "wait" and recorded.get(op.event) is not None:
+                must_follow.setdefault(op.stream, []).append(recorded[op.event])
+
+
+@SETTINGS
+@given(programs())
+def test_contention_never_speeds_up_and_lone_kernels_last_solo(prog):
+    _, ev = simulate(prog)
+    dur = ev["end_s"] - ev["start_s"]
+    assert (dur >= ev["solo_s"] * (1 - 1e-9) - EPS).all()
+    for rank, g in ev.groupby("rank"):
+        s, e = g["start_s"].to_numpy(), g["end_s"].to_numpy()
+        for i in range(len(g)):
+            overlaps = ((s < e[i] - EPS) & (e > s[i] + EPS)).sum() - 1
+            if overlaps == 0 and g["cls"].iloc[i] != "collective":
+                assert abs((e[i] - s[i]) - g["solo_s"].iloc[i]) <= 1e-9 * g["solo_s"].iloc[i] + EPS
+
+
+@SETTINGS
+@given(programs())
+def test_without_contention_every_kernel_lasts_solo(prog):
+    _, ev = simulate(prog, contention="none")
+    local = ev[ev["cls"] != "collective"]
+    assert ((local["end_s"] - local["start_s"] - local["solo_s"]).abs() <= 1e-9 * local["solo_s"] + EPS).all()
+
+
+@SETTINGS
+@given(programs())
+def test_collectives_start_together_after_every_rank_arrived(prog):
+    res, ev = simulate(prog)
+    coll = ev[ev["cls"] == "collective"]
+    launch_by = {(op.rank, op.kernel.kernel_id): op for op in launches(res)}
+    groups: dict[tuple, list] = {}
+    for row in coll.itertuples():
+        seq = launch_by[(row.rank, row.kernel_id)].kernel.seq
+        groups.setdefault((row.group, seq), []).append(row)
+    for rows in groups.values():
+        assert len(rows) == prog.world
+        starts = {r.start_s for r in rows}
+        assert len(starts) == 1
+        # no rank's part starts before that rank reached it (stream predecessor done)
+        for r in rows:
+            prev = ev[(ev["rank"] == r.rank) & (ev["stream"] == r.stream) & (ev["kernel_id"] < r.kernel_id)]
+            if len(prev):
+                assert r.start_s >= prev["end_s"].max() - EPS
+
+
+@SETTINGS
+@given(programs())
+def test_same_program_same_events(prog):
+    _, a = simulate(prog)
+    _, b = simulate(prog)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@SETTINGS
+@given(programs())
+def test_ir_round_trips_and_replay_reproduces_events(prog):
+    res, ev = simulate(prog)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "ir.jsonl"
+        ir.save(res.schedule, path)
+        loaded = ir.load(path)
+    assert [o.key() for o in loaded.ops] == [o.key() for o in res.schedule.ops]
+    assert [o.t for o in loaded.ops] == [o.t for o in res.schedule.ops]
+    eng = make_engine(prog.world)
+    rep = eng.run([replay_policy(ops) for ops in loaded.by_rank()])
+    pd.testing.assert_frame_equal(events_frame(rep.events), ev)
