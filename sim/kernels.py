@@ -7,7 +7,6 @@ layer and request that runs the same shape, so costs are computed once per shape
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 # Kernel classes are what the contention table is keyed by.
@@ -118,26 +117,20 @@ def collective(kind: str, name: str, nbytes: int) -> KernelSpec:
 
 
 def split_gemm(spec: KernelSpec, fraction: float) -> tuple[KernelSpec, KernelSpec]:
-    """Split a GEMM along N into a piece holding `fraction` of the parent and the rest.
-
-    N is divided in whole columns, so the two pieces' FLOPs add up exactly to the parent's.
+    """Split a GEMM (or a piece of one) along N: a head piece holding `fraction` of the
+    original GEMM's columns, and the rest. Columns are whole, so the pieces' FLOPs add up
+    exactly to the parent's; `n0` records where each piece's columns start.
     """
     if spec.kind not in SPLITTABLE_KINDS:
         raise ValueError(f"cannot split a {spec.kind} kernel")
-    n = spec.dims["n"]
-    n_head = max(1, min(n - 1, round(n * fraction / spec.fraction)))
-    m, k, db = spec.dims["m"], spec.dims["k"], spec.dtype_bytes
+    d = spec.dims
+    n, n0, n_full = d["n"], d.get("n0", 0), d.get("n_full", d["n"])
+    n_head = max(1, min(n - 1, round(n_full * fraction)))
     parts = []
-    for n_part in (n_head, n - n_head):
-        p = gemm(spec.name, m, n_part, k, db)
-        p.fraction = spec.fraction * n_part / n
+    for offset, n_part in ((n0, n_head), (n0 + n_head, n - n_head)):
+        p = gemm(spec.name, d["m"], n_part, d["k"], spec.dtype_bytes)
+        p.dims.update(n0=offset, n_full=n_full)  # the columns [n0, n0 + n) of the parent's output
+        p.fraction = n_part / n_full
         parts.append(p)
     return parts[0], parts[1]
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def tile_count(m: int, n: int, tile_m: int, tile_n: int) -> int:
-    return math.ceil(m / tile_m) * math.ceil(n / tile_n)

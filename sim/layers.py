@@ -144,3 +144,20 @@ def activation_bytes_per_gpu(m: ModelShape, tp: int, batch: int, seq: int) -> fl
     t = batch * seq
     scores = batch * nh * seq * seq if m.arch == "encoder" else 0
     return (4 * t * m.hidden + t * m.ffn // tp * 2 + 2 * scores) * m.dtype_bytes
+
+
+def prologue_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:
+    """Work before the first layer: the embedding lookup (none for a bare encoder stack)."""
+    if not m.vocab:
+        return []
+    return [K.pointwise("elementwise", "embedding", batch * seq * m.hidden, 1, 1, 0.0, m.dtype_bytes)]
+
+
+def epilogue_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:
+    """Work after the last layer: final norm and the LM head for each sequence's last token
+    (column-parallel over the vocabulary, as Megatron shards it)."""
+    if not m.vocab:
+        return []
+    norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
+    return [K.pointwise(norm, "final_norm", batch * m.hidden, 2, 1, 6.0, m.dtype_bytes),
+            K.gemm("lm_head", batch, -(-m.vocab // tp), m.hidden, m.dtype_bytes)]

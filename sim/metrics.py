@@ -41,7 +41,7 @@ def utilisation(events: pd.DataFrame, window: float) -> dict:
     """GPU busy fraction, overlap fraction (compute and communication at once) and
     per-stream occupancy, each as a fraction of `window` seconds, averaged over ranks."""
     busy, overlap, streams = [], [], {}
-    for rank, ev in events.groupby("rank"):
+    for _rank, ev in events.groupby("rank"):
         comm = ev["cls"] == "collective"
         b = _union_length(*_intervals(ev))
         c = _union_length(*_intervals(ev[~comm]))

@@ -144,12 +144,22 @@ class ModelSpec(_Model):
         return ModelShape(**self.model_dump())
 
 
-POLICIES = ("in_order",)
+POLICIES = ("intra_op", "in_order", "inter_op", "interleaved", "hybrid")
 
 
 class PolicySpec(_Model):
-    name: str = Field("in_order", description="Scheduling policy: " + ", ".join(POLICIES) + ".")
-    tp: int | None = Field(None, description="Tensor-parallel degree (default: all GPUs).")
+    name: str = Field("intra_op", description="Scheduling policy: " + ", ".join(POLICIES) + " (in_order is "
+                      "intra_op's old name).")
+    tp: int | None = Field(None, ge=1, description="Tensor-parallel degree (default: all GPUs; inter_op: 1; "
+                           "hybrid: required).")
+    pp: int | None = Field(None, ge=1, description="Pipeline stages (default: GPUs / tp for inter_op and hybrid, "
+                           "1 otherwise).")
+    depth: int = Field(6, ge=1, description="interleaved: most jobs in flight at once.")
+    split: int = Field(8, ge=1, description="interleaved: GEMMs split along N into k/split pieces; 1 disables it.")
+    contention: float | Literal["table"] = Field(
+        0.8, description="interleaved: scalar factor on the fill budget (Liger: 0.8), or `table` to cost each "
+        "fill kernel with the contention table.")
+    microbatches: int = Field(1, ge=1, description="inter_op/hybrid: micro-batches each job's batch is cut into.")
 
     @field_validator("name")
     @classmethod
@@ -157,6 +167,20 @@ class PolicySpec(_Model):
         if v not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; allowed: {', '.join(POLICIES)}")
         return v
+
+    @field_validator("contention")
+    @classmethod
+    def _factor(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0 < v <= 10:
+            raise ValueError(f"contention must be a factor in (0, 10] or 'table', got {v}")
+        return v
+
+    def degrees(self, gpus: int) -> tuple[int, int]:
+        """(tp, pp) this policy shards with on `gpus` GPUs."""
+        if self.name in ("inter_op", "hybrid"):
+            tp = self.tp or 1
+            return tp, self.pp or max(1, gpus // tp)
+        return self.tp or gpus, self.pp or 1
 
 
 class Scenario(_Model):
@@ -168,7 +192,10 @@ class Scenario(_Model):
     policy: PolicySpec = Field(default_factory=PolicySpec)
 
     def tp(self) -> int:
-        return self.policy.tp or self.hardware.count
+        return self.policy.degrees(self.hardware.count)[0]
+
+    def pp(self) -> int:
+        return self.policy.degrees(self.hardware.count)[1]
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -209,12 +236,26 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
         scn = Scenario.model_validate(data)
     except ValidationError as err:
         raise format_validation_error(err, file) from None
-    problem = tp_errors(scn.model.shape(), scn.tp())
-    if problem:
-        raise LigerSimError(problem, file=file, field="policy.tp" if scn.policy.tp else "hardware.count")
-    if scn.hardware.count % scn.tp():
-        raise LigerSimError(f"tp={scn.tp()} does not divide hardware.count={scn.hardware.count}",
+    pol, gpus = scn.policy, scn.hardware.count
+    tp, pp = scn.tp(), scn.pp()
+    if pol.name == "hybrid" and pol.tp is None:
+        raise LigerSimError("hybrid needs tp (and optionally pp) with tp x pp = hardware.count",
                             file=file, field="policy.tp")
+    if pol.name == "inter_op" and tp != 1:
+        raise LigerSimError(f"inter_op is pure pipeline parallelism: tp must be 1 (got {tp}); use hybrid for TP "
+                            "inside stages", file=file, field="policy.tp")
+    if pol.name in ("intra_op", "in_order", "interleaved") and (tp != gpus or pp != 1):
+        raise LigerSimError(f"{pol.name} shards tensor-parallel over all {gpus} GPUs: leave tp and pp unset "
+                            f"(got tp={tp}, pp={pp})", file=file, field="policy.tp")
+    if tp * pp != gpus:
+        raise LigerSimError(f"tp x pp = {tp} x {pp} = {tp * pp} must equal hardware.count = {gpus}",
+                            file=file, field="policy.pp")
+    if pp > scn.model.layers:
+        raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
+                            field="policy.pp")
+    problem = tp_errors(scn.model.shape(), tp)
+    if problem:
+        raise LigerSimError(problem, file=file, field="policy.tp" if pol.tp else "hardware.count")
     return scn
 
 

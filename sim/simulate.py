@@ -47,14 +47,11 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) ->
 
 
 def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>") -> Run:
-    tp = scn.tp()
-    if scn.policy.name == "in_order" and tp != scn.hardware.count:
-        raise LigerSimError(f"in_order shards over all {scn.hardware.count} GPUs; policy.tp={tp} is not allowed",
-                            file=file, field="policy.tp")
     biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
-    check_memory(scn, (biggest.batch, biggest.seq_len), file, tp)
+    check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
     engine, cost = make_engine(scn, record_ir)
-    ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo)
+    ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
+                                 cost.spec_solo, engine.contention)
     meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs)}
     result = engine.run(policies.build(ctx), meta)
     return Run(scn, jobs, result, events_frame(result.events))

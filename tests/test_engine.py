@@ -75,7 +75,7 @@ def test_contention_never_speeds_up_and_lone_kernels_last_solo(prog):
     _, ev = simulate(prog)
     dur = ev["end_s"] - ev["start_s"]
     assert (dur >= ev["solo_s"] * (1 - 1e-9) - EPS).all()
-    for rank, g in ev.groupby("rank"):
+    for _rank, g in ev.groupby("rank"):
         s, e = g["start_s"].to_numpy(), g["end_s"].to_numpy()
         for i in range(len(g)):
             overlaps = ((s < e[i] - EPS) & (e > s[i] + EPS)).sum() - 1

@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sim.policies.common import PolicyContext, RankPolicy
-from sim.policies.in_order import build_in_order
+from sim.policies.in_order import build_intra_op
+from sim.policies.interleaved import build_interleaved
+from sim.policies.pipeline import build_pipeline
 
 POLICIES: dict[str, Callable[[PolicyContext], list[RankPolicy]]] = {
-    "in_order": build_in_order,
+    "intra_op": build_intra_op,
+    "in_order": build_intra_op,
+    "inter_op": build_pipeline,
+    "hybrid": build_pipeline,
+    "interleaved": build_interleaved,
 }
 
 

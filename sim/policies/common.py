@@ -7,10 +7,19 @@ from dataclasses import dataclass, field
 
 from sim.jobs import Job
 from sim.kernels import Kernel, KernelSpec
-from sim.layers import ModelShape, layer_kernels
+from sim.layers import ModelShape, epilogue_kernels, layer_kernels, prologue_kernels
 from sim.runtime import PolicyGen, Runtime
 
 RankPolicy = Callable[[Runtime], PolicyGen]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One kernel of a job before it is launched: what runs and which layer it belongs to
+    (-1 for the embedding prologue, `layers` for the LM-head epilogue)."""
+
+    spec: KernelSpec
+    layer: int
 
 
 @dataclass
@@ -20,7 +29,10 @@ class PolicyContext:
     world: int
     policy: object  # the scenario's PolicySpec
     solo: Callable[[Kernel], float]
+    spec_solo: Callable[..., float]
+    contention: object = None  # ContentionTable, for policies that budget with it
     _layers: dict = field(default_factory=dict)
+    _steps: dict = field(default_factory=dict)
 
     def layer(self, tp: int, batch: int, seq: int) -> list[KernelSpec]:
         """One layer's kernel specs, built once per shape and shared (costs are cached by spec)."""
@@ -30,10 +42,29 @@ class PolicyContext:
             specs = self._layers[key] = layer_kernels(self.model, tp, batch, seq)
         return specs
 
+    def steps(self, tp: int, batch: int, seq: int, layers: range | None = None,
+              first: bool = True, last: bool = True) -> list[Step]:
+        """The kernels of a job (or of the `layers` one pipeline stage holds), in order."""
+        m = self.model
+        layers = range(m.layers) if layers is None else layers
+        key = (tp, batch, seq, layers.start, layers.stop, first, last)
+        cached = self._steps.get(key)
+        if cached is not None:
+            return cached
+        out = [Step(s, -1) for s in prologue_kernels(m, tp, batch, seq)] if first else []
+        specs = self.layer(tp, batch, seq)
+        for i in layers:
+            out.extend(Step(s, i) for s in specs)
+        if last:
+            out.extend(Step(s, m.layers) for s in epilogue_kernels(m, tp, batch, seq))
+        self._steps[key] = out
+        return out
 
-def launch_layer(rt: Runtime, specs: list[KernelSpec], stream: int, request_id: int, layer: int,
+
+def launch_steps(rt: Runtime, steps: list[Step], stream: int, request_id: int,
                  group: tuple[int, ...]) -> None:
-    """Launch one layer's kernels in order on one stream (collectives over `group`)."""
+    """Launch kernels in order on one stream (collectives over `group`)."""
     rank = rt.rank
-    for spec in specs:
-        rt.launch(Kernel(spec, rank, request_id, layer, group if spec.is_collective else None), stream)
+    for st in steps:
+        spec = st.spec
+        rt.launch(Kernel(spec, rank, request_id, st.layer, group if spec.is_collective else None), stream)

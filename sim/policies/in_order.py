@@ -1,28 +1,25 @@
-"""The plain in-order policy: one stream per GPU, jobs one after another, tensor parallel.
+"""`intra_op` (alias `in_order`): tensor parallel over all GPUs, one stream, FIFO jobs.
 
-Each job's kernels are launched as soon as the job has arrived and the previous job has
+Each job's kernels are launched once the job has arrived and the previous job has
 completed (the host syncs on the job's last kernel, as a serving loop returning results
-does). With `tp` = all GPUs this is the `intra_op` baseline without its later refinements.
+does): communication blocks compute, nothing of two jobs overlaps.
 """
 
 from __future__ import annotations
 
-from sim.policies.common import PolicyContext, RankPolicy, launch_layer
+from sim.policies.common import PolicyContext, RankPolicy, launch_steps
 from sim.runtime import PolicyGen, Runtime
 
 
-def build_in_order(ctx: PolicyContext) -> list[RankPolicy]:
+def build_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
     group = tuple(range(ctx.world))
-    layers = ctx.model.layers
 
     def run(rt: Runtime) -> PolicyGen:
         stream = rt.new_stream(0)
         done = rt.new_event()
         for job in ctx.jobs:
             yield rt.sleep_until(job.arrival_s)
-            specs = ctx.layer(ctx.world, job.batch, job.seq_len)
-            for layer in range(layers):
-                launch_layer(rt, specs, stream, job.request_id, layer, group)
+            launch_steps(rt, ctx.steps(ctx.world, job.batch, job.seq_len), stream, job.request_id, group)
             rt.record(done, stream)
             yield rt.sync(done)
 

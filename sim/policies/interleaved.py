@@ -1,0 +1,218 @@
+"""`interleaved`: the Liger runtime (Du et al., PPoPP 2024), tensor parallel.
+
+Up to `depth` jobs are in flight. Each GPU has a high-priority main stream and a normal
+sub stream. Round by round, the host
+
+1. blocks until the main stream has started the last kernel of the previous segment
+   (CPU–GPU synchronisation on an event recorded just before that kernel),
+2. makes the sub stream wait for the end of the previous main segment,
+3. launches the oldest job's next segment (a maximal run of compute, or of communication,
+   kernels) on the main stream,
+4. sums the segment's profiled solo durations into a time budget, scaled by the contention
+   factor (`contention: 0.8` as Liger's artifact; `contention: table` divides each fill
+   kernel's cost by the table's slowdown instead),
+5. fills the sub stream with kernels of the *opposite* type from the other in-flight jobs,
+   oldest first, until the budget is spent; a GEMM that does not fit is split along N into
+   the largest k/`split` of its columns whose profiled time fits, the rest staying queued.
+
+A job's kernels go to the sub stream only before it becomes the oldest; when it does,
+the main stream first waits for its last sub-stream kernel. Every rank must issue the same
+collectives in the same order, so each round is planned once and shared by all ranks
+(on real multi-GPU hardware rank 0 plans and broadcasts; in the simulator the first rank
+to reach a round plans it at its host time).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sim.kernels import Kernel, KernelSpec, split_gemm
+from sim.policies.common import PolicyContext, RankPolicy, Step
+from sim.runtime import PolicyGen, Runtime
+
+MAIN_PRIORITY, SUB_PRIORITY = -1, 0
+
+
+@dataclass
+class Pending:
+    """A job's not-yet-launched kernel; `parent` links the pieces of one split GEMM."""
+
+    spec: KernelSpec
+    layer: int
+    parent: int  # index of the original kernel within its job
+
+
+@dataclass
+class JobState:
+    request_id: int
+    arrival_s: float
+    queue: deque[Pending]
+    on_sub: bool = False  # has kernels on the sub stream that the main stream must wait for
+
+
+@dataclass
+class Launch:
+    spec: KernelSpec
+    request_id: int
+    layer: int
+    parent: int  # job-local index of the split GEMM (-1 when not a piece)
+
+
+@dataclass
+class Round:
+    sleep_until: float | None = None
+    main: list[Launch] = field(default_factory=list)
+    main_request: int = -1
+    main_waits_sub: bool = False
+    fills: list[Launch] = field(default_factory=list)
+    budget_s: float = 0.0
+
+
+def is_comm(spec: KernelSpec) -> bool:
+    return spec.is_collective
+
+
+class Planner:
+    """Plans rounds once, for every rank, in round order."""
+
+    def __init__(self, ctx: PolicyContext, depth: int, split: int, contention: float | str):
+        self.ctx = ctx
+        self.depth, self.split, self.contention = depth, split, contention
+        self.group = tuple(range(ctx.world))
+        self.waiting = deque(ctx.jobs)
+        self.inflight: list[JobState] = []
+        self.rounds: list[Round | None] = []
+
+    def get(self, i: int, now: float) -> Round | None:
+        while len(self.rounds) <= i:
+            self.rounds.append(self._plan(now))
+        return self.rounds[i]
+
+    def _solo(self, spec: KernelSpec) -> float:
+        return self.ctx.spec_solo(spec, self.group if spec.is_collective else None)
+
+    def _admit(self, now: float) -> None:
+        while self.waiting and len(self.inflight) < self.depth and self.waiting[0].arrival_s <= now:
+            job = self.waiting.popleft()
+            steps: list[Step] = self.ctx.steps(self.ctx.world, job.batch, job.seq_len)
+            queue = deque(Pending(st.spec, st.layer, i) for i, st in enumerate(steps))
+            self.inflight.append(JobState(job.request_id, job.arrival_s, queue))
+
+    def _plan(self, now: float) -> Round | None:
+        self._admit(now)
+        if not self.inflight:
+            if not self.waiting:
+                return None
+            return Round(sleep_until=self.waiting[0].arrival_s)
+        oldest = self.inflight[0]
+        rnd = Round(main_request=oldest.request_id, main_waits_sub=oldest.on_sub)
+        oldest.on_sub = False
+        comm = is_comm(oldest.queue[0].spec)
+        while oldest.queue and is_comm(oldest.queue[0].spec) == comm:
+            p = oldest.queue.popleft()
+            rnd.main.append(Launch(p.spec, oldest.request_id, p.layer, -1 if p.spec.fraction == 1.0 else p.parent))
+        main_solo = sum(self._solo(x.spec) for x in rnd.main)
+        main_cls = max(rnd.main, key=lambda x: self._solo(x.spec)).spec.cls
+        scalar = isinstance(self.contention, float)
+        budget = main_solo * (self.contention if scalar else 1.0)
+        rnd.budget_s = budget
+        if not oldest.queue:
+            self.inflight.pop(0)
+        self._fill(rnd, not comm, budget, main_cls, scalar)
+        return rnd
+
+    def _cost(self, spec: KernelSpec, main_cls: str, scalar: bool) -> float:
+        t = self._solo(spec)
+        if not scalar:
+            t *= self.ctx.contention.factor(spec.cls, main_cls, SUB_PRIORITY, MAIN_PRIORITY)
+        return t
+
+    def _fill(self, rnd: Round, want_comm: bool, budget: float, main_cls: str, scalar: bool) -> None:
+        left = budget
+        for job in self.inflight:
+            if job.request_id == rnd.main_request:
+                continue
+            q = job.queue
+            while q and is_comm(q[0].spec) == want_comm:
+                p = q[0]
+                t = self._cost(p.spec, main_cls, scalar)
+                if t <= left:
+                    q.popleft()
+                    left -= t
+                    parent = -1 if p.spec.fraction == 1.0 else p.parent
+                    rnd.fills.append(Launch(p.spec, job.request_id, p.layer, parent))
+                    job.on_sub = True
+                    continue
+                piece = self._largest_piece(p, left, main_cls, scalar)
+                if piece is not None:
+                    head, rest = piece
+                    q[0] = Pending(rest, p.layer, p.parent)
+                    left -= self._cost(head, main_cls, scalar)
+                    rnd.fills.append(Launch(head, job.request_id, p.layer, p.parent))
+                    job.on_sub = True
+                return  # the budget is spent: nothing further fits in order
+
+    def _largest_piece(self, p: Pending, left: float, main_cls: str,
+                       scalar: bool) -> tuple[KernelSpec, KernelSpec] | None:
+        if self.split <= 1 or p.spec.kind != "gemm":
+            return None
+        have = round(p.spec.fraction * self.split)  # eighths (for split 8) still queued
+        for k in range(have - 1, 0, -1):
+            head, rest = split_gemm(p.spec, k / self.split)
+            if self._cost(head, main_cls, scalar) <= left:
+                return head, rest
+        return None
+
+
+def build_interleaved(ctx: PolicyContext) -> list[RankPolicy]:
+    pol = ctx.policy
+    planner = Planner(ctx, pol.depth, pol.split, pol.contention)
+    group = tuple(range(ctx.world))
+
+    def run(rt: Runtime) -> PolicyGen:
+        main = rt.new_stream(MAIN_PRIORITY)
+        sub = rt.new_stream(SUB_PRIORITY)
+        rank = rt.rank
+        started = end = None
+        sub_mark: dict[int, int] = {}  # request -> event recorded after its last sub kernel
+        first_piece: dict[tuple[int, int], int] = {}  # (request, job-local index) -> kernel_id
+        i = 0
+
+        def launch(x: Launch, stream: int) -> None:
+            k = Kernel(x.spec, rank, x.request_id, x.layer, group if x.spec.is_collective else None)
+            if x.parent >= 0:
+                k.parent = first_piece.get((x.request_id, x.parent), -1)
+            rt.launch(k, stream)
+            if x.parent >= 0 and k.parent < 0:
+                k.parent = first_piece[(x.request_id, x.parent)] = k.kernel_id
+
+        while True:
+            if started is not None:
+                yield rt.sync(started)
+            rnd = planner.get(i, rt.now())
+            i += 1
+            if rnd is None:
+                return
+            if rnd.sleep_until is not None:
+                yield rt.sleep_until(rnd.sleep_until)
+                continue
+            if end is not None:
+                rt.wait(sub, end)
+            if rnd.main_waits_sub:
+                rt.wait(main, sub_mark[rnd.main_request])
+            for x in rnd.main[:-1]:
+                launch(x, main)
+            started = rt.new_event()
+            rt.record(started, main)
+            launch(rnd.main[-1], main)
+            end = rt.new_event()
+            rt.record(end, main)
+            for j, x in enumerate(rnd.fills):
+                launch(x, sub)
+                nxt = rnd.fills[j + 1].request_id if j + 1 < len(rnd.fills) else None
+                if nxt != x.request_id:
+                    ev = sub_mark[x.request_id] = rt.new_event()
+                    rt.record(ev, sub)
+
+    return [run] * ctx.world
