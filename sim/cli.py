@@ -40,6 +40,39 @@ def _replay(args: argparse.Namespace) -> None:
     print(f"  wrote {out}/")
 
 
+def _curve(args: argparse.Namespace) -> None:
+    import yaml
+
+    from sim.curve import jpc, parse_rates, sweep
+    from sim.plots import plot_curve
+    from sim.scenario import load_scenario
+
+    scn, base = load_scenario(args.scenario)
+    scn_dict = yaml.safe_load(Path(args.scenario).read_text())
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    rates = parse_rates(args.rates)
+    out = Path(args.output)
+    curve = sweep(scn, scn_dict, base, policies, rates, out, jobs=args.jobs, workers=args.workers,
+                  resume=args.resume, file=str(args.scenario))
+    table = jpc(curve)
+    plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
+    print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
+    print(table.to_string(index=False))
+    print(f"wrote {out}/curve.csv, jpc.csv, curve.png")
+
+
+def _trace_gen(args: argparse.Namespace) -> None:
+    from sim.scenario import load_scenario
+    from sim.simulate import load_jobs
+    from sim.workload import with_rate, write_trace
+
+    scn, base = load_scenario(args.scenario)
+    wl = with_rate(scn.workload, args.rate) if args.rate else scn.workload
+    jobs = load_jobs(scn.model_copy(update={"workload": wl}), base, args.jobs)
+    path = write_trace(jobs, args.output)
+    print(f"wrote {len(jobs)} jobs to {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ligersim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", default="out/replay", help="output folder")
     rp.add_argument("--no-trace", action="store_true", help="skip the Chrome trace")
     rp.set_defaults(func=_replay)
+
+    c = sub.add_parser("curve", help="latency-throughput curves and JPC over offered rates")
+    c.add_argument("scenario", help="scenario YAML file")
+    c.add_argument("--policies", default="intra_op,inter_op,interleaved", help="comma-separated policies")
+    c.add_argument("--rates", required=True, help="offered rates in jobs/s: R1,R2,... or START:STOP:STEP")
+    c.add_argument("-o", "--output", default="out/curve", help="output folder")
+    c.add_argument("--jobs", type=int, default=None, help="use only the first N jobs at each rate")
+    c.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    c.add_argument("--resume", action="store_true", help="keep points already in OUTPUT/curve.csv")
+    c.set_defaults(func=_curve)
+
+    t = sub.add_parser("trace", help="workload traces")
+    tsub = t.add_subparsers(dest="trace_command", required=True)
+    tg = tsub.add_parser("gen", help="write the jobs of a scenario's workload as a trace file")
+    tg.add_argument("scenario", help="scenario YAML whose workload section generates the jobs")
+    tg.add_argument("-o", "--output", required=True, help="trace file to write (.csv or .parquet)")
+    tg.add_argument("--rate", type=float, default=None, help="offered rate in jobs/s (overrides the scenario)")
+    tg.add_argument("--jobs", type=int, default=None, help="keep only the first N jobs")
+    tg.set_defaults(func=_trace_gen)
     return p
 
 

@@ -1,0 +1,82 @@
+"""The unsharded layers in plain torch: what the sharded kernels must reproduce.
+
+Written independently of `hw.kernels` (textbook formulas over the full weights of
+`hw.weights.full_weights`), so agreement is evidence that the kernels compute the layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sim.layers import ModelShape
+
+LN_EPS, RMS_EPS = 1e-5, 1e-6
+
+
+def _norm(m: ModelShape, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if m.arch == "decoder" and m.norm == "rmsnorm":
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS) * g
+    return F.layer_norm(x, (x.shape[-1],), g, b, LN_EPS)
+
+
+def rope_tables(seq: int, past: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [seq, d] of rotary embedding (rotate-half form, base 10000)."""
+    inv = 1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = torch.arange(past, past + seq, dtype=torch.float64)[:, None] * inv[None]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [..., seq, heads, d]."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+def encoder_layer(m: ModelShape, w: dict[str, torch.Tensor], x: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """Post-LN BERT/GLM-style layer over x [batch*seq, hidden] (bidirectional attention)."""
+    d, nh, nkv = m.head_dim, m.heads, m.kv_heads
+    q = (x @ w["wq"] + w["bq"]).view(batch, seq, nh, d).transpose(1, 2)
+    k = (x @ w["wk"] + w["bk"]).view(batch, seq, nkv, d).transpose(1, 2).repeat_interleave(nh // nkv, 1)
+    v = (x @ w["wv"] + w["bv"]).view(batch, seq, nkv, d).transpose(1, 2).repeat_interleave(nh // nkv, 1)
+    p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    ctx = (p @ v).transpose(1, 2).reshape(batch * seq, nh * d)
+    y1 = _norm(m, x + ctx @ w["wo"] + w["bo"], w["ln1_g"], w["ln1_b"])
+    fc = y1 @ w["w_fc"] + w["b_fc"]
+    a = F.gelu(y1 @ w["w_gate"] + w["b_gate"]) * fc if m.gated else F.gelu(fc)
+    return _norm(m, y1 + a @ w["w_down"] + w["b_down"], w["ln2_g"], w["ln2_b"])
+
+
+def decoder_layer(m: ModelShape, w: dict[str, torch.Tensor], x: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """Pre-norm LLaMA/OPT-style layer over x [batch*seq, hidden], causal, no KV cache."""
+    d, nh, nkv = m.head_dim, m.heads, m.kv_heads
+    n1 = _norm(m, x, w["norm1_g"], w.get("norm1_b"))
+    q = (n1 @ w["wq"]).view(batch, seq, nh, d)
+    k = (n1 @ w["wk"]).view(batch, seq, nkv, d)
+    v = (n1 @ w["wv"]).view(batch, seq, nkv, d)
+    if m.rope:
+        cos, sin = rope_tables(seq, 0, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)
+    s = s.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    ctx = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(batch * seq, nh * d)
+    h1 = x + ctx @ w["wo"]
+    n2 = _norm(m, h1, w["norm2_g"], w.get("norm2_b"))
+    fc = n2 @ w["w_fc"]
+    a = F.silu(n2 @ w["w_gate"]) * fc if m.gated else torch.relu(fc)
+    return h1 + a @ w["w_down"]
+
+
+def forward(m: ModelShape, w: dict[str, torch.Tensor], x: torch.Tensor, batch: int, seq: int, layers: int
+            ) -> torch.Tensor:
+    """`layers` layers sharing the weights `w`, as the hw backend runs them."""
+    layer = encoder_layer if m.arch == "encoder" else decoder_layer
+    for _ in range(layers):
+        x = layer(m, w, x, batch, seq)
+    return x

@@ -1,0 +1,122 @@
+"""Latency–throughput curves and job processing capacity (JPC).
+
+A curve runs the scenario at each offered rate under each policy (in parallel worker
+processes) and records achieved throughput and JCT. A rate is *sustained* when the system
+completes jobs at least `SUSTAIN` × as fast as they arrived (the realised arrival rate of
+the drawn jobs, `arrival_rate`, not the nominal one, so sampling noise is not overload): below capacity the achieved rate
+tracks the offered one, above it the queue grows and the achieved rate stalls at capacity.
+JPC is the highest achieved rate among sustained points (NaN if none is sustained).
+Rows are appended to `curve.csv` as they finish, so an interrupted sweep keeps its points
+and `--resume` skips them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from sim.errors import LigerSimError
+from sim.scenario import Scenario, parse_scenario
+from sim.simulate import load_jobs, simulate
+from sim.workload import with_rate
+
+SUSTAIN = 0.9
+GROWTH = 2.0
+CURVE_COLUMNS = ["policy", "offered_rate", "arrival_rate", "achieved_rate", "jct_mean_s", "jct_p50_s", "jct_p90_s", "jct_p99_s",
+                 "jct_growth", "gpu_busy_frac", "overlap_frac", "jobs", "kernels", "sim_wall_s"]
+
+
+def parse_rates(text: str) -> list[float]:
+    """`1,2,5` or `START:STOP:STEP` (inclusive), or a mix: `1,2,5:50:5`."""
+    rates: list[float] = []
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                start, stop, step = (float(x) for x in part.split(":"))
+                if step <= 0:
+                    raise ValueError
+                n = int(math.floor((stop - start) / step + 1e-9)) + 1
+                rates.extend(start + i * step for i in range(n))
+            elif part.strip():
+                rates.append(float(part))
+    except ValueError:
+        raise LigerSimError(f"--rates {text!r}: give rates in jobs/s as R1,R2,... or START:STOP:STEP",
+                            field="--rates") from None
+    if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
+        raise LigerSimError(f"--rates {text!r}: every rate must be a positive number of jobs/s", field="--rates")
+    return sorted(set(round(r, 9) for r in rates))
+
+
+def policy_variant(scn_dict: dict, policy: str) -> dict:
+    """The scenario with another policy; TP/PP degrees are kept only where they apply."""
+    pol = dict(scn_dict.get("policy") or {})
+    if policy != "hybrid":
+        pol.pop("tp", None)
+        pol.pop("pp", None)
+    pol["name"] = policy
+    return {**scn_dict, "policy": pol}
+
+
+def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jobs: int | None,
+              file: str) -> dict:
+    """One point of a curve (top-level so worker processes can run it)."""
+    scn = parse_scenario(policy_variant(scn_dict, policy), file)
+    scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
+    job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
+    run = simulate(scn, job_list, record_ir=False, file=file)
+    from sim.metrics import requests_frame, summarise
+
+    req = requests_frame(run.events, job_list).sort_values("arrival_s")
+    s = summarise(run.events, req, policy, run.result.sim_wall_s)
+    third = max(1, len(req) // 3)
+    s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
+    return {"policy": policy, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],
+            "achieved_rate": s["throughput_jobs_s"], **{k: s.get(k) for k in CURVE_COLUMNS[4:]}}
+
+
+def jpc(curve: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for policy, g in curve.groupby("policy", sort=False):
+        ok = g[(g["achieved_rate"] >= SUSTAIN * g["arrival_rate"]) & (g["jct_growth"] <= GROWTH)]
+        rows.append({"policy": policy, "jpc_jobs_s": float(ok["achieved_rate"].max()) if len(ok) else np.nan,
+                     "capacity_jobs_s": float(g["achieved_rate"].max())})
+    return pd.DataFrame(rows, columns=["policy", "jpc_jobs_s", "capacity_jobs_s"])
+
+
+def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
+          out: Path, jobs: int | None = None, workers: int | None = None, resume: bool = False,
+          file: str = "<scenario>", progress: bool = True) -> pd.DataFrame:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "curve.csv"
+    done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+    have = {(p, round(r, 9)) for p, r in zip(done["policy"], done["offered_rate"])}
+    todo = [(p, r) for p in policies for r in rates if (p, round(r, 9)) not in have]
+    for p in policies:  # fail fast, in this process, on a policy the scenario cannot run
+        parse_scenario(policy_variant(scn_dict, p), file)
+    if not resume or not path.exists():
+        pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
+    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
+    base = str(base_dir) if base_dir else None
+    bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(run_point, scn_dict, base, p, r, jobs, file): (p, r) for p, r in todo}
+            for fut in as_completed(futs):
+                row = fut.result()
+                pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
+                bar.set_postfix_str(f"{row['policy']} @ {row['offered_rate']:g}/s")
+                bar.update()
+    finally:
+        bar.close()
+    curve = pd.read_csv(path)
+    order = {p: i for i, p in enumerate(policies)}
+    curve = curve.sort_values(["policy", "offered_rate"], key=lambda c: c.map(order) if c.name == "policy" else c)
+    curve.to_csv(path, index=False)
+    jpc(curve).to_csv(out / "jpc.csv", index=False)
+    return curve
