@@ -52,7 +52,9 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
     engine, cost = make_engine(scn, record_ir)
     ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
                                  cost.spec_solo, engine.contention)
-    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs)}
+    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
+            "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
+                         for j in jobs]}
     result = engine.run(policies.build(ctx), meta)
     return Run(scn, jobs, result, events_frame(result.events))
 
@@ -67,6 +69,8 @@ def replay(schedule: Schedule, jobs: list[Job] | None = None) -> Run:
                             field="world")
     engine, _ = make_engine(scn)
     result = engine.run([replay_policy(ops) for ops in schedule.by_rank()], schedule.meta)
+    if jobs is None and "job_list" in schedule.meta:
+        jobs = [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in schedule.meta["job_list"]]
     if jobs is None:
         jobs = jobs_from_events(result.events, schedule)
     return Run(scn, jobs, result, events_frame(result.events))

@@ -1,0 +1,382 @@
+"""Executing the simulator's kernels for real: the layer math, at its real shapes.
+
+Kernels of a model layer (`sim.layers`) are dispatched by name and compute their part of
+the real layer: each reads its inputs from and writes its outputs to named buffers of the
+request's state (`hw.activations`), so the output of `q_proj` is what `qk_bmm` reads and a
+tensor-parallel run reproduces the unsharded layer. A piece of a GEMM split along N
+computes exactly its slice of the output columns: pieces of one GEMM are launched in
+column order, so a per-(request, layer, name) cursor gives each piece its first column.
+Any other kernel (no request, unknown name) runs at its shape on scratch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hw.activations import ActivationStore, BufferPool, RequestState
+from hw.collectives import Collectives
+from hw.reference import LN_EPS, RMS_EPS, rope_tables
+from hw.weights import Shard, layer_weights
+from sim.errors import LigerSimError
+from sim.kernels import Kernel
+from sim.layers import ModelShape, layer_kernels
+
+Op = Callable[["KernelLibrary", RequestState, Kernel], None]
+
+
+class KernelLibrary:
+    """All kernels one rank runs: the model's layer kernels plus a generic fallback."""
+
+    def __init__(self, model: ModelShape, shard: Shard, device: str, dtype: torch.dtype, comm: Collectives,
+                 seed: int = 0, shape_of: Callable[[int], tuple[int, int] | None] | None = None,
+                 inputs: str = "per_request", keep: bool = False):
+        self.m, self.shard, self.device, self.dtype, self.comm = model, shard, device, dtype, comm
+        self.w = layer_weights(model, shard, device, dtype, seed)
+        self.pool = BufferPool(device, dtype)
+        self.input_name = "x" if model.arch == "encoder" else "resid"
+        self.store = ActivationStore(self.pool, model.hidden, shape_of or (lambda _r: None), seed, inputs, keep)
+        self.d = model.head_dim
+        q0, q1 = shard.q_heads(model)
+        k0, k1 = shard.kv_heads(model)
+        self.nh, self.nkv = q1 - q0, k1 - k0
+        self.ops = ENCODER_OPS if model.arch == "encoder" else DECODER_OPS
+        self.last_name = layer_kernels(model, shard.tp, 1, 1)[-1].name
+        self.generic = GenericKernels(device, dtype, comm)
+        self._consts: dict[tuple, torch.Tensor] = {}
+        self._ln_out_ok = True
+
+    # ------------------------------------------------------------------ dispatch
+    def run(self, k: Kernel) -> None:
+        op = self.ops.get(k.spec.name)
+        if op is None or k.request_id < 0:
+            self.generic.run(k)
+            return
+        st = self.store.get(k.request_id, self._tokens(k), self.input_name)
+        op(self, st, k)
+        if self._finished(st, k):
+            self.store.release(k.request_id, self._fence())
+
+    def output(self, request_id: int) -> torch.Tensor:
+        """The request's current layer output (the state must still be held: `keep=True`)."""
+        st = self.store.states[request_id]
+        x = st.bufs[self.input_name]
+        return x + st.bufs["mlp"] if st.fold else x
+
+    def _tokens(self, k: Kernel) -> int:
+        d, kind, h = k.spec.dims, k.spec.kind, self.m.hidden
+        if kind == "gemm":
+            return d["m"]
+        if kind == "bgemm":
+            return d["b"] // self.nh * d["m"]
+        if kind == "attention":
+            return d["b"] * d["sq"]
+        if k.spec.is_collective:
+            return d["nbytes"] // (h * k.spec.dtype_bytes)
+        return d["elems"] // h
+
+    def _finished(self, st: RequestState, k: Kernel) -> bool:
+        """After the request's last kernel on this rank (its last layer, or a pipeline send)."""
+        if k.spec.kind == "send":
+            return True
+        return (k.layer == self.m.layers - 1 and k.spec.name == self.last_name
+                and (k.layer, k.spec.name) not in st.cursor)
+
+    def _fence(self) -> object | None:
+        if self.device == "cpu":
+            return None
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream())
+        return ev
+
+    # ------------------------------------------------------------------ building blocks
+    def buf(self, st: RequestState, name: str, *shape: int) -> torch.Tensor:
+        return self.store.buf(st, name, tuple(shape))
+
+    def gemm(self, st: RequestState, k: Kernel, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """out = x @ w, or only this piece's columns of it."""
+        d = k.spec.dims
+        n, full = d["n"], w.shape[1]
+        if d["m"] != x.shape[0] or d["k"] != x.shape[1] or n > full:
+            raise LigerSimError(f"kernel {k.spec.name} (m={d['m']}, n={n}, k={d['k']}) does not match the "
+                                f"model's {tuple(x.shape)} x {tuple(w.shape)} GEMM; is the IR from another model?")
+        if n == full:
+            torch.mm(x, w, out=out)
+            return
+        key = (k.layer, k.spec.name)
+        off = st.cursor.pop(key, 0)
+        if off + n > full:
+            raise LigerSimError(f"GEMM pieces of {k.spec.name} (request {k.request_id}, layer {k.layer}) "
+                                f"cover more than its {full} columns")
+        torch.mm(x, w[:, off:off + n], out=out[:, off:off + n])
+        if off + n < full:
+            st.cursor[key] = off + n
+
+    def norm(self, x: torch.Tensor, out: torch.Tensor, prefix: str) -> None:
+        g, b = self.w[f"{prefix}_g"], self.w.get(f"{prefix}_b")
+        if self.m.arch == "decoder" and self.m.norm == "rmsnorm":
+            rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + RMS_EPS)
+            torch.mul(x, rstd.to(x.dtype), out=out)
+            out.mul_(g)
+            return
+        if self._ln_out_ok:  # writes straight into `out`: no extra copy kernel
+            try:
+                stats = torch.empty(0, device=x.device, dtype=torch.float32)
+                torch.ops.aten.native_layer_norm.out(x, [x.shape[-1]], g, b, LN_EPS, out0=out, out1=stats,
+                                                     out2=torch.empty_like(stats))
+                return
+            except RuntimeError:
+                self._ln_out_ok = False
+        out.copy_(F.layer_norm(x, (x.shape[-1],), g, b, LN_EPS))
+
+    def zeros(self, *shape: int) -> torch.Tensor:
+        """A read-only zero tensor (stand-in for KV-cache entries this run never computed)."""
+        key = ("zeros", shape)
+        if key not in self._consts:
+            self._consts[key] = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return self._consts[key]
+
+    def rope(self, seq: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("rope", seq, past)
+        if key not in self._consts:
+            cos, sin = rope_tables(seq, past, self.d)
+            self._consts[key] = torch.stack([cos, sin]).to(self.device, self.dtype)
+        t = self._consts[key]
+        return t[0], t[1]
+
+    # ------------------------------------------------------------------ communication
+    def all_reduce(self, st: RequestState, k: Kernel, name: str) -> None:
+        t = st.bufs[name]
+        if t.numel() * k.spec.dtype_bytes != k.spec.dims["nbytes"]:
+            raise LigerSimError(f"{k.spec.name} moves {k.spec.dims['nbytes']} bytes but buffer {name} holds "
+                                f"{t.numel()} elements")
+        self.comm.all_reduce(t, k.group or ())
+
+    def send(self, st: RequestState, k: Kernel) -> None:
+        if st.fold:
+            _fold(self, st)
+        self.comm.send(st.bufs[self.input_name], k.group or ())
+
+    def recv(self, st: RequestState, k: Kernel) -> None:
+        x = self.buf(st, self.input_name, st.tokens, self.m.hidden)
+        self.comm.recv(x, k.group or ())
+        st.fold = False
+
+
+# ---------------------------------------------------------------------- encoder (Liger)
+def _proj(out_name: str, w_name: str) -> Op:
+    def op(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+        w = lib.w[w_name]
+        lib.gemm(st, k, st.bufs["x"], w, lib.buf(st, out_name, st.tokens, w.shape[1]))
+
+    return op
+
+
+def _bias_transpose(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """q, k, v [t, heads*d] + bias -> [b*heads, s, d]; KV heads repeated for GQA groups."""
+    b, s, nh, nkv, d = st.batch, st.seq, lib.nh, lib.nkv, lib.d
+    qh = lib.buf(st, "qh", b * nh, s, d)
+    torch.add(st.bufs["q"].view(b, s, nh, d).transpose(1, 2), lib.w["bq"].view(1, nh, 1, d), out=qh.view(b, nh, s, d))
+    g = nh // nkv
+    for dst, src, bias in (("kh", "k", "bk"), ("vh", "v", "bv")):
+        out = lib.buf(st, dst, b * nh, s, d).view(b, nkv, g, s, d)
+        inp = st.bufs[src].view(b, s, nkv, 1, d).permute(0, 2, 3, 1, 4).expand(b, nkv, g, s, d)
+        torch.add(inp, lib.w[bias].view(1, nkv, 1, 1, d), out=out)
+
+
+def _qk_bmm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    scores = lib.buf(st, "scores", st.batch * lib.nh, st.seq, st.seq)
+    torch.baddbmm(scores, st.bufs["qh"], st.bufs["kh"].transpose(1, 2), beta=0.0, alpha=lib.d ** -0.5, out=scores)
+
+
+def _softmax(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    torch.softmax(st.bufs["scores"], -1, out=lib.buf(st, "probs", *st.bufs["scores"].shape))
+
+
+def _sv_bmm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    torch.bmm(st.bufs["probs"], st.bufs["vh"], out=lib.buf(st, "ctx", st.batch * lib.nh, st.seq, lib.d))
+
+
+def _transpose(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    b, s, nh, d = st.batch, st.seq, lib.nh, lib.d
+    out = lib.buf(st, "ctx_t", st.tokens, nh * d)
+    out.view(b, s, nh, d).copy_(st.bufs["ctx"].view(b, nh, s, d).transpose(1, 2))
+
+
+def _layernorm_1(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """Post-LN with the residual and the row-parallel GEMM's bias (added once, after the all-reduce)."""
+    s = torch.add(st.bufs["x"], st.bufs["attn"]).add_(lib.w["bo"])
+    lib.norm(s, lib.buf(st, "y1", st.tokens, lib.m.hidden), "ln1")
+
+
+def _bias_act(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    up, b_up = st.bufs["up"], lib.w["b_up"]
+    f = lib.w["w_down"].shape[0]
+    act = lib.buf(st, "act", st.tokens, f)
+    torch.add(up[:, :f], b_up[:f], out=act)
+    torch.ops.aten.gelu_(act)
+    if lib.m.gated:
+        act.mul_(up[:, f:] + b_up[f:])
+
+
+def _layernorm_2(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    s = torch.add(st.bufs["y1"], st.bufs["mlp"]).add_(lib.w["b_down"])
+    lib.norm(s, lib.buf(st, "x", st.tokens, lib.m.hidden), "ln2")
+
+
+def _mlp_gemm(in_name: str, w_name: str, out_name: str, fold: bool = False) -> Op:
+    def op(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+        w = lib.w[w_name]
+        lib.gemm(st, k, st.bufs[in_name], w, lib.buf(st, out_name, st.tokens, w.shape[1]))
+        if fold:
+            st.fold = True
+
+    return op
+
+
+def _all_reduce(name: str) -> Op:
+    return lambda lib, st, k: lib.all_reduce(st, k, name)
+
+
+ENCODER_OPS: dict[str, Op] = {
+    "q_proj": _proj("q", "wq"), "k_proj": _proj("k", "wk"), "v_proj": _proj("v", "wv"),
+    "bias_transpose": _bias_transpose, "qk_bmm": _qk_bmm, "softmax": _softmax, "sv_bmm": _sv_bmm,
+    "transpose": _transpose, "out_proj": _mlp_gemm("ctx_t", "wo", "attn"),
+    "attn_all_reduce": _all_reduce("attn"), "layernorm_1": _layernorm_1,
+    "mlp_up": _mlp_gemm("y1", "w_up", "up"), "bias_act": _bias_act,
+    "mlp_down": _mlp_gemm("act", "w_down", "mlp"), "mlp_all_reduce": _all_reduce("mlp"),
+    "layernorm_2": _layernorm_2,
+    "send": lambda lib, st, k: lib.send(st, k), "recv": lambda lib, st, k: lib.recv(st, k),
+}
+
+
+# ---------------------------------------------------------------------- decoder (LLaMA/OPT)
+def _fold(lib: KernelLibrary, st: RequestState) -> None:
+    """resid += mlp (the previous layer's residual add, fused into the next norm as vLLM does)."""
+    x = st.bufs["resid"]
+    torch.add(x, st.bufs["mlp"], out=lib.buf(st, "resid", *x.shape))
+    st.fold = False
+
+
+def _input_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    if st.fold:
+        _fold(lib, st)
+    lib.norm(st.bufs["resid"], lib.buf(st, "n1", st.tokens, lib.m.hidden), "norm1")
+
+
+def _qkv(lib: KernelLibrary, st: RequestState) -> torch.Tensor:
+    return st.bufs["qkv"].view(st.batch, st.seq, lib.nh + 2 * lib.nkv, lib.d)
+
+
+def _rope(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    past = st.kv[k.layer][0].shape[2] if k.layer in st.kv else 0
+    cos, sin = lib.rope(st.seq, past)
+    qk = _qkv(lib, st)[:, :, :lib.nh + lib.nkv]
+    half = lib.d // 2
+    rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+    qk.copy_(qk * cos[:, None, :] + rot * sin[:, None, :])
+
+
+def _attention(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """Causal fused attention over `skv` = past + new tokens (past from the cache, or zeros)."""
+    b, s, nh, nkv, d = st.batch, st.seq, lib.nh, lib.nkv, lib.d
+    qkv = _qkv(lib, st)
+    q = qkv[:, :, :nh].transpose(1, 2)
+    kk = qkv[:, :, nh:nh + nkv].transpose(1, 2)
+    vv = qkv[:, :, nh + nkv:].transpose(1, 2)
+    past = k.spec.dims["skv"] - s
+    mask = None
+    if past > 0:
+        cached = st.kv.get(k.layer)
+        pk, pv = cached if cached is not None and cached[0].shape[2] >= past else (lib.zeros(b, nkv, past, d),) * 2
+        kk, vv = torch.cat([pk[:, :, :past], kk], 2), torch.cat([pv[:, :, :past], vv], 2)
+        if s > 1:  # bottom-right causal: new token i sees the past and new tokens 0..i
+            mask = torch.arange(past + s, device=q.device)[None] <= past + torch.arange(s, device=q.device)[:, None]
+    o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=past == 0,
+                                       enable_gqa=nkv != nh)
+    out = lib.buf(st, "attn_o", st.tokens, nh * d)
+    out.view(b, s, nh, d).copy_(o.transpose(1, 2))
+
+
+def _post_attn_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    x = st.bufs["resid"]
+    h1 = lib.buf(st, "resid", *x.shape)
+    torch.add(x, st.bufs["attn"], out=h1)
+    lib.norm(h1, lib.buf(st, "n2", st.tokens, lib.m.hidden), "norm2")
+
+
+def _silu_mul(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    up, f = st.bufs["up"], lib.w["w_down"].shape[0]
+    torch.mul(F.silu(up[:, :f]), up[:, f:], out=lib.buf(st, "act", st.tokens, f))
+
+
+def _relu(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    up = st.bufs["up"]
+    torch.clamp(up, min=0, out=lib.buf(st, "act", *up.shape))
+
+
+DECODER_OPS: dict[str, Op] = {
+    "input_norm": _input_norm, "qkv_proj": _mlp_gemm("n1", "w_qkv", "qkv"), "rope": _rope,
+    "attention": _attention, "o_proj": _mlp_gemm("attn_o", "wo", "attn"),
+    "attn_all_reduce": _all_reduce("attn"), "post_attn_norm": _post_attn_norm,
+    "gate_up_proj": _mlp_gemm("n2", "w_up", "up"), "fc1": _mlp_gemm("n2", "w_up", "up"),
+    "silu_mul": _silu_mul, "relu": _relu,
+    "down_proj": _mlp_gemm("act", "w_down", "mlp", fold=True), "fc2": _mlp_gemm("act", "w_down", "mlp", fold=True),
+    "mlp_all_reduce": _all_reduce("mlp"),
+    "send": lambda lib, st, k: lib.send(st, k), "recv": lambda lib, st, k: lib.recv(st, k),
+}
+
+
+# ---------------------------------------------------------------------- any kernel, by kind
+def _row_width(elems: int) -> int:
+    """A row length for pointwise kernels given only an element count (power of two ≤ 4096)."""
+    w = 4096
+    while w > 1 and elems % w:
+        w //= 2
+    return w
+
+
+class GenericKernels:
+    """Runs a kernel of any kind at its shape on scratch tensors allocated once per shape.
+
+    For kernels outside the model's layer (calibration, future policies): the cost is real,
+    the data is not.
+    """
+
+    def __init__(self, device: str, dtype: torch.dtype, comm: Collectives):
+        self.device, self.dtype, self.comm = device, dtype, comm
+        self._scratch: dict[tuple, torch.Tensor] = {}
+
+    def t(self, tag: str, *shape: int) -> torch.Tensor:
+        key = (tag, shape)
+        if key not in self._scratch:
+            self._scratch[key] = torch.rand(shape, device=self.device, dtype=self.dtype) * 0.1
+        return self._scratch[key]
+
+    def run(self, k: Kernel) -> None:
+        d, kind = k.spec.dims, k.spec.kind
+        if kind == "gemm":
+            torch.mm(self.t("a", d["m"], d["k"]), self.t("b", d["k"], d["n"]), out=self.t("c", d["m"], d["n"]))
+        elif kind == "bgemm":
+            b, m, n, kk = d["b"], d["m"], d["n"], d["k"]
+            torch.bmm(self.t("a", b, m, kk), self.t("b", b, kk, n), out=self.t("c", b, m, n))
+        elif kind == "attention":
+            b, h, sq, skv, hd, kvh = d["b"], d["h"], d["sq"], d["skv"], d["d"], d.get("kv_h", d["h"])
+            F.scaled_dot_product_attention(self.t("q", b, h, sq, hd), self.t("k", b, kvh, skv, hd),
+                                           self.t("v", b, kvh, skv, hd), is_causal=sq == skv, enable_gqa=kvh != h)
+        elif k.spec.is_collective:
+            buf = self.t("comm", max(1, d["nbytes"] // k.spec.dtype_bytes))
+            getattr(self.comm, kind)(buf, k.group or ())
+        else:
+            w = _row_width(d["elems"])
+            x, y = self.t("x", d["elems"] // w, w), self.t("y", d["elems"] // w, w)
+            if kind == "softmax":
+                torch.softmax(x, -1, out=y)
+            elif kind in ("layernorm", "rmsnorm"):
+                y.copy_(F.layer_norm(x, (w,)) if kind == "layernorm" else F.rms_norm(x, (w,)))
+            elif kind == "copy":
+                y.copy_(x)
+            else:  # elementwise, rope: one read, one write
+                torch.mul(x, 1.0, out=y)

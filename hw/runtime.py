@@ -1,0 +1,140 @@
+"""The Runtime protocol on torch: the policies' host operations performed for real.
+
+`TorchRuntime` gives a rank streams with priorities, events, inter-stream waits and host
+syncs, and times every kernel. On CUDA a stream is a `torch.cuda.Stream(priority=...)`
+(lower number = higher priority, as in the IR), events are CUDA events and each kernel is
+bracketed by timing events, mapped to the host clock through an origin event recorded at
+start. On CPU every operation executes at once in host order: a valid serialisation of
+the same program (each kernel starts after everything launched before it, so stream order
+and event waits hold by construction), timed with perf_counter.
+
+`drive` runs a policy generator on the host thread, performing the `sync` and
+`sleep_until` operations it yields; all ranks share one wall-clock origin `t0`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from hw.kernels import KernelLibrary
+from sim.ir import Op
+from sim.kernels import Kernel
+from sim.runtime import PolicyGen, RecordingRuntime
+
+Row = tuple
+
+
+class TorchRuntime(RecordingRuntime):
+    def __init__(self, rank: int, world: int, solo: Callable[[Kernel], float], lib: KernelLibrary,
+                 device: str = "cpu", t0: float | None = None, ops: list[Op] | None = None):
+        super().__init__(rank, world, solo, ops)
+        self.lib, self.device = lib, device
+        self.cuda = device != "cpu"
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self._streams: list = []
+        self._events: dict[int, object] = {}  # event id -> CUDA event, or host time on CPU
+        self._kernels: list[tuple[Kernel, int, float, object, object]] = []
+        self.record_times: list[tuple[int, int, float]] = []  # (event, stream, host time) of records
+        self.sync_times: list[tuple[int, float, float]] = []  # (event, host time blocked, resumed)
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._origin_host = self.now()
+            self._origin = torch.cuda.Event(enable_timing=True)
+            self._origin.record()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    # ------------------------------------------------------------------ hooks
+    def _stream(self, sid: int, priority: int) -> None:
+        if self.cuda:
+            lo, hi = torch.cuda.Stream.priority_range()  # (lowest priority, highest), e.g. (0, -5)
+            self._streams.append(torch.cuda.Stream(priority=max(hi, min(lo, priority))))
+        else:
+            self._streams.append(None)
+
+    def _launch(self, kernel: Kernel, stream: int) -> float:
+        kernel.rank = self.rank
+        t = self.now()
+        if self.cuda:
+            s = self._streams[stream]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(s):
+                start.record(s)
+                self.lib.run(kernel)
+                end.record(s)
+            self._kernels.append((kernel, stream, t, start, end))
+        else:
+            start = self.now()
+            self.lib.run(kernel)
+            self._kernels.append((kernel, stream, t, start, self.now()))
+        return t
+
+    def _record(self, event: int, stream: int) -> float:
+        t = self.now()
+        if self.cuda:
+            ev = self._events.get(event)
+            if ev is None:
+                ev = self._events[event] = torch.cuda.Event()
+            ev.record(self._streams[stream])  # type: ignore[attr-defined]
+        else:
+            self._events[event] = t  # everything launched before has completed
+        self.record_times.append((event, stream, t))
+        return t
+
+    def _wait(self, stream: int, event: int) -> float:
+        t = self.now()
+        ev = self._events.get(event)
+        if self.cuda and ev is not None:  # waiting on a never-recorded event is a no-op, as in CUDA
+            self._streams[stream].wait_event(ev)
+        return t
+
+    # ------------------------------------------------------------------ blocking operations
+    def block_on(self, event: int) -> None:
+        """`sync`: the host waits until the event's stream has reached it."""
+        t = self.now()
+        ev = self._events.get(event)
+        if self.cuda and ev is not None:
+            ev.synchronize()  # type: ignore[attr-defined]
+        self.sync_times.append((event, t, self.now()))
+
+    def sleep_to(self, until: float) -> None:
+        """`sleep_until`: wall-clock time since the run's start (request arrivals)."""
+        dt = until - self.now()
+        if dt > 0:
+            time.sleep(dt)
+
+    def finish(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    # ------------------------------------------------------------------ results
+    def rows(self) -> list[Row]:
+        """One row per kernel, columns as `sim.engine.EVENT_COLUMNS`."""
+        self.finish()
+        out = []
+        for k, sid, launched, start, end in self._kernels:
+            if self.cuda:
+                t_start = self._origin_host + self._origin.elapsed_time(start) / 1e3
+                t_end = self._origin_host + self._origin.elapsed_time(end) / 1e3
+            else:
+                t_start, t_end = start, end
+            s = k.spec
+            out.append((self.rank, sid, k.kernel_id, k.request_id, k.layer, s.kind, s.name, s.cls, k.group,
+                        k.parent, s.fraction, launched, t_start, t_end, self.solo(k)))
+        return out
+
+
+def drive(policy: PolicyGen, rt: TorchRuntime) -> None:
+    """Run one rank's policy generator on this host thread until it returns."""
+    for op in policy:
+        if op.op == "sync":
+            rt.block_on(op.event)
+        elif op.op == "sleep_until":
+            rt.sleep_to(op.until)
+        else:  # pragma: no cover - policies only yield blocking operations
+            raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
+    rt.finish()

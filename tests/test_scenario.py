@@ -1,0 +1,121 @@
+"""Scenario loading and the one-line errors bad input gets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sim.errors import LigerSimError
+from sim.scenario import load_scenario, parse_scenario
+from sim.simulate import load_jobs, simulate
+from tests.conftest import tiny
+
+
+def write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def error_of(data, tmp_path) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(LigerSimError) as e:
+        scn, base = load_scenario(path)
+        simulate(scn, load_jobs(scn, base), file=str(path))
+    return str(e.value)
+
+
+def test_presets_resolve_and_fields_override():
+    d = tiny()
+    d["hardware"]["gpu"] = {"preset": "A100-PCIe", "memory": 40e9}
+    scn = parse_scenario(d)
+    assert scn.hardware.gpu.memory == 40e9 and scn.hardware.gpu.peak_flops == 312e12
+    assert scn.model.hidden == 2048 and scn.model.arch == "encoder"
+
+
+def test_unknown_preset_names_field_and_allowed(tmp_path):
+    d = tiny()
+    d["hardware"]["gpu"] = "H200"
+    msg = error_of(d, tmp_path)
+    assert "s.yaml" in msg and "hardware.gpu" in msg and "H100-SXM" in msg and "H200" in msg
+
+
+def test_unknown_field_lists_allowed(tmp_path):
+    d = tiny()
+    d["hardware"]["gpus"] = 4
+    msg = error_of(d, tmp_path)
+    assert "hardware.gpus" in msg and "allowed" in msg and "count" in msg
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    msg = error_of("hardware: {gpu: A100\nmodel: [", tmp_path)
+    assert "s.yaml" in msg and "malformed YAML" in msg and "line" in msg
+
+
+def test_tp_must_divide_heads(tmp_path):
+    d = tiny()
+    d["hardware"]["count"] = 3
+    msg = error_of(d, tmp_path)
+    assert "does not divide" in msg and "16 attention heads" in msg
+
+
+def test_model_that_does_not_fit(tmp_path):
+    d = tiny()
+    d["model"] = "llama2-70b"
+    d["hardware"] = {"gpu": "A100-SXM", "count": 1, "interconnect": "nvswitch-a100"}
+    msg = error_of(d, tmp_path)
+    assert "model" in msg and "GB per GPU" in msg and "80.0 GB" in msg
+
+
+@pytest.mark.parametrize("knobs,field", [
+    ({"depth": 0}, "policy.depth"),
+    ({"split": 0}, "policy.split"),
+    ({"contention": -1.0}, "policy.contention"),
+])
+def test_bad_interleaved_knobs(tmp_path, knobs, field):
+    msg = error_of(tiny("interleaved", **knobs), tmp_path)
+    assert field in msg
+
+
+def test_hybrid_degrees_must_multiply_to_gpus(tmp_path):
+    msg = error_of(tiny("hybrid", tp=2, pp=3), tmp_path)
+    assert "tp x pp" in msg and "hardware.count = 4" in msg
+
+
+def test_unknown_policy(tmp_path):
+    msg = error_of(tiny("round_robin"), tmp_path)
+    assert "policy.name" in msg and "interleaved" in msg
+
+
+def test_empty_and_unsorted_traces(tmp_path):
+    (tmp_path / "empty.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n")
+    (tmp_path / "unsorted.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,10,2\n0.5,10,2\n")
+    for name, words in (("empty.csv", "empty"), ("unsorted.csv", "sorted")):
+        d = tiny()
+        d["workload"] = {"kind": "trace", "path": name, "batch": 1}
+        msg = error_of(d, tmp_path)
+        assert name in msg and words in msg
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    d = tiny()
+    d["model"] = "gpt-5"
+    path = write(tmp_path, d)
+    r = subprocess.run([sys.executable, "-m", "sim.cli", "run", str(path), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model" in lines[0] and "llama2-70b" in lines[0]
+
+
+def test_ir_of_another_version(tmp_path):
+    from sim import ir
+
+    p = tmp_path / "ir.jsonl"
+    p.write_text('{"format": "ligersim-ir", "version": 99, "world": 1}\n')
+    with pytest.raises(LigerSimError, match="version 99"):
+        ir.load(p)
