@@ -73,6 +73,12 @@ def _trace_gen(args: argparse.Namespace) -> None:
     print(f"wrote {len(jobs)} jobs to {path}")
 
 
+def _schema(args: argparse.Namespace) -> None:
+    from sim.reference import reference
+
+    print(reference(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ligersim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--rate", type=float, default=None, help="offered rate in jobs/s (overrides the scenario)")
     tg.add_argument("--jobs", type=int, default=None, help="keep only the first N jobs")
     tg.set_defaults(func=_trace_gen)
+
+    sc = sub.add_parser("schema", help="print the scenario reference (every field, unit, default, preset)")
+    sc.set_defaults(func=_schema)
     return p
 
 

@@ -4,7 +4,10 @@ Roofline: a kernel lasts max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) plus a 
 per-kernel overhead (Williams et al., "Roofline", CACM 2009). GEMMs also pay tile and wave
 quantisation (NVIDIA, "Matrix Multiplication Background User's Guide"): the output is cut
 into tiles of at most 128 × 128, and each SM computes one tile at a time, so a GEMM lasts
-as many waves as ceil(tiles / SMs), each wave the time one SM needs for one tile.
+as many waves as ceil(tiles / SMs), each wave the time one SM needs for one tile. When the
+output has fewer tiles than SMs, libraries split the K dimension across SMs (CUTLASS
+split-K / stream-K), so such a GEMM spreads over ⌊SMs / tiles⌋ K-slices of at least
+`MIN_K_SLICE` each instead of leaving SMs idle.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sim.kernels import Kernel, KernelSpec
 from sim.links import Topology
 
 TILE = 128
+MIN_K_SLICE = 256
 
 
 class CostModel(Protocol):
@@ -62,6 +66,7 @@ class RooflineCost:
         # The library picks a tile no bigger than the problem (multiples of 16).
         tm, tn = min(TILE, 16 * math.ceil(m / 16)), min(TILE, 16 * math.ceil(n / 16))
         tiles = b * math.ceil(m / tm) * math.ceil(n / tn)
-        waves = math.ceil(tiles / self.sms)
+        k_split = max(1, min(self.sms // tiles, k // MIN_K_SLICE))
+        waves = math.ceil(tiles * k_split / self.sms)
         per_sm = self.peak_flops / self.sms
-        return waves * 2.0 * tm * tn * k / per_sm
+        return waves * 2.0 * tm * tn * math.ceil(k / k_split) / per_sm

@@ -134,3 +134,22 @@ def split_gemm(spec: KernelSpec, fraction: float) -> tuple[KernelSpec, KernelSpe
         parts.append(p)
     return parts[0], parts[1]
 
+
+
+def split_collective(spec: KernelSpec, fraction: float) -> tuple[KernelSpec, KernelSpec]:
+    """Split an all-reduce into one over the first `fraction` of the original payload and
+    one over the rest: all-reduce is elementwise, so reducing the two slices separately
+    gives the same result (the chunking NCCL itself does internally, made explicit)."""
+    if spec.kind != "all_reduce":
+        raise ValueError(f"cannot split a {spec.kind} kernel")
+    d, elem = spec.dims, spec.dtype_bytes
+    n = d["nbytes"] // elem
+    b0, full = d.get("b0", 0), d.get("nbytes_full", d["nbytes"])
+    n_head = max(1, min(n - 1, round(full // elem * fraction)))
+    parts = []
+    for offset, count in ((b0, n_head), (b0 + n_head * elem, n - n_head)):
+        p = collective("all_reduce", spec.name, count * elem)
+        p.dims.update(b0=offset, nbytes_full=full)  # bytes [b0, b0 + nbytes) of the original buffer
+        p.fraction = count * elem / full
+        parts.append(p)
+    return parts[0], parts[1]

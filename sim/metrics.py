@@ -47,7 +47,7 @@ def utilisation(events: pd.DataFrame, window: float) -> dict:
         c = _union_length(*_intervals(ev[~comm]))
         m = _union_length(*_intervals(ev[comm]))
         busy.append(b / window)
-        overlap.append((c + m - b) / window)  # |C ∩ M| = |C| + |M| − |C ∪ M|
+        overlap.append(max(0.0, c + m - b) / window)  # |C ∩ M| = |C| + |M| − |C ∪ M|
         for sid, es in ev.groupby("stream"):
             streams.setdefault(int(sid), []).append(_union_length(*_intervals(es)) / window)
     return {

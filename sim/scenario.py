@@ -106,7 +106,6 @@ class Hardware(_Model):
                            description="Host launch/sync costs.")
     contention: ContentionSpec = Field(default_factory=lambda: ContentionSpec.model_validate("default"),
                                        description="Contention table.")
-    profile: str | None = Field(None, description="Calibrated profile file (kernel costs), if any.")
 
     @model_validator(mode="after")
     def _fits_interconnect(self) -> Hardware:
@@ -156,6 +155,8 @@ class PolicySpec(_Model):
                            "1 otherwise).")
     depth: int = Field(6, ge=1, description="interleaved: most jobs in flight at once.")
     split: int = Field(8, ge=1, description="interleaved: GEMMs split along N into k/split pieces; 1 disables it.")
+    split_collectives: bool = Field(False, description="interleaved: also split all-reduces into k/split of "
+                                    "their payload to fit budgets (an extension; Liger splits GEMMs only).")
     contention: float | Literal["table"] = Field(
         0.8, description="interleaved: scalar factor on the fill budget (Liger: 0.8), or `table` to cost each "
         "fill kernel with the contention table.")

@@ -84,3 +84,11 @@ def test_trace_gen_round_trips(scenario_file, tmp_path):
     assert main(["run", str(scn), "-o", str(tmp_path / "o"), "--no-trace"]) == 0
     req = pd.read_csv(tmp_path / "o" / "requests.csv")
     assert req["arrival_s"].tolist() == df["arrival_s"].tolist()
+
+
+def test_schema_matches_the_committed_reference(capsys):
+    from pathlib import Path
+
+    assert main(["schema"]) == 0
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "scenario-reference.md").read_text()
+    assert capsys.readouterr().out == committed, "regenerate with: ligersim schema > docs/scenario-reference.md"

@@ -80,8 +80,12 @@ def test_roofline_bounds():
     assert c.spec_solo(big) == pytest.approx(big.flops / 989.4e12 * waves / (4096 / 132), rel=1e-9)
     thin = gemm("thin", 1, 8192, 8192)  # a GEMV reads the whole weight: memory bound
     assert c.spec_solo(thin) == pytest.approx(thin.bytes / 3.35e12, rel=1e-9)
-    small = gemm("small", 16, 16, 4096)  # one tile on one SM of 132
-    assert c.spec_solo(small) > small.flops / 989.4e12 * 100
+    small = gemm("small", 16, 16, 64)  # one tile on one SM of 132, K too short to split
+    assert c.spec_solo(small) == pytest.approx(2 * 16 * 16 * 64 / (989.4e12 / 132), rel=1e-9)
+    # few output tiles but a long K: split-K spreads it over the SMs (here 16 slices of 512)
+    tall = gemm("tall", 128, 1024, 8192)
+    assert c._gemm_waves(tall) == pytest.approx(2 * 128 * 128 * 512 / (989.4e12 / 132), rel=1e-9)
+    assert c.spec_solo(tall) == pytest.approx(tall.bytes / 3.35e12, rel=1e-9)  # and then memory bound
 
 
 def test_ring_bandwidths_per_topology():

@@ -156,3 +156,24 @@ def test_same_seed_same_result(policy):
     _, a = run(tiny(policy, **knobs(policy)))
     _, b = run(tiny(policy, **knobs(policy)))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_split_collectives_cover_the_whole_payload_and_overlap_more():
+    d = tiny("interleaved", split_collectives=True)
+    d["model"] = {"preset": "liger-encoder", "layers": 2}
+    d["workload"]["arrival"]["rate"] = 3000.0
+    r, q = run(d)
+    ops = [o for o in r.result.schedule.ops if o.op == "launch" and o.kernel.spec.kind == "all_reduce"
+           and o.kernel.spec.fraction < 1]
+    assert ops, "comm-bound PCIe: all-reduces should be split to fill compute segments"
+    pieces: dict[tuple, list] = {}
+    for o in ops:
+        pieces.setdefault((o.rank, o.kernel.request_id, o.kernel.parent), []).append(o.kernel.spec)
+    for specs in pieces.values():
+        assert sum(s.dims["nbytes"] for s in specs) == specs[0].dims["nbytes_full"]
+    base = tiny("interleaved")
+    base["model"], base["workload"] = d["model"], d["workload"]
+    r0, q0 = run(base)
+    s1, s0 = summarise(r.events, q, "x", None), summarise(r0.events, q0, "y", None)
+    assert s1["overlap_frac"] > s0["overlap_frac"]
+    assert s1["throughput_jobs_s"] > s0["throughput_jobs_s"]

@@ -14,6 +14,8 @@ sub stream. Round by round, the host
 5. fills the sub stream with kernels of the *opposite* type from the other in-flight jobs,
    oldest first, until the budget is spent; a GEMM that does not fit is split along N into
    the largest k/`split` of its columns whose profiled time fits, the rest staying queued.
+   Liger splits only GEMMs; `split_collectives: true` also splits an all-reduce into
+   all-reduces of k/`split` of its payload, so communication can fill compute segments.
 
 A job's kernels go to the sub stream only before it becomes the oldest; when it does,
 the main stream first waits for its last sub-stream kernel. Every rank must issue the same
@@ -27,7 +29,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from sim.kernels import Kernel, KernelSpec, split_gemm
+from sim.kernels import Kernel, KernelSpec, split_collective, split_gemm
 from sim.policies.common import PolicyContext, RankPolicy, Step
 from sim.runtime import PolicyGen, Runtime
 
@@ -76,9 +78,13 @@ def is_comm(spec: KernelSpec) -> bool:
 class Planner:
     """Plans rounds once, for every rank, in round order."""
 
-    def __init__(self, ctx: PolicyContext, depth: int, split: int, contention: float | str):
+    def __init__(self, ctx: PolicyContext, depth: int, split: int, contention: float | str,
+                 split_collectives: bool = False):
         self.ctx = ctx
         self.depth, self.split, self.contention = depth, split, contention
+        self.splitters = {"gemm": split_gemm}
+        if split_collectives:
+            self.splitters["all_reduce"] = split_collective
         self.group = tuple(range(ctx.world))
         self.waiting = deque(ctx.jobs)
         self.inflight: list[JobState] = []
@@ -155,11 +161,12 @@ class Planner:
 
     def _largest_piece(self, p: Pending, left: float, main_cls: str,
                        scalar: bool) -> tuple[KernelSpec, KernelSpec] | None:
-        if self.split <= 1 or p.spec.kind != "gemm":
+        splitter = self.splitters.get(p.spec.kind)
+        if self.split <= 1 or splitter is None:
             return None
         have = round(p.spec.fraction * self.split)  # eighths (for split 8) still queued
         for k in range(have - 1, 0, -1):
-            head, rest = split_gemm(p.spec, k / self.split)
+            head, rest = splitter(p.spec, k / self.split)
             if self._cost(head, main_cls, scalar) <= left:
                 return head, rest
         return None
@@ -167,7 +174,7 @@ class Planner:
 
 def build_interleaved(ctx: PolicyContext) -> list[RankPolicy]:
     pol = ctx.policy
-    planner = Planner(ctx, pol.depth, pol.split, pol.contention)
+    planner = Planner(ctx, pol.depth, pol.split, pol.contention, pol.split_collectives)
     group = tuple(range(ctx.world))
 
     def run(rt: Runtime) -> PolicyGen:

@@ -1,0 +1,227 @@
+"""Processes and ranks: one rank in this process, several spawned, or torchrun's.
+
+Modes, chosen from the plan's rank count and the device:
+- single: one rank, no torch.distributed;
+- spawn: one process per rank (gloo on CPU, NCCL when there are enough GPUs), started
+  with torch.multiprocessing and a file:// rendezvous;
+- torchrun: this process is one rank of a job started by torchrun (RANK/WORLD_SIZE set);
+- emulate: one GPU runs rank 0 of a symmetric tensor-parallel group, collectives
+  emulated (`hw.collectives.EmulatedCollectives`).
+All ranks share one wall-clock origin; rank 0 gathers rows and IR and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hw.collectives import Collectives, DistCollectives, EmulatedCollectives, NoCollectives
+from hw.kernels import KernelLibrary
+from hw.memory import oom_message
+from hw.run import Options, Plan, RankResult, Source, build_plan, write_outputs
+from hw.runtime import TorchRuntime, drive
+from hw.torchenv import torch_dtype
+from hw.weights import Shard
+from sim.errors import LigerSimError
+from sim.kernels import Kernel
+from sim.layers import layer_kernels
+
+
+def choose_mode(world: int, opts: Options) -> str:
+    if opts.device == "cpu":
+        if opts.emulate:
+            raise LigerSimError("the emulated collective needs a CUDA GPU; drop --emulate or use --device cuda")
+        return "single" if world == 1 else "spawn"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torchrun"
+    if world == 1:
+        return "single"
+    if opts.emulate or (opts.emulate is None and torch.cuda.device_count() < world):
+        return "emulate"
+    return "spawn"
+
+
+def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
+    mode = choose_mode(plan.world, opts)
+    if mode == "torchrun":
+        world = int(os.environ["WORLD_SIZE"])
+        if world != plan.world:
+            raise LigerSimError(f"torchrun started {world} processes but the scenario has {plan.world} ranks")
+        summary = _rank_main(int(os.environ["RANK"]), world, src, out, opts, "env://", None)
+        return summary or {}
+    if mode == "spawn":
+        return _spawn(plan.world, src, out, opts)
+    comm: Collectives = NoCollectives()
+    if mode == "emulate":
+        comm = EmulatedCollectives(0, plan.topology, opts.channels)
+    with _oom_guard(plan, opts):
+        lib = _setup(plan, 0, opts, comm)
+        result = _run(plan, 0, opts, lib, time.perf_counter())
+    info = _info(plan, opts, mode)
+    if isinstance(comm, EmulatedCollectives):
+        info["emulated_collectives"] = {"channels": opts.channels, "launches": len(comm.launched),
+                                        "ctas_max": max((c for c, _, _ in comm.launched), default=0)}
+    return write_outputs(plan, [result], out, opts, info)
+
+
+# ---------------------------------------------------------------------- one rank
+def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLibrary:
+    m = plan.scenario.model.shape()
+    device = opts.device if opts.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
+    lib = KernelLibrary(m, Shard(plan.tp, rank % plan.tp), device, torch_dtype(opts.device, m.dtype_bytes), comm,
+                        seed=plan.scenario.seed, shape_of=plan.shapes.get,
+                        inputs="per_request" if opts.device == "cpu" else "shared")
+    if opts.device != "cpu":
+        _warm_up(plan, rank, lib)
+    return lib
+
+
+def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
+    """Run each distinct compute kernel once (cuBLAS heuristics, allocator) before the clock starts."""
+    m = plan.scenario.model.shape()
+    if plan.schedule is not None:
+        specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]
+    else:
+        specs = [s for b, q in set(plan.shapes.values()) for s in layer_kernels(m, plan.tp, b, q)]
+    seen = set()
+    for spec in specs:
+        key = (spec.kind, tuple(sorted(spec.dims.items())))
+        if spec.is_collective or key in seen:
+            continue
+        seen.add(key)
+        lib.generic.run(Kernel(spec, rank))
+    if isinstance(lib.comm, EmulatedCollectives):  # compile the Triton kernel
+        lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), (0, 1))
+    torch.cuda.synchronize()
+    lib.generic._scratch.clear()
+
+
+def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float) -> RankResult:
+    ops: list = []
+    rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops)
+    wall = time.perf_counter()
+    drive(plan.policies[rank](rt), rt)
+    rows = rt.rows()
+    info = {"rank": rank, "wall_s": time.perf_counter() - wall, "activation_bytes": lib.pool.allocated_bytes}
+    if opts.device != "cpu":
+        info["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+    return RankResult(rank, rows, ops, info)
+
+
+class _oom_guard:
+    """Turns a CUDA out-of-memory error into a LigerSimError saying what the scenario needs."""
+
+    def __init__(self, plan: Plan, opts: Options):
+        self.plan, self.opts = plan, opts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if typ is not None and issubclass(typ, torch.cuda.OutOfMemoryError):
+            free, total = torch.cuda.mem_get_info()
+            b, s = self.plan.max_shape
+            raise LigerSimError(oom_message(self.plan.scenario.model.shape(), self.plan.tp, b, s,
+                                            torch.cuda.get_device_name(), total, free)) from None
+        return False
+
+
+def _info(plan: Plan, opts: Options, mode: str) -> dict:
+    info = {"backend": "hw", "mode": mode, "device": opts.device, "torch": torch.__version__,
+            "world": plan.world, "tp": plan.tp, "executed_ranks": 1 if mode in ("single", "emulate") else plan.world}
+    if opts.device != "cpu":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info.update(gpu=props.name, gpu_memory=props.total_memory, sms=props.multi_processor_count,
+                    cuda=torch.version.cuda, driver=_driver_version())
+    return info
+
+
+def _driver_version() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---------------------------------------------------------------------- several processes
+def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    with tempfile.TemporaryDirectory(prefix="ligersim-rdzv-") as tmp:
+        init = f"file://{tmp}/rendezvous"
+        try:
+            mp.spawn(_spawned, args=(world, src, out, opts, init, queue), nprocs=world, join=True)
+        except mp.ProcessRaisedException as e:
+            for kind, msg in _drain(queue):
+                if kind == "error":
+                    raise LigerSimError(msg) from None
+            raise RuntimeError(f"a rank failed:\n{e}") from None
+    for kind, msg in _drain(queue):
+        if kind == "error":
+            raise LigerSimError(msg)
+        if kind == "summary":
+            return msg  # type: ignore[return-value]
+    raise RuntimeError("rank 0 finished without a summary")
+
+
+def _drain(queue) -> list[tuple[str, object]]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
+
+
+def _spawned(rank: int, world: int, src: Source, out: Path, opts: Options, init: str, queue) -> None:
+    if opts.device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    _rank_main(rank, world, src, out, opts, init, queue)
+
+
+def _rank_main(rank: int, world: int, src: Source, out: Path, opts: Options, init: str, queue) -> dict | None:
+    """One rank of a multi-process run: set up, start together, run, gather on rank 0."""
+    backend = "gloo" if opts.device == "cpu" else "nccl"
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=opts.timeout_s))
+    try:
+        objects = dist.new_group(backend="gloo") if backend == "nccl" else None
+        plan = build_plan(src)
+        with _oom_guard(plan, opts):
+            lib = _setup(plan, rank, opts, DistCollectives(rank, world))
+            dist.barrier()
+            t0 = [time.perf_counter()]  # CLOCK_MONOTONIC: one clock for all processes of a host
+            dist.broadcast_object_list(t0, src=0, group=objects)
+            result = _run(plan, rank, opts, lib, t0[0])
+        gathered: list | None = [None] * world if rank == 0 else None
+        dist.gather_object(result, gathered, dst=0, group=objects)
+        summary = None
+        if rank == 0:
+            assert gathered is not None
+            summary = write_outputs(plan, gathered, out, opts, _info(plan, opts, "spawn" if queue else "torchrun"))
+            if queue is not None:
+                queue.put(("summary", summary))
+        dist.barrier(group=objects)
+        return summary
+    except LigerSimError as e:
+        if queue is not None:
+            queue.put(("error", str(e)))
+        raise
+    except Exception:
+        if queue is not None:
+            queue.put(("crash", traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()

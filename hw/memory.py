@@ -1,0 +1,25 @@
+"""How much GPU memory a hw run needs, for the out-of-memory message.
+
+The hw backend keeps one layer's weights (shared by every layer) plus the full unsharded
+matrices while it generates them, and activations for the requests in flight; the
+simulator's `weight_bytes_per_gpu` is what a real deployment of all layers would need.
+"""
+
+from __future__ import annotations
+
+from sim.layers import ModelShape, activation_bytes_per_gpu, layer_params, weight_bytes_per_gpu
+
+
+def hw_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, in_flight: int = 6) -> float:
+    shard = layer_params(m) / tp * m.dtype_bytes
+    full_fp32 = layer_params(m) * 4  # generated once, then sliced
+    return shard + full_fp32 + in_flight * activation_bytes_per_gpu(m, tp, batch, seq)
+
+
+def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, total: float, free: float) -> str:
+    need = hw_bytes_needed(m, tp, batch, seq)
+    return (f"the GPU ran out of memory: this scenario needs about {need / 1e9:.1f} GB per GPU on the hw backend "
+            f"(one {m.name} layer's weights at tp={tp}, shared by all {m.layers} layers, their fp32 generation "
+            f"buffer, and activations of up to 6 in-flight {batch}x{seq} jobs; a full deployment would hold "
+            f"{weight_bytes_per_gpu(m, tp) / 1e9:.1f} GB of weights) but {device_name} has {total / 1e9:.1f} GB "
+            f"({free / 1e9:.1f} GB free); use a GPU with more memory, a larger tp, or a smaller model")

@@ -1,0 +1,155 @@
+"""Run a scenario or replay an IR on torch, writing the simulator's output files.
+
+The public entry points (`run_scenario`, `replay_ir`) import torch only once the device
+is checked, so a missing install is a `LigerSimError`. A *plan* (scenario, jobs, one
+policy per rank, solo-cost model, link model) is rebuilt from its `Source` in every
+process, because policies are closures that cannot cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hw.torchenv import check_device
+from sim import ir, policies
+from sim.errors import LigerSimError
+from sim.ir import Op, Schedule
+from sim.jobs import Job
+from sim.kernels import Kernel
+from sim.layers import ModelShape
+from sim.links import Topology
+from sim.outputs import write_run
+from sim.policies.common import RankPolicy
+from sim.runtime import replay_policy
+from sim.scenario import Scenario, load_scenario, parse_scenario
+from sim.simulate import events_frame, jobs_from_events, load_jobs, make_engine
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a plan comes from: a scenario file (`jobs`: only the first N) or an IR file."""
+
+    kind: str  # scenario | ir
+    path: str
+    jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    device: str = "cuda"
+    emulate: bool | None = None  # None: emulate rank 0 when the GPUs are fewer than the ranks
+    channels: int = 16  # CTAs of the emulated collective (NCCL channels)
+    trace: bool = True
+    timeout_s: float = 300.0
+
+
+@dataclass
+class Plan:
+    scenario: Scenario
+    world: int
+    tp: int
+    policies: list[RankPolicy]
+    solo: Callable[[Kernel], float]
+    topology: Topology
+    shapes: dict[int, tuple[int, int]]
+    policy_name: str
+    meta: dict
+    jobs: list[Job] | None = None  # None: recovered from the IR's sleeps (replay)
+    schedule: Schedule | None = None
+    max_shape: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class RankResult:
+    rank: int
+    rows: list[tuple]
+    ops: list[Op]
+    info: dict = field(default_factory=dict)
+
+
+def build_plan(src: Source) -> Plan:
+    if src.kind == "scenario":
+        scn, base = load_scenario(src.path)
+        jobs = load_jobs(scn, base, src.jobs)
+        engine, cost = make_engine(scn, record_ir=False)
+        ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo)
+        meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs)}
+        shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
+        return Plan(scn, scn.hardware.count, scn.tp(), policies.build(ctx), cost.solo, engine.topology, shapes,
+                    scn.policy.name, meta, jobs=jobs, max_shape=_largest(shapes))
+    schedule = ir.load(src.path)
+    if "scenario" not in schedule.meta:
+        raise LigerSimError("the IR header carries no scenario; cannot rebuild the model and hardware",
+                            file=src.path, field="meta")
+    scn = parse_scenario(schedule.meta["scenario"], f"{src.path} (header scenario)")
+    if schedule.world != scn.hardware.count:
+        raise LigerSimError(f"IR has {schedule.world} ranks but its scenario has {scn.hardware.count} GPUs",
+                            file=src.path, field="world")
+    engine, cost = make_engine(scn, record_ir=False)
+    shapes = shapes_from_ops(schedule.ops, scn.model.shape(), scn.tp())
+    return Plan(scn, schedule.world, scn.tp(), [replay_policy(ops) for ops in schedule.by_rank()], cost.solo,
+                engine.topology, shapes, f"replay:{schedule.meta.get('policy', '?')}", dict(schedule.meta),
+                schedule=schedule, max_shape=_largest(shapes))
+
+
+def _largest(shapes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    return max(shapes.values(), key=lambda s: s[0] * s[1], default=(1, 1))
+
+
+def shapes_from_ops(ops: list[Op], m: ModelShape, tp: int) -> dict[int, tuple[int, int]]:
+    """(batch, seq) of each request, read off its first attention kernel in the IR."""
+    nh = max(1, m.heads // tp)
+    out: dict[int, tuple[int, int]] = {}
+    for op in ops:
+        k = op.kernel
+        if k is None or k.request_id < 0 or k.request_id in out:
+            continue
+        d = k.spec.dims
+        if k.spec.kind == "bgemm" and k.spec.name == "qk_bmm":
+            out[k.request_id] = (d["b"] // nh, d["m"])
+        elif k.spec.kind == "attention":
+            out[k.request_id] = (d["b"], d["sq"])
+    return out
+
+
+def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Options, info: dict) -> dict:
+    """The simulator's files (same schema) plus hw.json describing the machine and run."""
+    results = sorted(results, key=lambda r: r.rank)
+    rows = [row for r in results for row in r.rows]
+    schedule = Schedule(plan.world, [op for r in results for op in r.ops], plan.meta)
+    jobs = plan.jobs if plan.jobs is not None else jobs_from_events(rows, plan.schedule or schedule)
+    events = events_frame(rows)
+    summary = write_run(out, events, jobs, schedule, plan.policy_name, None, {"scenario": plan.scenario.name},
+                        trace=opts.trace)
+    info = {**info, "ranks": [r.info for r in results], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(), "python": platform.python_version()}
+    (out / "hw.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return summary
+
+
+def run_scenario(scenario_path: str | Path, out_dir: str | Path, device: str = "cuda", jobs: int | None = None,
+                 emulate: bool | None = None, channels: int = 16, trace: bool = True) -> dict:
+    """Run a scenario's policy on `device`; returns the summary (also written to out_dir)."""
+    check_device(device)
+    src = Source("scenario", str(Path(scenario_path).resolve()), jobs)
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace))
+
+
+def replay_ir(ir_path: str | Path, out_dir: str | Path, device: str = "cuda", emulate: bool | None = None,
+              channels: int = 16, trace: bool = True) -> dict:
+    """Execute a recorded IR verbatim on `device`; returns the summary (also written to out_dir)."""
+    check_device(device)
+    src = Source("ir", str(Path(ir_path).resolve()))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace))
+
+
+def _execute(src: Source, out: Path, opts: Options) -> dict:
+    from hw import launch
+
+    plan = build_plan(src)  # validate here, before any process starts
+    return launch.execute(plan, src, out.resolve(), opts)
