@@ -79,8 +79,8 @@ class ActivationStore:
         st = self.states.get(request_id)
         if st is None:
             batch, seq = self.shape_of(request_id) or (1, tokens)
-            if batch * seq != tokens:
-                batch, seq = 1, tokens
+            if batch * seq != tokens:  # a micro-batch: same sequences, fewer of them
+                batch, seq = (tokens // seq, seq) if tokens % seq == 0 else (1, tokens)
             st = self.states[request_id] = RequestState(request_id, batch, seq)
             st.bufs[input_name] = self.input(request_id, (tokens, self.hidden))
             st.readonly.add(input_name)

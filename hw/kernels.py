@@ -50,7 +50,8 @@ class KernelLibrary:
 
     # ------------------------------------------------------------------ dispatch
     def run(self, k: Kernel) -> None:
-        op = self.ops.get(k.spec.name)
+        kind = k.spec.kind
+        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else k.spec.name)
         if op is None or k.request_id < 0:
             self.generic.run(k)
             return
@@ -59,9 +60,12 @@ class KernelLibrary:
         if self._finished(st, k):
             self.store.release(k.request_id, self._fence())
 
-    def output(self, request_id: int) -> torch.Tensor:
-        """The request's current layer output (the state must still be held: `keep=True`)."""
+    def output(self, request_id: int, name: str | None = None) -> torch.Tensor:
+        """The request's current layer output, or buffer `name` (the state must still be
+        held: `keep=True`)."""
         st = self.store.states[request_id]
+        if name is not None:
+            return st.bufs[name]
         x = st.bufs[self.input_name]
         return x + st.bufs["mlp"] if st.fold else x
 
@@ -78,11 +82,13 @@ class KernelLibrary:
         return d["elems"] // h
 
     def _finished(self, st: RequestState, k: Kernel) -> bool:
-        """After the request's last kernel on this rank (its last layer, or a pipeline send)."""
+        """After the request's last kernel on this rank: a pipeline send, the LM head, or the
+        last kernel of the last layer (all pieces of it, when it was split)."""
         if k.spec.kind == "send":
             return True
-        return (k.layer == self.m.layers - 1 and k.spec.name == self.last_name
-                and (k.layer, k.spec.name) not in st.cursor)
+        last = k.spec.name == "lm_head" if self.m.vocab else (
+            k.layer == self.m.layers - 1 and k.spec.name == self.last_name)
+        return last and (k.layer, k.spec.name) not in st.cursor
 
     def _fence(self) -> object | None:
         if self.device == "cpu":
@@ -95,6 +101,21 @@ class KernelLibrary:
     def buf(self, st: RequestState, name: str, *shape: int) -> torch.Tensor:
         return self.store.buf(st, name, tuple(shape))
 
+    def piece(self, st: RequestState, k: Kernel, offset: int | None, size: int, full: int) -> int:
+        """First unit (column, element) of a split kernel's piece, and mark it covered.
+
+        The piece's own offset (`n0`, `b0`) when the IR carries it, else the columns the
+        earlier pieces covered (pieces are launched in column order)."""
+        key = (k.layer, k.spec.name)
+        covered = st.cursor.pop(key, 0)
+        start = covered if offset is None else offset
+        if start + size > full or covered + size > full:
+            raise LigerSimError(f"pieces of {k.spec.name} (request {k.request_id}, layer {k.layer}) cover more "
+                                f"than its {full} columns/elements")
+        if covered + size < full:
+            st.cursor[key] = covered + size
+        return start
+
     def gemm(self, st: RequestState, k: Kernel, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
         """out = x @ w, or only this piece's columns of it."""
         d = k.spec.dims
@@ -105,14 +126,8 @@ class KernelLibrary:
         if n == full:
             torch.mm(x, w, out=out)
             return
-        key = (k.layer, k.spec.name)
-        off = st.cursor.pop(key, 0)
-        if off + n > full:
-            raise LigerSimError(f"GEMM pieces of {k.spec.name} (request {k.request_id}, layer {k.layer}) "
-                                f"cover more than its {full} columns")
+        off = self.piece(st, k, d.get("n0"), n, full)
         torch.mm(x, w[:, off:off + n], out=out[:, off:off + n])
-        if off + n < full:
-            st.cursor[key] = off + n
 
     def norm(self, x: torch.Tensor, out: torch.Tensor, prefix: str) -> None:
         g, b = self.w[f"{prefix}_g"], self.w.get(f"{prefix}_b")
@@ -148,10 +163,17 @@ class KernelLibrary:
 
     # ------------------------------------------------------------------ communication
     def all_reduce(self, st: RequestState, k: Kernel, name: str) -> None:
-        t = st.bufs[name]
-        if t.numel() * k.spec.dtype_bytes != k.spec.dims["nbytes"]:
-            raise LigerSimError(f"{k.spec.name} moves {k.spec.dims['nbytes']} bytes but buffer {name} holds "
-                                f"{t.numel()} elements")
+        """All-reduce the buffer, or the slice [b0, b0 + nbytes) of it a split piece covers."""
+        t, d, db = st.bufs[name].view(-1), k.spec.dims, k.spec.dtype_bytes
+        n = d["nbytes"] // db
+        full = d.get("nbytes_full", d["nbytes"]) // db
+        if full != t.numel():
+            raise LigerSimError(f"{k.spec.name} reduces {full * db} bytes but buffer {name} holds {t.numel()} "
+                                f"elements of {db} bytes")
+        if n < full:
+            b0 = d.get("b0")
+            off = self.piece(st, k, None if b0 is None else b0 // db, n, full)
+            t = t[off:off + n]
         self.comm.all_reduce(t, k.group or ())
 
     def send(self, st: RequestState, k: Kernel) -> None:
@@ -163,6 +185,29 @@ class KernelLibrary:
         x = self.buf(st, self.input_name, st.tokens, self.m.hidden)
         self.comm.recv(x, k.group or ())
         st.fold = False
+
+
+# ---------------------------------------------------------------------- prologue / epilogue
+def _embedding(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """The embedding lookup, standing in as a copy of the request's seeded input."""
+    x = st.bufs[lib.input_name]
+    lib.buf(st, lib.input_name, *x.shape).copy_(x)
+
+
+def _final_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    if st.fold:
+        _fold(lib, st)
+    last = st.bufs[lib.input_name].view(st.batch, st.seq, -1)[:, -1]
+    lib.norm(last, lib.buf(st, "final", st.batch, lib.m.hidden), "normf")
+
+
+def _lm_head(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    w = lib.w["w_lm"]
+    lib.gemm(st, k, st.bufs["final"], w, lib.buf(st, "logits", st.batch, w.shape[1]))
+
+
+EDGE_OPS: dict[str, Op] = {"embedding": _embedding, "final_norm": _final_norm, "lm_head": _lm_head,
+                           "send": lambda lib, st, k: lib.send(st, k), "recv": lambda lib, st, k: lib.recv(st, k)}
 
 
 # ---------------------------------------------------------------------- encoder (Liger)
@@ -247,8 +292,7 @@ ENCODER_OPS: dict[str, Op] = {
     "attn_all_reduce": _all_reduce("attn"), "layernorm_1": _layernorm_1,
     "mlp_up": _mlp_gemm("y1", "w_up", "up"), "bias_act": _bias_act,
     "mlp_down": _mlp_gemm("act", "w_down", "mlp"), "mlp_all_reduce": _all_reduce("mlp"),
-    "layernorm_2": _layernorm_2,
-    "send": lambda lib, st, k: lib.send(st, k), "recv": lambda lib, st, k: lib.recv(st, k),
+    "layernorm_2": _layernorm_2, **EDGE_OPS,
 }
 
 
@@ -324,8 +368,7 @@ DECODER_OPS: dict[str, Op] = {
     "gate_up_proj": _mlp_gemm("n2", "w_up", "up"), "fc1": _mlp_gemm("n2", "w_up", "up"),
     "silu_mul": _silu_mul, "relu": _relu,
     "down_proj": _mlp_gemm("act", "w_down", "mlp", fold=True), "fc2": _mlp_gemm("act", "w_down", "mlp", fold=True),
-    "mlp_all_reduce": _all_reduce("mlp"),
-    "send": lambda lib, st, k: lib.send(st, k), "recv": lambda lib, st, k: lib.recv(st, k),
+    "mlp_all_reduce": _all_reduce("mlp"), **EDGE_OPS,
 }
 
 

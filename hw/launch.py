@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from hw.collectives import Collectives, DistCollectives, EmulatedCollectives, NoCollectives
 from hw.kernels import KernelLibrary
 from hw.memory import oom_message
-from hw.run import Options, Plan, RankResult, Source, build_plan, write_outputs
+from hw.run import CLOCK_DECIDED, Options, Plan, RankResult, Source, build_plan, write_outputs
 from hw.runtime import TorchRuntime, drive
 from hw.torchenv import torch_dtype
 from hw.weights import Shard
@@ -104,9 +104,9 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
     lib.generic._scratch.clear()
 
 
-def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float) -> RankResult:
+def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, agree=None) -> RankResult:
     ops: list = []
-    rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops)
+    rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops, agree)
     wall = time.perf_counter()
     drive(plan.policies[rank](rt), rt)
     rows = rt.rows()
@@ -156,6 +156,18 @@ def _driver_version() -> str | None:
 
 
 # ---------------------------------------------------------------------- several processes
+def _agree(group):
+    """now() for clock-decided policies: every rank takes rank 0's reading (a gloo broadcast)."""
+    buf = torch.zeros(1, dtype=torch.float64)
+
+    def agree(t: float) -> float:
+        buf[0] = t
+        dist.broadcast(buf, src=0, group=group)
+        return float(buf[0])
+
+    return agree
+
+
 def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
@@ -204,7 +216,8 @@ def _rank_main(rank: int, world: int, src: Source, out: Path, opts: Options, ini
             dist.barrier()
             t0 = [time.perf_counter()]  # CLOCK_MONOTONIC: one clock for all processes of a host
             dist.broadcast_object_list(t0, src=0, group=objects)
-            result = _run(plan, rank, opts, lib, t0[0])
+            agree = _agree(objects) if plan.schedule is None and plan.policy_name in CLOCK_DECIDED else None
+            result = _run(plan, rank, opts, lib, t0[0], agree)
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object(result, gathered, dst=0, group=objects)
         summary = None

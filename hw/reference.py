@@ -80,3 +80,9 @@ def forward(m: ModelShape, w: dict[str, torch.Tensor], x: torch.Tensor, batch: i
     for _ in range(layers):
         x = layer(m, w, x, batch, seq)
     return x
+
+
+def logits(m: ModelShape, w: dict[str, torch.Tensor], y: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """The epilogue: final norm of each sequence's last token, then the LM head [batch, vocab]."""
+    last = y.view(batch, seq, -1)[:, -1]
+    return _norm(m, last, w["normf_g"], w.get("normf_b")) @ w["w_lm"]

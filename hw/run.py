@@ -29,6 +29,9 @@ from sim.runtime import replay_policy
 from sim.scenario import Scenario, load_scenario, parse_scenario
 from sim.simulate import events_frame, jobs_from_events, load_jobs, make_engine
 
+# Policies whose decisions read the clock: on several processes their ranks use rank 0's.
+CLOCK_DECIDED = frozenset({"interleaved"})
+
 
 @dataclass(frozen=True)
 class Source:
@@ -77,8 +80,11 @@ def build_plan(src: Source) -> Plan:
         scn, base = load_scenario(src.path)
         jobs = load_jobs(scn, base, src.jobs)
         engine, cost = make_engine(scn, record_ir=False)
-        ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo)
-        meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs)}
+        ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
+                                     cost.spec_solo, engine.contention)
+        meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
+                "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
+                             for j in jobs]}
         shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
         return Plan(scn, scn.hardware.count, scn.tp(), policies.build(ctx), cost.solo, engine.topology, shapes,
                     scn.policy.name, meta, jobs=jobs, max_shape=_largest(shapes))
@@ -91,10 +97,14 @@ def build_plan(src: Source) -> Plan:
         raise LigerSimError(f"IR has {schedule.world} ranks but its scenario has {scn.hardware.count} GPUs",
                             file=src.path, field="world")
     engine, cost = make_engine(scn, record_ir=False)
-    shapes = shapes_from_ops(schedule.ops, scn.model.shape(), scn.tp())
+    jobs = None
+    if "job_list" in schedule.meta:
+        jobs = [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in schedule.meta["job_list"]]
+    shapes = ({j.request_id: (j.batch, j.seq_len) for j in jobs} if jobs
+              else shapes_from_ops(schedule.ops, scn.model.shape(), scn.tp()))
     return Plan(scn, schedule.world, scn.tp(), [replay_policy(ops) for ops in schedule.by_rank()], cost.solo,
                 engine.topology, shapes, f"replay:{schedule.meta.get('policy', '?')}", dict(schedule.meta),
-                schedule=schedule, max_shape=_largest(shapes))
+                jobs=jobs, schedule=schedule, max_shape=_largest(shapes))
 
 
 def _largest(shapes: dict[int, tuple[int, int]]) -> tuple[int, int]:

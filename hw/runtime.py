@@ -10,6 +10,11 @@ and event waits hold by construction), timed with perf_counter.
 
 `drive` runs a policy generator on the host thread, performing the `sync` and
 `sleep_until` operations it yields; all ranks share one wall-clock origin `t0`.
+
+A policy that decides from the clock (`interleaved` admits the jobs that have arrived by
+`now()`) must decide identically on every rank, or the ranks issue different collectives.
+With `agree` set, `now()` returns the value rank 0 read (a broadcast), so every rank plans
+as rank 0 does; the backend's own timestamps never go through it.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ Row = tuple
 
 class TorchRuntime(RecordingRuntime):
     def __init__(self, rank: int, world: int, solo: Callable[[Kernel], float], lib: KernelLibrary,
-                 device: str = "cpu", t0: float | None = None, ops: list[Op] | None = None):
+                 device: str = "cpu", t0: float | None = None, ops: list[Op] | None = None,
+                 agree: Callable[[float], float] | None = None):
         super().__init__(rank, world, solo, ops)
-        self.lib, self.device = lib, device
+        self.lib, self.device, self.agree = lib, device, agree
         self.cuda = device != "cpu"
         self.t0 = time.perf_counter() if t0 is None else t0
         self._streams: list = []
@@ -41,11 +47,16 @@ class TorchRuntime(RecordingRuntime):
         self.sync_times: list[tuple[int, float, float]] = []  # (event, host time blocked, resumed)
         if self.cuda:
             torch.cuda.synchronize()
-            self._origin_host = self.now()
+            self._origin_host = self._clock()
             self._origin = torch.cuda.Event(enable_timing=True)
             self._origin.record()
 
     def now(self) -> float:
+        """The policy's clock: seconds since the run's start (rank 0's, when agreeing)."""
+        t = self._clock()
+        return self.agree(t) if self.agree is not None else t
+
+    def _clock(self) -> float:
         return time.perf_counter() - self.t0
 
     # ------------------------------------------------------------------ hooks
@@ -58,7 +69,7 @@ class TorchRuntime(RecordingRuntime):
 
     def _launch(self, kernel: Kernel, stream: int) -> float:
         kernel.rank = self.rank
-        t = self.now()
+        t = self._clock()
         if self.cuda:
             s = self._streams[stream]
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -68,13 +79,13 @@ class TorchRuntime(RecordingRuntime):
                 end.record(s)
             self._kernels.append((kernel, stream, t, start, end))
         else:
-            start = self.now()
+            start = self._clock()
             self.lib.run(kernel)
-            self._kernels.append((kernel, stream, t, start, self.now()))
+            self._kernels.append((kernel, stream, t, start, self._clock()))
         return t
 
     def _record(self, event: int, stream: int) -> float:
-        t = self.now()
+        t = self._clock()
         if self.cuda:
             ev = self._events.get(event)
             if ev is None:
@@ -86,7 +97,7 @@ class TorchRuntime(RecordingRuntime):
         return t
 
     def _wait(self, stream: int, event: int) -> float:
-        t = self.now()
+        t = self._clock()
         ev = self._events.get(event)
         if self.cuda and ev is not None:  # waiting on a never-recorded event is a no-op, as in CUDA
             self._streams[stream].wait_event(ev)
@@ -95,15 +106,15 @@ class TorchRuntime(RecordingRuntime):
     # ------------------------------------------------------------------ blocking operations
     def block_on(self, event: int) -> None:
         """`sync`: the host waits until the event's stream has reached it."""
-        t = self.now()
+        t = self._clock()
         ev = self._events.get(event)
         if self.cuda and ev is not None:
             ev.synchronize()  # type: ignore[attr-defined]
-        self.sync_times.append((event, t, self.now()))
+        self.sync_times.append((event, t, self._clock()))
 
     def sleep_to(self, until: float) -> None:
         """`sleep_until`: wall-clock time since the run's start (request arrivals)."""
-        dt = until - self.now()
+        dt = until - self._clock()
         if dt > 0:
             time.sleep(dt)
 

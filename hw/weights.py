@@ -72,6 +72,8 @@ def full_weights(m: ModelShape, seed: int = 0, device: str = "cpu") -> dict[str,
         ws.update(norm("ln1"), **norm("ln2"))
     else:
         ws.update(norm("norm1"), **norm("norm2"))
+    if m.vocab:  # final norm and LM head (the epilogue of models with a vocabulary)
+        ws.update(norm("normf"), w_lm=w("w_lm", (h, m.vocab), h ** -0.5))
     return ws
 
 
@@ -87,6 +89,10 @@ def shard_weights(full: dict[str, torch.Tensor], m: ModelShape, shard: Shard) ->
     f0, f1 = shard.ffn(m)
     qs, kvs, fs = slice(q0 * d, q1 * d), slice(k0 * d, k1 * d), slice(f0, f1)
     out = {name: t for name, t in full.items() if name.startswith(("ln", "norm")) or name in ("bo", "b_down")}
+    if "w_lm" in full:  # column-parallel over the vocabulary, padded to a multiple of tp
+        per = -(-m.vocab // shard.tp)
+        lm = torch.nn.functional.pad(full["w_lm"], (0, per * shard.tp - m.vocab))
+        out["w_lm"] = lm[:, shard.index * per:(shard.index + 1) * per]
     out["wo"] = full["wo"][qs]
     out["w_down"] = full["w_down"][fs]
     up = [full["w_gate"][:, fs]] if m.gated else []

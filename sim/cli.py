@@ -16,10 +16,15 @@ def _run(args: argparse.Namespace) -> None:
 
     scn, base = load_scenario(args.scenario)
     jobs = load_jobs(scn, base, args.jobs)
-    run = simulate(scn, jobs, record_ir=not args.no_ir, file=str(args.scenario))
+    run = simulate(scn, jobs, record_ir=not args.no_ir, file=str(args.scenario), progress=sys.stderr.isatty())
     out = Path(args.output)
+    interrupted = bool(run.result.meta.get("interrupted"))
     summary = write_run(out, run.events, jobs, None if args.no_ir else run.result.schedule, scn.policy.name,
-                        run.result.sim_wall_s, {"scenario": scn.name}, trace=not args.no_trace)
+                        run.result.sim_wall_s, {"scenario": scn.name, "interrupted": interrupted},
+                        trace=not args.no_trace)
+    if interrupted:
+        print(f"ligersim: interrupted; wrote the {len(run.events):,} kernels completed so far to {out}/",
+              file=sys.stderr)
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers)")
     print(describe(summary))

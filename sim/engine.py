@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sim.contention import ContentionTable
+from sim.errors import LigerSimError
 from sim.ir import Op, Schedule
 from sim.kernels import Kernel
 from sim.links import Topology
@@ -275,18 +276,44 @@ class Engine:
         self._drain()
 
     # ------------------------------------------------------------------ hosts
-    def run(self, policies: list[Callable[[SimRankRuntime], PolicyGen]], meta: dict | None = None) -> SimResult:
+    def run(self, policies: list[Callable[[SimRankRuntime], PolicyGen]], meta: dict | None = None,
+            progress_horizon_s: float | None = None) -> SimResult:
+        """Run every rank's policy to the end. With `progress_horizon_s` (the last arrival),
+        show a progress bar over simulated time. Ctrl-C stops the run and returns what has
+        completed so far, flagged `interrupted`."""
         wall = time.perf_counter()
         rts = [SimRankRuntime(self, r) for r in range(self.world)]
         for rt, policy in zip(rts, policies):
             self.env.process(self._host(rt, policy(rt)))
-        self.env.run()
-        stuck = [st for sts in self.streams for st in sts if st.queue or st.busy is not None]
-        if stuck or self.pending_coll:
-            raise RuntimeError(f"schedule deadlocked: {len(stuck)} streams still hold work "
-                               f"(collectives waiting: {sorted(self.pending_coll)[:3]})")
-        sched = Schedule(self.world, self.ops or [], dict(meta or {}))
-        return SimResult(self.rows, sched, time.perf_counter() - wall, self.env.now, dict(meta or {}))
+        meta = dict(meta or {})
+        try:
+            if progress_horizon_s:
+                self._run_with_progress(progress_horizon_s)
+            else:
+                self.env.run()
+        except KeyboardInterrupt:
+            meta["interrupted"] = True
+        if not meta.get("interrupted"):
+            stuck = [st for sts in self.streams for st in sts if st.queue or st.busy is not None]
+            if stuck or self.pending_coll:
+                raise LigerSimError(
+                    f"the schedule deadlocked: {len(stuck)} streams still hold work (collectives waiting for "
+                    f"ranks: {sorted(self.pending_coll)[:3]}); every rank must issue its collectives in the "
+                    "same order", field="schedule")
+        sched = Schedule(self.world, self.ops or [], meta)
+        return SimResult(self.rows, sched, time.perf_counter() - wall, self.env.now, meta)
+
+    def _run_with_progress(self, horizon: float) -> None:
+        from tqdm import tqdm
+
+        env, step = self.env, max(horizon, 1e-3) / 100
+        with tqdm(total=round(horizon, 3), unit="sim s", desc="simulating", leave=False,
+                  bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} sim s [{elapsed}<{remaining}{postfix}]") as bar:
+            while env.peek() != float("inf"):
+                env.run(until=env.now + step)
+                bar.n = round(min(env.now, horizon), 3)
+                bar.set_postfix_str(f"{len(self.rows):,} kernels", refresh=False)
+                bar.refresh()
 
     def _host(self, rt: SimRankRuntime, gen: PolicyGen):
         env = self.env

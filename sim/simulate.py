@@ -46,7 +46,8 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) ->
     return jobs
 
 
-def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>") -> Run:
+def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>",
+             progress: bool = False) -> Run:
     biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
     check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
     engine, cost = make_engine(scn, record_ir)
@@ -55,7 +56,8 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
     meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
             "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
                          for j in jobs]}
-    result = engine.run(policies.build(ctx), meta)
+    horizon = max(j.arrival_s for j in jobs) if progress else None
+    result = engine.run(policies.build(ctx), meta, progress_horizon_s=horizon or (1e-3 if progress else None))
     return Run(scn, jobs, result, events_frame(result.events))
 
 

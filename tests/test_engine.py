@@ -133,3 +133,37 @@ def test_ir_round_trips_and_replay_reproduces_events(prog):
     eng = make_engine(prog.world)
     rep = eng.run([replay_policy(ops) for ops in loaded.by_rank()])
     pd.testing.assert_frame_equal(events_frame(rep.events), ev)
+
+
+def test_interrupt_keeps_completed_kernels():
+    from sim.kernels import Kernel, KernelSpec
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        done = rt.new_event()
+        for i in range(100):
+            rt.launch(Kernel(KernelSpec("gemm", f"k{i}", {}, 0.0, 10.0), rt.rank, i, 0), s)
+            rt.record(done, s)
+            yield rt.sync(done)
+            if i == 40:
+                raise KeyboardInterrupt
+
+    res = make_engine(1).run([policy])
+    assert res.meta["interrupted"] is True
+    assert 40 <= len(res.events) <= 41
+
+
+def test_deadlocked_schedule_is_a_clear_error():
+    import pytest
+
+    from sim.errors import LigerSimError
+    from sim.kernels import Kernel, collective
+
+    def policy(rt):  # rank 1 never issues the all-reduce rank 0 waits in
+        s = rt.new_stream(0)
+        if rt.rank == 0:
+            rt.launch(Kernel(collective("all_reduce", "ar", 1000), 0, 0, 0, (0, 1)), s)
+        yield rt.sleep_until(0.0)
+
+    with pytest.raises(LigerSimError, match="deadlocked"):
+        make_engine(2).run([policy, policy])
