@@ -4,8 +4,10 @@ Kernels of a model layer (`sim.layers`) are dispatched by name and compute their
 the real layer: each reads its inputs from and writes its outputs to named buffers of the
 request's state (`hw.activations`), so the output of `q_proj` is what `qk_bmm` reads and a
 tensor-parallel run reproduces the unsharded layer. A piece of a GEMM split along N
-computes exactly its slice of the output columns: pieces of one GEMM are launched in
-column order, so a per-(request, layer, name) cursor gives each piece its first column.
+computes exactly its slice of the output columns, [n0, n0 + n) as `sim.kernels.split_gemm`
+records it (a piece of a split all-reduce likewise reduces bytes [b0, b0 + nbytes)); for
+IRs without offsets a per-(request, layer, name) cursor hands out the next columns, which
+still covers the whole GEMM in any launch order.
 Any other kernel (no request, unknown name) runs at its shape on scratch tensors.
 """
 

@@ -78,6 +78,33 @@ def _trace_gen(args: argparse.Namespace) -> None:
     print(f"wrote {len(jobs)} jobs to {path}")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    import json
+
+    import pandas as pd
+
+    from sim.plots import plot_curve, plot_timeline
+
+    d = Path(args.dir)
+    if args.what == "curve":
+        if not (d / "curve.csv").exists():
+            raise LigerSimError("no curve.csv here; make one with `ligersim curve`", file=str(d))
+        curve = pd.read_csv(d / "curve.csv")
+        table = pd.read_csv(d / "jpc.csv") if (d / "jpc.csv").exists() else None
+        paths = [plot_curve(curve, d / f"curve.{ext}", f"{d.name}: JCT vs throughput", table) for ext in ("png", "svg")]
+    else:
+        if not (d / "events.parquet").exists():
+            raise LigerSimError("no events.parquet here; make one with `ligersim run`", file=str(d))
+        ev = pd.read_parquet(d / "events.parquet")
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        ranks = [int(x) for x in args.ranks.split(",")] if args.ranks else None
+        reqs = [int(x) for x in args.requests.split(",")] if args.requests else None
+        window = tuple(float(x) / 1e3 for x in args.window.split(":")) if args.window else None
+        title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"
+        paths = [plot_timeline(ev, d / f"timeline.{ext}", title, ranks, window, reqs) for ext in ("png", "svg")]
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _schema(args: argparse.Namespace) -> None:
     from sim.reference import reference
 
@@ -120,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--rate", type=float, default=None, help="offered rate in jobs/s (overrides the scenario)")
     tg.add_argument("--jobs", type=int, default=None, help="keep only the first N jobs")
     tg.set_defaults(func=_trace_gen)
+
+    pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")
+    pl.add_argument("what", choices=["curve", "timeline"])
+    pl.add_argument("dir", help="output folder of `ligersim curve` or `ligersim run`")
+    pl.add_argument("--ranks", help="timeline: comma-separated ranks (default all)")
+    pl.add_argument("--requests", help="timeline: comma-separated request ids (default all)")
+    pl.add_argument("--window", help="timeline: START:END in milliseconds")
+    pl.set_defaults(func=_plot)
 
     sc = sub.add_parser("schema", help="print the scenario reference (every field, unit, default, preset)")
     sc.set_defaults(func=_schema)

@@ -34,3 +34,49 @@ def plot_curve(curve: pd.DataFrame, path: Path, title: str, jpc: pd.DataFrame | 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+CLASS_COLOR = {"compute": "#4C72B0", "memory": "#55A868", "collective": "#C44E52", "copy": "#8172B2"}
+
+
+def plot_timeline(events: pd.DataFrame, path: Path, title: str, ranks: list[int] | None = None,
+                  window: tuple[float, float] | None = None, requests: list[int] | None = None,
+                  ax=None) -> Path:
+    """Gantt chart: one row per rank × stream, kernels coloured by class; split GEMM (or
+    all-reduce) pieces hatched. Times in milliseconds."""
+    ev = events
+    if ranks is not None:
+        ev = ev[ev["rank"].isin(ranks)]
+    if requests is not None:
+        ev = ev[ev["request_id"].isin(requests)]
+    if window is not None:
+        ev = ev[(ev["end_s"] >= window[0]) & (ev["start_s"] <= window[1])]
+    tracks = sorted({(int(r), int(s)) for r, s in zip(ev["rank"], ev["stream"])})
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(10, 0.55 * len(tracks) + 1.4), dpi=120)
+    for y, (r, s) in enumerate(tracks):
+        t = ev[(ev["rank"] == r) & (ev["stream"] == s)]
+        for cls, g in t.groupby("cls"):
+            spans = list(zip(g["start_s"] * 1e3, (g["end_s"] - g["start_s"]) * 1e3))
+            ax.broken_barh(spans, (y - 0.4, 0.8), facecolors=CLASS_COLOR.get(cls, "grey"), edgecolor="white",
+                           linewidth=0.3)
+        split = t[t["fraction"] < 1]
+        if len(split):
+            ax.broken_barh(list(zip(split["start_s"] * 1e3, (split["end_s"] - split["start_s"]) * 1e3)),
+                           (y - 0.4, 0.8), facecolors="none", edgecolor="black", hatch="///", linewidth=0.3)
+    ax.set_yticks(range(len(tracks)), [f"rank {r} / stream {s}" for r, s in tracks], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (ms)")
+    if window is not None:
+        ax.set_xlim(window[0] * 1e3, window[1] * 1e3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in CLASS_COLOR.values()]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="black", hatch="///"))
+    ax.legend(handles, [*CLASS_COLOR, "split piece"], fontsize=7, ncol=5, loc="lower right",
+              bbox_to_anchor=(1, 1.0), frameon=False)
+    ax.set_title(title, fontsize=10, loc="left")
+    if own:
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path

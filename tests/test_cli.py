@@ -92,3 +92,17 @@ def test_schema_matches_the_committed_reference(capsys):
     assert main(["schema"]) == 0
     committed = (Path(__file__).resolve().parent.parent / "docs" / "scenario-reference.md").read_text()
     assert capsys.readouterr().out == committed, "regenerate with: ligersim schema > docs/scenario-reference.md"
+
+
+def test_plot_commands_write_images(scenario_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out), "--no-ir"]) == 0
+    assert main(["plot", "timeline", str(out), "--ranks", "0", "--window", "0:20"]) == 0
+    assert (out / "timeline.png").stat().st_size > 5000 and (out / "timeline.svg").stat().st_size > 5000
+    cdir = tmp_path / "c"
+    assert main(["curve", str(scenario_file), "--policies", "intra_op", "--rates", "100,200", "--jobs", "8",
+                 "--workers", "1", "-o", str(cdir)]) == 0
+    (cdir / "curve.png").unlink()
+    assert main(["plot", "curve", str(cdir)]) == 0
+    assert (cdir / "curve.png").stat().st_size > 5000 and (cdir / "curve.svg").exists()
+    assert main(["plot", "curve", str(out)]) == 2  # no curve there: a clear error

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from sim import ir
@@ -167,3 +168,35 @@ def test_deadlocked_schedule_is_a_clear_error():
 
     with pytest.raises(LigerSimError, match="deadlocked"):
         make_engine(2).run([policy, policy])
+
+
+def test_transfers_sharing_a_link_divide_its_bandwidth():
+    """Two P2P sends crossing the PCIe host bridge at once each take twice as long."""
+    from sim.contention import ContentionTable
+    from sim.costs import RooflineCost
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, collective
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["pcie4"], 4)
+    cost = RooflineCost(1e15, 1e12, 100, 0.0, topo)
+
+    def run(pairs):
+        eng = Engine(4, cost.solo, ContentionTable([]), topo, HostParams(0.0, 0.0))
+
+        def policy(rt):
+            s = rt.new_stream(0)
+            for a, b in pairs:
+                if rt.rank in (a, b):
+                    kind = "send" if rt.rank == a else "recv"
+                    rt.launch(Kernel(collective(kind, kind, 64 * 2**20), rt.rank, 0, 0, (a, b)), s)
+            yield rt.sleep_until(0.0)
+
+        ev = events_frame(eng.run([policy] * 4).events)
+        return (ev["end_s"] - ev["start_s"]).to_numpy(), ev["solo_s"].to_numpy()
+
+    alone, solo = run([(0, 1)])
+    assert alone == pytest.approx(solo)
+    both, solo = run([(0, 1), (2, 3)])
+    assert both == pytest.approx(2 * solo)
