@@ -115,14 +115,21 @@ class EmulatedCollectives:
         self.rank, self.topology, self.channels, self.device = rank, topology, channels, device
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count
         self._scratch: torch.Tensor | None = None
+        self._retired: list[torch.Tensor] = []  # outgrown scratch may still be read by a queued kernel
         self._pinned: dict[int, torch.Tensor] = {}
         self.launched: list[tuple[int, int, float]] = []  # (ctas, copy bytes, target s), for the record
 
     def _buffers(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
         words = max(1, -(-nbytes // 8))  # two int32 halves: src and dst
         if self._scratch is None or self._scratch.numel() < 2 * words:
+            if self._scratch is not None:
+                self._retired.append(self._scratch)
             self._scratch = torch.zeros(2 * words, dtype=torch.int32, device=self.device)
         return self._scratch[:words], self._scratch[words:2 * words]
+
+    def reserve(self, nbytes: int, n: int) -> None:
+        """Allocate the scratch for the largest all-reduce up front (before the clock starts)."""
+        self._buffers(int(ring_bytes(nbytes, n)))
 
     def all_reduce(self, t: torch.Tensor, group: tuple[int, ...]) -> None:
         if len(group) < 2:

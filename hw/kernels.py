@@ -106,8 +106,9 @@ class KernelLibrary:
     def piece(self, st: RequestState, k: Kernel, offset: int | None, size: int, full: int) -> int:
         """First unit (column, element) of a split kernel's piece, and mark it covered.
 
-        The piece's own offset (`n0`, `b0`) when the IR carries it, else the columns the
-        earlier pieces covered (pieces are launched in column order)."""
+        The piece's own offset (`n0`, `b0`) when the IR carries it, else the first columns
+        no earlier piece took: weight and output slices move together, so any order of
+        pieces still computes the whole GEMM."""
         key = (k.layer, k.spec.name)
         covered = st.cursor.pop(key, 0)
         start = covered if offset is None else offset

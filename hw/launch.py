@@ -98,7 +98,9 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
             continue
         seen.add(key)
         lib.generic.run(Kernel(spec, rank))
-    if isinstance(lib.comm, EmulatedCollectives):  # compile the Triton kernel
+    if isinstance(lib.comm, EmulatedCollectives):  # size the scratch, compile the Triton kernel
+        largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)
+        lib.comm.reserve(largest, plan.tp)
         lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), (0, 1))
     torch.cuda.synchronize()
     lib.generic._scratch.clear()
@@ -127,10 +129,14 @@ class _oom_guard:
 
     def __exit__(self, typ, exc, tb) -> bool:
         if typ is not None and issubclass(typ, torch.cuda.OutOfMemoryError):
-            free, total = torch.cuda.mem_get_info()
+            try:
+                free, total = torch.cuda.mem_get_info()
+                name = torch.cuda.get_device_name()
+            except (RuntimeError, AssertionError):  # the error came from elsewhere: no device to ask
+                free, total, name = 0.0, 0.0, "the GPU"
             b, s = self.plan.max_shape
-            raise LigerSimError(oom_message(self.plan.scenario.model.shape(), self.plan.tp, b, s,
-                                            torch.cuda.get_device_name(), total, free)) from None
+            raise LigerSimError(oom_message(self.plan.scenario.model.shape(), self.plan.tp, b, s, name, total,
+                                            free)) from None
         return False
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw.torchenv import check_device
-from sim import ir, policies
-from sim.errors import LigerSimError
+from sim import ir
 from sim.ir import Op, Schedule
 from sim.jobs import Job
 from sim.kernels import Kernel
@@ -26,8 +25,17 @@ from sim.links import Topology
 from sim.outputs import write_run
 from sim.policies.common import RankPolicy
 from sim.runtime import replay_policy
-from sim.scenario import Scenario, load_scenario, parse_scenario
-from sim.simulate import events_frame, jobs_from_events, load_jobs, make_engine
+from sim.scenario import Scenario, load_scenario
+from sim.simulate import (
+    events_frame,
+    jobs_from_events,
+    jobs_from_meta,
+    load_jobs,
+    make_engine,
+    prepare,
+    run_meta,
+    scenario_of,
+)
 
 # Policies whose decisions read the clock: on several processes their ranks use rank 0's.
 CLOCK_DECIDED = frozenset({"interleaved"})
@@ -79,27 +87,14 @@ def build_plan(src: Source) -> Plan:
     if src.kind == "scenario":
         scn, base = load_scenario(src.path)
         jobs = load_jobs(scn, base, src.jobs)
-        engine, cost = make_engine(scn, record_ir=False)
-        ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
-                                     cost.spec_solo, engine.contention)
-        meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
-                "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
-                             for j in jobs]}
+        engine, cost, rank_policies = prepare(scn, jobs, record_ir=False, file=src.path)
         shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
-        return Plan(scn, scn.hardware.count, scn.tp(), policies.build(ctx), cost.solo, engine.topology, shapes,
-                    scn.policy.name, meta, jobs=jobs, max_shape=_largest(shapes))
+        return Plan(scn, scn.hardware.count, scn.tp(), rank_policies, cost.solo, engine.topology, shapes,
+                    scn.policy.name, run_meta(scn, jobs), jobs=jobs, max_shape=_largest(shapes))
     schedule = ir.load(src.path)
-    if "scenario" not in schedule.meta:
-        raise LigerSimError("the IR header carries no scenario; cannot rebuild the model and hardware",
-                            file=src.path, field="meta")
-    scn = parse_scenario(schedule.meta["scenario"], f"{src.path} (header scenario)")
-    if schedule.world != scn.hardware.count:
-        raise LigerSimError(f"IR has {schedule.world} ranks but its scenario has {scn.hardware.count} GPUs",
-                            file=src.path, field="world")
+    scn = scenario_of(schedule, src.path)
     engine, cost = make_engine(scn, record_ir=False)
-    jobs = None
-    if "job_list" in schedule.meta:
-        jobs = [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in schedule.meta["job_list"]]
+    jobs = jobs_from_meta(schedule.meta)
     shapes = ({j.request_id: (j.batch, j.seq_len) for j in jobs} if jobs
               else shapes_from_ops(schedule.ops, scn.model.shape(), scn.tp()))
     return Plan(scn, schedule.world, scn.tp(), [replay_policy(ops) for ops in schedule.by_rank()], cost.solo,

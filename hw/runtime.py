@@ -62,8 +62,8 @@ class TorchRuntime(RecordingRuntime):
     # ------------------------------------------------------------------ hooks
     def _stream(self, sid: int, priority: int) -> None:
         if self.cuda:
-            lo, hi = torch.cuda.Stream.priority_range()  # (lowest priority, highest), e.g. (0, -5)
-            self._streams.append(torch.cuda.Stream(priority=max(hi, min(lo, priority))))
+            # torch maps a priority outside the device's range to the nearest valid one
+            self._streams.append(torch.cuda.Stream(priority=priority))
         else:
             self._streams.append(None)
 

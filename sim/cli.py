@@ -37,7 +37,7 @@ def _replay(args: argparse.Namespace) -> None:
     from sim.simulate import replay
 
     schedule = ir.load(args.ir)
-    run = replay(schedule)
+    run = replay(schedule, file=str(args.ir))
     out = Path(args.output)
     summary = write_run(out, run.events, run.jobs, schedule, f"replay:{schedule.meta.get('policy', '?')}",
                         run.result.sim_wall_s, {"scenario": run.scenario.name}, trace=not args.no_trace)
@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--rate", type=float, default=None, help="offered rate in jobs/s (overrides the scenario)")
     tg.add_argument("--jobs", type=int, default=None, help="keep only the first N jobs")
     tg.set_defaults(func=_trace_gen)
+
+    from hw.cli import register as register_hw  # imports no torch until a hw command runs
+
+    register_hw(sub)
 
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")
     pl.add_argument("what", choices=["curve", "timeline"])

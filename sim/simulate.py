@@ -46,35 +46,57 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) ->
     return jobs
 
 
-def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>",
-             progress: bool = False) -> Run:
+def run_meta(scn: Scenario, jobs: list[Job]) -> dict:
+    """What an IR header records so the run can be replayed on either backend."""
+    return {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
+            "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
+                         for j in jobs]}
+
+
+def jobs_from_meta(meta: dict) -> list[Job] | None:
+    if "job_list" not in meta:
+        return None
+    return [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in meta["job_list"]]
+
+
+def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>"):
+    """Check the scenario fits, build the engine and cost model, and each rank's policy:
+    shared by the simulator and the CUDA backend so both schedule identically."""
     biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
     check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
     engine, cost = make_engine(scn, record_ir)
     ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
                                  cost.spec_solo, engine.contention)
-    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
-            "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
-                         for j in jobs]}
+    return engine, cost, policies.build(ctx)
+
+
+def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>",
+             progress: bool = False) -> Run:
+    engine, _, rank_policies = prepare(scn, jobs, record_ir, file)
     horizon = max(j.arrival_s for j in jobs) if progress else None
-    result = engine.run(policies.build(ctx), meta, progress_horizon_s=horizon or (1e-3 if progress else None))
+    result = engine.run(rank_policies, run_meta(scn, jobs),
+                        progress_horizon_s=horizon or (1e-3 if progress else None))
     return Run(scn, jobs, result, events_frame(result.events))
 
 
-def replay(schedule: Schedule, jobs: list[Job] | None = None) -> Run:
-    """Re-execute a recorded IR in the simulator, on the hardware its header describes."""
+def scenario_of(schedule: Schedule, file: str = "<IR>") -> Scenario:
+    """The scenario an IR was recorded under (its header), checked against the IR."""
     if "scenario" not in schedule.meta:
-        raise LigerSimError("the IR header carries no scenario; cannot rebuild the hardware", field="meta")
-    scn = parse_scenario(schedule.meta["scenario"], "<IR header scenario>")
+        raise LigerSimError("the IR header carries no scenario; cannot rebuild the hardware", file=file,
+                            field="meta")
+    scn = parse_scenario(schedule.meta["scenario"], f"{file} (header scenario)")
     if schedule.world != scn.hardware.count:
         raise LigerSimError(f"IR has {schedule.world} ranks but its scenario has {scn.hardware.count} GPUs",
-                            field="world")
+                            file=file, field="world")
+    return scn
+
+
+def replay(schedule: Schedule, jobs: list[Job] | None = None, file: str = "<IR>") -> Run:
+    """Re-execute a recorded IR in the simulator, on the hardware its header describes."""
+    scn = scenario_of(schedule, file)
     engine, _ = make_engine(scn)
     result = engine.run([replay_policy(ops) for ops in schedule.by_rank()], schedule.meta)
-    if jobs is None and "job_list" in schedule.meta:
-        jobs = [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in schedule.meta["job_list"]]
-    if jobs is None:
-        jobs = jobs_from_events(result.events, schedule)
+    jobs = jobs or jobs_from_meta(schedule.meta) or jobs_from_events(result.events, schedule)
     return Run(scn, jobs, result, events_frame(result.events))
 
 
@@ -93,5 +115,6 @@ def jobs_from_events(rows: list[tuple], schedule: Schedule) -> list[Job]:
 
 def events_frame(rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
-    df["group"] = df["group"].map(lambda g: "" if g is None else ",".join(map(str, g)))
+    labels = {g: "" if g is None else ",".join(map(str, g)) for g in set(df["group"])}
+    df["group"] = df["group"].map(labels)
     return df.sort_values(["rank", "start_s", "stream", "kernel_id"], kind="stable").reset_index(drop=True)

@@ -48,11 +48,15 @@ def test_every_job_completes_once_and_no_faster_than_alone(policy):
 def test_lone_job_under_intra_op_takes_its_solo_sum_plus_collectives():
     d = tiny("intra_op")
     d["workload"]["jobs"] = 1
+    d["hardware"]["host"] = {"preset": "default", "launch_s": 0.0}
     r, req = run(d)
     ev = r.events[r.events["rank"] == 0]
     assert (ev["cls"] == "collective").sum() == 8  # two all-reduces per layer, four layers
-    launch = parse_scenario(d).hardware.host.launch_s
-    assert req["jct_s"].iloc[0] == pytest.approx(launch + ev["solo_s"].sum(), rel=1e-9)
+    assert req["jct_s"].iloc[0] == pytest.approx(ev["solo_s"].sum(), rel=1e-9)
+    # with a launch cost the host may fall behind these short kernels: never faster
+    d["hardware"]["host"] = {"preset": "default"}
+    _, req2 = run(d)
+    assert req2["jct_s"].iloc[0] >= ev["solo_s"].sum() + parse_scenario(d).hardware.host.launch_s
 
 
 def test_interleaved_with_depth_one_equals_intra_op():
@@ -101,8 +105,10 @@ def test_stages_balance_by_cost():
 
 
 def fast_links(d: dict) -> dict:
-    """NVSwitch: all-reduces shorter than most GEMMs, so fills must split GEMMs to fit."""
+    """The paper-sized layer over NVSwitch: all-reduces shorter than most GEMMs, so fills
+    must split GEMMs to fit."""
     d["hardware"] = {"gpu": "A100-SXM", "count": 4, "interconnect": "nvswitch-a100"}
+    d["model"] = {"preset": "liger-encoder", "layers": 2}
     d["workload"]["arrival"]["rate"] = 3000.0
     return d
 
@@ -110,7 +116,7 @@ def fast_links(d: dict) -> dict:
 def test_decomposed_pieces_add_up_to_the_gemm():
     r, _ = run(fast_links(tiny("interleaved")))
     ops = [o for o in r.result.schedule.ops if o.op == "launch" and o.kernel.spec.fraction < 1]
-    assert len(ops) > 20, "short all-reduces should make the planner split GEMMs to fill budgets"
+    assert len(ops) > 100, "short all-reduces should make the planner split GEMMs to fill budgets"
     pieces: dict[tuple, list] = {}
     for o in ops:
         pieces.setdefault((o.rank, o.kernel.request_id, o.kernel.parent), []).append(o.kernel.spec)
@@ -145,8 +151,8 @@ def test_interleaving_overlaps_and_raises_capacity_over_intra_op():
 
 
 def test_scalar_and_table_contention_both_work_and_differ():
-    r1, q1 = run(tiny("interleaved", contention=0.8))
-    r2, q2 = run(tiny("interleaved", contention="table"))
+    r1, q1 = run(fast_links(tiny("interleaved", contention=0.8)))
+    r2, q2 = run(fast_links(tiny("interleaved", contention="table")))
     assert q1["end_s"].notna().all() and q2["end_s"].notna().all()
     assert len(r1.events) != len(r2.events) or not q1["jct_s"].equals(q2["jct_s"])
 

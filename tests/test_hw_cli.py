@@ -1,0 +1,102 @@
+"""`ligersim hw ...`: registered without importing torch, and clear errors for what users get wrong."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hw import cli
+from hw.torchenv import check_device, require_torch
+from sim.errors import LigerSimError
+
+ONE_GPU = {"name": "one", "hardware": {"gpu": "A100-SXM", "count": 1, "interconnect": "nvswitch-a100"},
+           "model": {"preset": "liger-encoder", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64,
+                     "ffn": 256, "layers": 2},
+           "workload": {"kind": "generate", "jobs": 3, "arrival": {"process": "poisson", "rate": 5000},
+                        "batch": 1, "seq_len": 16},
+           "policy": {"name": "intra_op"}}
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    p = tmp_path / "one.yaml"
+    p.write_text(yaml.safe_dump(ONE_GPU))
+    return p
+
+
+def test_importing_the_cli_does_not_import_torch():
+    code = "import sys, hw.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_register_adds_hw_run_and_replay():
+    p = argparse.ArgumentParser(prog="ligersim")
+    cli.register(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args(["hw", "run", "s.yaml", "-o", "out", "--device", "cpu", "--jobs", "3"])
+    assert (a.hw_command, a.scenario, a.output, a.device, a.jobs, a.func) == ("run", "s.yaml", "out", "cpu", 3, cli._run)
+    a = p.parse_args(["hw", "replay", "ir.jsonl", "--emulate", "--channels", "24"])
+    assert (a.hw_command, a.ir, a.device, a.emulate, a.channels, a.func) == ("replay", "ir.jsonl", "cuda", True, 24,
+                                                                          cli._replay)
+    with pytest.raises(SystemExit):
+        p.parse_args(["hw", "run", "s.yaml", "--device", "tpu"])
+
+
+def test_missing_torch_says_how_to_install(monkeypatch, scenario, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(LigerSimError, match=r"pip install 'ligersim\[hw\]'"):
+        require_torch()
+    assert cli.main(["hw", "run", str(scenario), "--device", "cpu"]) == 2
+    assert "pip install 'ligersim[hw]'" in capsys.readouterr().err
+
+
+def test_cuda_requested_without_cuda(scenario, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(LigerSimError, match="--device cuda was requested"):
+        check_device("cuda")
+    assert cli.main(["hw", "run", str(scenario)]) == 2
+    assert "--device cuda was requested" in capsys.readouterr().err
+
+
+def test_other_user_errors(tmp_path, scenario):
+    pytest.importorskip("torch")
+    with pytest.raises(LigerSimError, match="unknown device"):
+        check_device("tpu")
+    from hw.run import replay_ir, run_scenario
+
+    assert cli.main(["hw", "replay", str(tmp_path / "missing.jsonl"), "--device", "cpu"]) == 2
+    with pytest.raises(LigerSimError, match="cannot read the IR file"):
+        replay_ir(tmp_path / "missing.jsonl", tmp_path / "o", device="cpu")
+
+    with pytest.raises(LigerSimError, match="emulated collective needs a CUDA GPU"):
+        run_scenario(scenario, tmp_path / "o", device="cpu", emulate=True)
+
+
+def test_out_of_memory_becomes_a_sized_error(scenario):
+    torch = pytest.importorskip("torch")
+    from hw.launch import _oom_guard
+    from hw.run import Options, Source, build_plan
+
+    plan = build_plan(Source("scenario", str(scenario)))
+    with pytest.raises(LigerSimError, match=r"needs about [0-9.]+ GB per GPU.*tp=1"):
+        with _oom_guard(plan, Options()):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+
+def test_single_rank_run_from_the_command_line(tmp_path, scenario, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    assert cli.main(["hw", "run", str(scenario), "-o", str(out), "--device", "cpu"]) == 0
+    assert "3/3 jobs" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] == 3 and json.loads((out / "hw.json").read_text())["mode"] == "single"
+    # and its IR replays
+    assert cli.main(["hw", "replay", str(out / "ir.jsonl"), "-o", str(tmp_path / "re"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "re" / "summary.json").read_text())["kernels"] == summary["kernels"]

@@ -1,0 +1,95 @@
+"""The CUDA paths: skipped cleanly without a GPU; the emulated collective's sizing is pure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from hw import spin  # noqa: E402
+from hw.collectives import cta_count, ring_bytes  # noqa: E402
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+triton = pytest.mark.skipif(not spin.HAVE_TRITON, reason="needs Triton")
+
+SCENARIO = {"name": "gpu-tiny", "hardware": {"gpu": "H100-SXM", "count": 4, "interconnect": "nvswitch-h100"},
+            "model": {"preset": "liger-encoder", "hidden": 1024, "heads": 8, "kv_heads": 8, "head_dim": 128,
+                      "ffn": 4096, "layers": 2},
+            "workload": {"kind": "generate", "jobs": 6, "arrival": {"process": "poisson", "rate": 2000},
+                         "batch": 2, "seq_len": {"dist": "uniform", "low": 16, "high": 128}}}
+
+
+def test_ring_bytes_and_cta_count():
+    assert ring_bytes(1000, 4) == 1500 and ring_bytes(1000, 1) == 0
+    assert cta_count(16, 1e6, 1e-3, sms=132) == 16  # NCCL's channels suffice
+    # a GLM-sized all-reduce on NVSwitch: 18.8 MB through HBM in 21 us needs ~0.9 TB/s = 36 CTAs
+    assert cta_count(8, 2 * 9.4e6, 21e-6, sms=132) == 36
+    assert cta_count(8, 1e10, 1e-3, sms=132) == 132  # never more CTAs than SMs
+    assert cta_count(4, 0, 0.0, sms=132) == 4
+
+
+def test_spin_module_imports_without_triton():
+    assert isinstance(spin.HAVE_TRITON, bool)
+
+
+@cuda
+@triton
+def test_spin_kernel_lasts_its_target():
+    src = torch.zeros(1 << 20, dtype=torch.int32, device="cuda")
+    dst = torch.empty_like(src)
+    spin.launch(src, dst, 16, 1e-3)  # compile
+    torch.cuda.synchronize()
+    src.fill_(7)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    spin.launch(src, dst, 16, 2e-3)
+    end.record()
+    torch.cuda.synchronize()
+    assert (dst == 7).all()
+    assert 1.9 < start.elapsed_time(end) < 2.3  # ms
+
+
+@cuda
+@pytest.mark.parametrize("policy", ["intra_op", "interleaved"])
+def test_emulated_run_on_one_gpu(tmp_path, policy):
+    from hw.run import run_scenario
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({**SCENARIO, "policy": {"name": policy}}))
+    summary = run_scenario(p, tmp_path / "out", device="cuda", emulate=True)
+    assert summary["completed"] == 6
+    info = json.loads((tmp_path / "out" / "hw.json").read_text())
+    assert info["mode"] == "emulate" and info["emulated_collectives"]["launches"] > 0
+
+
+@cuda
+def test_cuda_streams_respect_event_waits(tmp_path):
+    from hw.collectives import NoCollectives
+    from hw.kernels import KernelLibrary
+    from hw.runtime import TorchRuntime, drive
+    from hw.weights import Shard
+    from sim.kernels import Kernel, gemm
+    from sim.layers import ModelShape
+
+    m = ModelShape("t", "encoder", 1, 256, 4, 4, 64, 1024, False, 0, "layernorm", False, 2)
+    lib = KernelLibrary(m, Shard(1, 0), "cuda", torch.float16, NoCollectives())
+    big, small = gemm("big", 4096, 4096, 4096), gemm("small", 64, 64, 64)
+
+    def prog(rt):
+        a, b = rt.new_stream(-1), rt.new_stream(0)
+        rt.launch(Kernel(big, 0), a)
+        e = rt.new_event()
+        rt.record(e, a)
+        rt.wait(b, e)
+        rt.launch(Kernel(small, 0), b)
+        rt.record(f := rt.new_event(), b)
+        yield rt.sync(f)
+
+    rt = TorchRuntime(0, 1, lambda _k: 0.0, lib, "cuda")
+    drive(prog(rt), rt)
+    rows = {r[6]: r for r in rt.rows()}
+    assert rows["small"][12] >= rows["big"][13] - 5e-6  # start of small after end of big
+    assert rt.sync_times[0][2] >= rows["small"][13] - 5e-6
