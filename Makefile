@@ -21,6 +21,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/ligersim run $(SCENARIO) -o $(OUTDIR)
+	$(BIN)/ligersim curve $(SCENARIO) --rates 20:200:20 --jobs 100 -o $(OUTDIR)/curve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

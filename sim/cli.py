@@ -25,6 +25,16 @@ def _run(args: argparse.Namespace) -> None:
     if interrupted:
         print(f"ligersim: interrupted; wrote the {len(run.events):,} kernels completed so far to {out}/",
               file=sys.stderr)
+    elif not args.no_plot and len(run.events):
+        from sim.plots import plot_timeline
+
+        # the busiest moment: the slowest job's lifetime, when the most jobs were in flight
+        ev = run.events[run.events["request_id"] >= 0]
+        span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"))
+        worst = (span["t1"] - span["t0"]).idxmax()
+        t0, t1 = span.loc[worst, "t0"], span.loc[worst, "t1"]
+        plot_timeline(run.events, out / "timeline.png", f"{scn.name}: {scn.policy.name}, rank 0 while job {worst} "
+                      "runs", ranks=[0], window=(t0, t1))
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers)")
     print(describe(summary))
@@ -121,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=None, help="simulate only the first N jobs")
     r.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large runs)")
     r.add_argument("--no-ir", action="store_true", help="skip recording the schedule IR")
+    r.add_argument("--no-plot", action="store_true", help="skip timeline.png (rank 0, a few jobs)")
     r.set_defaults(func=_run)
 
     rp = sub.add_parser("replay", help="re-execute a recorded schedule IR in the simulator")

@@ -72,8 +72,8 @@ def plot_timeline(events: pd.DataFrame, path: Path, title: str, ranks: list[int]
         ax.set_xlim(window[0] * 1e3, window[1] * 1e3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in CLASS_COLOR.values()]
     handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="black", hatch="///"))
-    ax.legend(handles, [*CLASS_COLOR, "split piece"], fontsize=7, ncol=5, loc="lower right",
-              bbox_to_anchor=(1, 1.0), frameon=False)
+    ax.legend(handles, [*CLASS_COLOR, "split piece"], fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False)
     ax.set_title(title, fontsize=10, loc="left")
     if own:
         fig.tight_layout()
