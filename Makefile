@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCENARIO ?= scenarios/default.yaml
 OUTDIR ?= out/default
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Execute every notebook with full settings (LIGERSIM_FULL=1); the executed copies, with their
+# figures, go to out/notebooks/ (not into git: the committed notebooks stay without outputs).
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py --full -o out/notebooks
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py

@@ -87,7 +87,7 @@ def build_plan(src: Source) -> Plan:
     if src.kind == "scenario":
         scn, base = load_scenario(src.path)
         jobs = load_jobs(scn, base, src.jobs)
-        engine, cost, rank_policies = prepare(scn, jobs, record_ir=False, file=src.path)
+        engine, cost, rank_policies, _ = prepare(scn, jobs, record_ir=False, file=src.path)
         shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
         return Plan(scn, scn.hardware.count, scn.tp(), rank_policies, cost.solo, engine.topology, shapes,
                     scn.policy.name, run_meta(scn, jobs), jobs=jobs, max_shape=_largest(shapes))

@@ -20,7 +20,8 @@ def _run(args: argparse.Namespace) -> None:
     out = Path(args.output)
     interrupted = bool(run.result.meta.get("interrupted"))
     summary = write_run(out, run.events, jobs, None if args.no_ir else run.result.schedule, scn.policy.name,
-                        run.result.sim_wall_s, {"scenario": scn.name, "interrupted": interrupted},
+                        run.result.sim_wall_s, {"scenario": scn.name, "interrupted": interrupted,
+                                                "meta": run.result.meta},
                         trace=not args.no_trace)
     if interrupted:
         print(f"ligersim: interrupted; wrote the {len(run.events):,} kernels completed so far to {out}/",
@@ -96,6 +97,13 @@ def _plot(args: argparse.Namespace) -> None:
     from sim.plots import plot_curve, plot_timeline
 
     d = Path(args.dir)
+    if args.what == "validation":
+        from sim.validation import plot_validation
+
+        if not (d / "validation.csv").exists():
+            raise LigerSimError("no validation.csv here; make one with `ligersim validate`", file=str(d))
+        print("wrote " + ", ".join(str(p) for p in plot_validation(d)))
+        return
     if args.what == "curve":
         if not (d / "curve.csv").exists():
             raise LigerSimError("no curve.csv here; make one with `ligersim curve`", file=str(d))
@@ -113,6 +121,30 @@ def _plot(args: argparse.Namespace) -> None:
         title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"
         paths = [plot_timeline(ev, d / f"timeline.{ext}", title, ranks, window, reqs) for ext in ("png", "svg")]
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from hw.calibrate import calibrate
+
+    prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh)
+    n = sum(len(v) for v in prof.kernels.values())
+    print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
+          f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
+          f"sync wake-up {prof.host.get('sync_wakeup_s', 0) * 1e6:.2f} us")
+    print(f"  wrote {args.output}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from hw.validate import validate
+
+    s = validate(args.scenario, args.profile, args.output, args.device, args.jobs, args.measured, args.emulate,
+                 args.channels, progress=sys.stderr.isatty())
+    for mode in ("closed_loop", "replay"):
+        if mode in s:
+            m = s[mode]
+            print(f"{mode}: kernel |err| median {m['kernel_err_median']:.1%} p90 {m['kernel_err_p90']:.1%}, "
+                  f"makespan {m['makespan_err']:+.1%}, mean JCT {m['jct_mean_err']:+.1%}")
+    print(f"  wrote {args.output}/validation.csv, summary.json, report.md, scatter.png, error_cdf.png, timelines.png")
 
 
 def _schema(args: argparse.Namespace) -> None:
@@ -163,9 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_hw(sub)
 
+    cal = sub.add_parser("calibrate", help="measure kernel costs, host costs and contention into a profile")
+    cal.add_argument("-o", "--output", required=True, help="profile to write, e.g. profiles/h100-sxm.yaml (an "
+                     "interrupted run resumes from it)")
+    cal.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cuda, or cpu (tests the machinery)")
+    cal.add_argument("--quick", action="store_true", help="fewer shapes, sizes and repetitions")
+    cal.add_argument("--scenario", action="append", default=None,
+                     help="scenario whose model shapes to measure (repeatable; default: scenarios/validation/*.yaml "
+                          "on cuda, built-in tiny models on cpu)")
+    cal.add_argument("--fresh", action="store_true", help="start over instead of resuming OUTPUT")
+    cal.set_defaults(func=_calibrate)
+
+    va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")
+    va.add_argument("scenario", help="scenario YAML file")
+    va.add_argument("--profile", required=True, help="profile written by `ligersim calibrate`")
+    va.add_argument("-o", "--output", default="out/validate", help="output folder")
+    va.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where the measured run executes")
+    va.add_argument("--jobs", type=int, default=None, help="use only the first N jobs")
+    va.add_argument("--measured", default=None, help="use this recorded `ligersim hw run` folder instead of running")
+    va.add_argument("--emulate", action="store_true", default=None,
+                    help="cuda: rank 0 of the group on one GPU (the default with fewer GPUs than ranks)")
+    va.add_argument("--channels", type=int, default=16, help="CTAs of the emulated collective")
+    va.set_defaults(func=_validate)
+
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")
-    pl.add_argument("what", choices=["curve", "timeline"])
-    pl.add_argument("dir", help="output folder of `ligersim curve` or `ligersim run`")
+    pl.add_argument("what", choices=["curve", "timeline", "validation"])
+    pl.add_argument("dir", help="output folder of `ligersim curve`, `ligersim run` or `ligersim validate`")
     pl.add_argument("--ranks", help="timeline: comma-separated ranks (default all)")
     pl.add_argument("--requests", help="timeline: comma-separated request ids (default all)")
     pl.add_argument("--window", help="timeline: START:END in milliseconds")

@@ -70,3 +70,36 @@ class RooflineCost:
         waves = math.ceil(tiles * k_split / self.sms)
         per_sm = self.peak_flops / self.sms
         return waves * 2.0 * tm * tn * math.ceil(k / k_split) / per_sm
+
+
+@dataclass(slots=True)
+class ProfileCost:
+    """Solo durations from a calibrated profile (`sim.profile`): measured shapes exactly,
+    log-space interpolation between them, the roofline (scaled by the nearest measured
+    shape, with a one-time warning) outside; collectives from the link model, plus the
+    emulated collective's measured overhead when the run being predicted emulated them."""
+
+    roofline: RooflineCost
+    measured: object  # sim.profile.MeasuredKernels (typed loosely: sim.profile imports this module's users)
+    collective_overhead_s: float = 0.0
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def topology(self) -> Topology:
+        return self.roofline.topology
+
+    def solo(self, kernel: Kernel) -> float:
+        return self.spec_solo(kernel.spec, kernel.group)
+
+    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
+        key = (id(spec), group)
+        t = self._cache.get(key)
+        if t is None:
+            if spec.is_collective:
+                base = self.roofline.spec_solo(spec, group)
+                value = base + self.collective_overhead_s if base > 0 else 0.0
+            else:
+                value = self.measured.estimate(spec)  # type: ignore[attr-defined]
+            self._cache[key] = (value, spec)  # keep spec alive so its id is not reused
+            return value
+        return t[0]

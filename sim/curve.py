@@ -70,10 +70,10 @@ def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jo
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
     job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
     run = simulate(scn, job_list, record_ir=False, file=file)
-    from sim.metrics import requests_frame, summarise
+    from sim.outputs import run_tables
 
-    req = requests_frame(run.events, job_list).sort_values("arrival_s")
-    s = summarise(run.events, req, policy, run.result.sim_wall_s)
+    req, s = run_tables(run.events, job_list, run.result.meta, policy, run.result.sim_wall_s)
+    req = req.sort_values("arrival_s")
     third = max(1, len(req) // 3)
     s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
     return {"policy": policy, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],

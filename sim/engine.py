@@ -324,8 +324,12 @@ class Engine:
             except StopIteration:
                 return
             if op.op == "sleep_until":
+                # the host really waits, so that what it decides next sees the simulated world
+                # of that moment (other ranks' hosts, arrivals)
                 if op.until > rt.host_t:
                     rt.host_t = op.until
+                if rt.host_t > env.now:
+                    yield env.timeout(rt.host_t - env.now)
                 continue
             # sync: the host must first reach this point in simulated time
             if rt.host_t > env.now:

@@ -17,6 +17,7 @@ KIND_CLASS: dict[str, str] = {
     "gemm": "compute",
     "bgemm": "compute",
     "attention": "compute",
+    "decode_attention": "memory",  # one query token per sequence: reads the whole KV cache
     "softmax": "memory",
     "layernorm": "memory",
     "rmsnorm": "memory",
@@ -103,6 +104,26 @@ def attention(name: str, b: int, h: int, sq: int, skv: int, d: int, kv_h: int, c
     nbytes = b * (2 * h * sq * d + 2 * kv_h * skv * d) * dtype_bytes
     return KernelSpec("attention", name, {"b": b, "h": h, "sq": sq, "skv": skv, "d": d, "kv_h": kv_h},
                       flops, nbytes, dtype_bytes)
+
+
+def prefill_attention(name: str, h: int, kv_h: int, d: int, chunks: list[tuple[int, int]],
+                      dtype_bytes: int = 2) -> KernelSpec:
+    """Causal attention of several prompts (or prompt chunks) at once, each `chunk` new
+    tokens attending to `past` cached ones and to themselves (a varlen flash-attention call)."""
+    pairs = sum(c * p + c * (c + 1) // 2 for c, p in chunks)
+    sq, skv = sum(c for c, _ in chunks), sum(c + p for c, p in chunks)
+    nbytes = (2 * h * sq * d + 2 * kv_h * skv * d) * dtype_bytes
+    return KernelSpec("attention", name, {"b": len(chunks), "h": h, "sq": sq, "skv": skv, "d": d, "kv_h": kv_h},
+                      4.0 * h * pairs * d, float(nbytes), dtype_bytes)
+
+
+def decode_attention(name: str, h: int, kv_h: int, d: int, contexts: list[int], dtype_bytes: int = 2) -> KernelSpec:
+    """One new token per sequence attending to its whole context: memory-bound, it reads
+    every cached K and V once (paged attention)."""
+    ctx = sum(contexts)
+    nbytes = (2 * kv_h * ctx * d + 2 * len(contexts) * h * d) * dtype_bytes
+    return KernelSpec("decode_attention", name, {"b": len(contexts), "h": h, "ctx": ctx, "d": d, "kv_h": kv_h},
+                      4.0 * h * ctx * d, float(nbytes), dtype_bytes)
 
 
 def pointwise(kind: str, name: str, elems: int, reads: int, writes: int, flops_per_elem: float,

@@ -161,3 +161,36 @@ def epilogue_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.Ker
     norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
     return [K.pointwise(norm, "final_norm", batch * m.hidden, 2, 1, 6.0, m.dtype_bytes),
             K.gemm("lm_head", batch, -(-m.vocab // tp), m.hidden, m.dtype_bytes)]
+
+
+def iteration_layer(m: ModelShape, tp: int, prefills: list[tuple[int, int]], decodes: list[int]) -> list[K.KernelSpec]:
+    """One decoder layer of a continuous-batching iteration: `prefills` are (new tokens,
+    cached tokens) of prompts or prompt chunks, `decodes` the context length of each decoding
+    sequence (its new token included). GEMMs, norms and all-reduces run over all the
+    iteration's tokens at once; attention is one varlen prefill kernel and one paged decode
+    kernel."""
+    db, h = m.dtype_bytes, m.hidden
+    t = sum(c for c, _ in prefills) + len(decodes)
+    nh, nkv = _local_heads(m, tp)
+    q_w, kv_w = nh * m.head_dim, nkv * m.head_dim
+    norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
+    f = m.ffn // tp
+    ks = [K.pointwise(norm, "input_norm", t * h, 2, 1, 6.0, db), K.gemm("qkv_proj", t, q_w + 2 * kv_w, h, db)]
+    if m.rope:
+        ks.append(K.pointwise("rope", "rope", t * (q_w + kv_w), 1, 1, 6.0, db))
+    if prefills:
+        ks.append(K.prefill_attention("prefill_attention", nh, nkv, m.head_dim, prefills, db))
+    if decodes:
+        ks.append(K.decode_attention("decode_attention", nh, nkv, m.head_dim, decodes, db))
+    ks.append(K.gemm("o_proj", t, h, q_w, db))
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
+    ks += [
+        K.pointwise(norm, "post_attn_norm", t * h, 2, 1, 6.0, db),
+        K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
+        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
+        K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
+    ]
+    if tp > 1:
+        ks.append(K.collective("all_reduce", "mlp_all_reduce", t * h * db))
+    return ks

@@ -85,3 +85,52 @@ def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wal
     }
     out.update(utilisation(events, makespan) if makespan > 0 else {})
     return out
+
+
+def generative_requests_frame(events: pd.DataFrame, iterations: list[list], jobs: list[Job]) -> pd.DataFrame:
+    """One row per request of generative serving: every output token is emitted when the
+    iteration that produced it ends (its last kernel on any rank)."""
+    ev = events[events["request_id"] >= 0]
+    span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"))
+    it = pd.DataFrame(iterations, columns=["iteration", "group", "request_id", "tokens_in", "emits"])
+    it = it.join(span, on="iteration")
+    first = it.groupby("request_id")["t0"].min()
+    tok = it[it["emits"] == 1].groupby("request_id")["t1"].agg(["min", "max", "count"])
+    df = pd.DataFrame({"request_id": [j.request_id for j in jobs], "arrival_s": [j.arrival_s for j in jobs],
+                       "prompt_tokens": [j.prompt_tokens or j.seq_len for j in jobs],
+                       "output_tokens": [j.output_tokens for j in jobs]}).set_index("request_id")
+    df["start_s"] = first
+    df["first_token_s"] = tok["min"]
+    df["end_s"] = tok["max"]
+    df["tokens"] = tok["count"].reindex(df.index).fillna(0).astype(int)
+    df["jct_s"] = df["end_s"] - df["arrival_s"]
+    df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+    df["tpot_s"] = (df["end_s"] - df["first_token_s"]) / (df["tokens"] - 1).where(df["tokens"] > 1)
+    cols = ["arrival_s", "start_s", "end_s", "jct_s", "ttft_s", "tpot_s", "tokens", "prompt_tokens", "output_tokens"]
+    return df.reset_index()[["request_id", *cols]]
+
+
+def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | None, makespan: float,
+                       slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict:
+    """TTFT, TPOT, tokens/s, KV-cache occupancy and SLO attainment (goodput)."""
+    out: dict = {}
+    for col in ("ttft_s", "tpot_s"):
+        v = requests[col].dropna().to_numpy(float)
+        name = col.removesuffix("_s")
+        out.update({f"{name}_mean_s": float(v.mean()) if len(v) else float("nan"),
+                    **{f"{name}_p{p}_s": float(np.percentile(v, p)) if len(v) else float("nan") for p in (50, 90, 99)}})
+    out["tokens"] = int(requests["tokens"].sum())
+    out["tokens_per_s"] = out["tokens"] / makespan if makespan > 0 else float("nan")
+    if kv_log and kv_capacity:
+        used = np.array([u for _, u in kv_log], dtype=float) / kv_capacity
+        out.update(kv_capacity_tokens=int(kv_capacity), kv_occupancy_mean=float(used.mean()),
+                   kv_occupancy_max=float(used.max()))
+    if slo_ttft_s or slo_tpot_s:
+        ok = requests["tokens"] == requests["output_tokens"]
+        if slo_ttft_s:
+            ok &= requests["ttft_s"] <= slo_ttft_s
+        if slo_tpot_s:
+            ok &= requests["tpot_s"].fillna(0.0) <= slo_tpot_s
+        out["slo_attainment"] = float(ok.mean())
+        out["goodput_jobs_s"] = float(ok.sum()) / makespan if makespan > 0 else float("nan")
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from sim import ir
-from sim.metrics import requests_frame, summarise
+from sim.metrics import generative_requests_frame, generative_summary, requests_frame, summarise
 
 
 def chrome_trace(events: pd.DataFrame, path: Path, title: str = "ligersim") -> None:
@@ -43,16 +43,31 @@ def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | Non
               sim_wall_s: float | None, extra: dict | None = None, trace: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     events.to_parquet(out / "events.parquet", index=False)
-    requests = requests_frame(events, jobs)
+    meta = schedule.meta if schedule is not None else (extra or {}).get("meta", {})
+    requests, summary = run_tables(events, jobs, meta, policy, sim_wall_s)
     requests.to_csv(out / "requests.csv", index=False)
-    summary = summarise(events, requests, policy, sim_wall_s)
-    summary.update(extra or {})
+    if meta.get("kv_log"):
+        pd.DataFrame(meta["kv_log"], columns=["time_s", "kv_tokens"]).to_csv(out / "kv.csv", index=False)
+    summary.update({k: v for k, v in (extra or {}).items() if k != "meta"})
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     if trace:
         chrome_trace(events, out / "trace.json", title=str((extra or {}).get("scenario", policy)))
     if schedule is not None:
         ir.save(schedule, out / "ir.jsonl")
     return summary
+
+
+def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: float | None):
+    """requests.csv and summary.json of a run, encoder or generative (its IR meta says)."""
+    if "iterations" not in meta:
+        requests = requests_frame(events, jobs)
+        return requests, summarise(events, requests, policy, sim_wall_s)
+    requests = generative_requests_frame(events, meta["iterations"], jobs)
+    summary = summarise(events, requests, policy, sim_wall_s)
+    serving = meta.get("scenario", {}).get("serving", {})
+    summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),
+                                      summary["makespan_s"], serving.get("slo_ttft_s"), serving.get("slo_tpot_s")))
+    return requests, summary
 
 
 def describe(summary: dict) -> str:
@@ -65,6 +80,16 @@ def describe(summary: dict) -> str:
         f"  throughput {summary['throughput_jobs_s']:.2f} jobs/s (offered {summary['offered_rate_jobs_s']:.2f}), "
         f"makespan {summary['makespan_s']:.3f} s",
     ]
+    if "ttft_mean_s" in summary:
+        lines.append(f"  TTFT mean {summary['ttft_mean_s'] * ms:.1f} ms  p99 {summary['ttft_p99_s'] * ms:.1f} ms; "
+                     f"TPOT mean {summary['tpot_mean_s'] * ms:.2f} ms  p99 {summary['tpot_p99_s'] * ms:.2f} ms; "
+                     f"{summary['tokens_per_s']:,.0f} tokens/s")
+        if "kv_occupancy_mean" in summary:
+            lines.append(f"  KV cache {summary['kv_capacity_tokens']:,} tokens/GPU, occupancy mean "
+                         f"{summary['kv_occupancy_mean']:.1%} max {summary['kv_occupancy_max']:.1%}")
+        if "slo_attainment" in summary:
+            lines.append(f"  SLO attainment {summary['slo_attainment']:.1%}, goodput {summary['goodput_jobs_s']:.2f} "
+                         "jobs/s")
     if "gpu_busy_frac" in summary:
         lines.append(f"  GPU busy {summary['gpu_busy_frac']:.1%}, compute/comm overlap {summary['overlap_frac']:.1%}")
     if summary.get("sim_wall_s"):

@@ -7,7 +7,10 @@ source: a datasheet, a published model configuration, or NCCL's own cost model.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 # --------------------------------------------------------------------------- GPUs
 # peak_flops: dense FP16/BF16 tensor-core FLOP/s (no structured sparsity).
@@ -148,6 +151,31 @@ CONTENTION: dict[str, dict[str, Any]] = {
     ]),
     "none": dict(name="none", pairs=[]),
 }
+
+
+
+def _measured_switches() -> dict[str, dict[str, Any]]:
+    """`<gpu>-measured` switch presets from the α–β fits of measured NCCL tables in
+    `profiles/links.yaml` (`python -m sim.linkfit`): the 8-GPU ring all-reduce fit of each
+    DGX, as α = step latency and B = link bandwidth (the switch model's ring bus bandwidth).
+    One line per topology: groups of 2 and 4 fit other values (see the file's errors)."""
+    path = Path(__file__).resolve().parents[1] / "profiles" / "links.yaml"
+    try:
+        topologies = yaml.safe_load(path.read_text()).get("topologies", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    out = {}
+    for gpu in ("h100", "a100"):
+        fit = next((f for f in topologies.get(f"{gpu}_dgx", {}).get("all_reduce", [])
+                    if f.get("n") == 8 and f.get("nodes") == 1), None)
+        if fit:
+            name = f"nvswitch-{gpu}-measured"
+            out[name] = dict(name=name, kind="switch", link_bw=float(fit["bandwidth_GBps"]) * 1e9, max_gpus=8,
+                             step_latency_s=float(fit["alpha_s"]), base_latency_s=0.0)
+    return out
+
+
+INTERCONNECTS.update(_measured_switches())
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": GPUS, "interconnect": INTERCONNECTS, "model": MODELS, "host": HOSTS, "contention": CONTENTION,

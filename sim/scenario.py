@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sim.errors import LigerSimError
 from sim.layers import ModelShape, activation_bytes_per_gpu, tp_errors, weight_bytes_per_gpu
 from sim.presets import PRESETS
+from sim.serving import ServingSpec
 from sim.workload import GenerateWorkload, TraceWorkload, WorkloadConfig
 
 KernelClass = Literal["compute", "memory", "collective", "copy"]
@@ -106,6 +107,9 @@ class Hardware(_Model):
                            description="Host launch/sync costs.")
     contention: ContentionSpec = Field(default_factory=lambda: ContentionSpec.model_validate("default"),
                                        description="Contention table.")
+    profile: str | None = Field(None, description="Calibrated profile (`ligersim calibrate`), relative to the "
+                                "scenario's folder: measured kernel costs, and host costs and contention table "
+                                "unless `host` / `contention` are set here.")
 
     @model_validator(mode="after")
     def _fits_interconnect(self) -> Hardware:
@@ -191,6 +195,8 @@ class Scenario(_Model):
     model: ModelSpec
     workload: WorkloadConfig
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="How jobs are served: encoder "
+                                 "forward passes, or generative prefill + decode with continuous batching.")
 
     def tp(self) -> int:
         return self.policy.degrees(self.hardware.count)[0]
@@ -274,7 +280,11 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "malformed YAML"
         raise LigerSimError(f"malformed YAML{where}: {problem}", file=str(path)) from None
-    return parse_scenario(data, str(path)), path.parent
+    scn = parse_scenario(data, str(path))
+    prof = scn.hardware.profile
+    if prof and not Path(prof).is_absolute():  # relative to the scenario, wherever ligersim runs
+        scn.hardware.profile = str((path.parent / prof).resolve())
+    return scn, path.parent
 
 
 def check_memory(scn: Scenario, jobs_max_tokens: tuple[int, int], file: str, tp: int, pp: int = 1) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from sim import policies
 from sim.contention import ContentionTable
-from sim.costs import RooflineCost
+from sim.costs import ProfileCost, RooflineCost
 from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
 from sim.errors import LigerSimError
 from sim.ir import Schedule
@@ -17,6 +17,7 @@ from sim.jobs import Job
 from sim.links import build_topology
 from sim.runtime import replay_policy
 from sim.scenario import Scenario, check_memory, parse_scenario
+from sim.serving import BatchScheduler, kv_capacity_tokens
 from sim.workload import build_jobs
 
 
@@ -28,13 +29,26 @@ class Run:
     events: pd.DataFrame
 
 
-def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, RooflineCost]:
+def make_engine(scn: Scenario, record_ir: bool = True,
+                collective_overhead_s: float = 0.0) -> tuple[Engine, RooflineCost | ProfileCost]:
+    """The engine and cost model of a scenario; with `hardware.profile`, measured kernel costs,
+    and the profile's host costs and contention table unless the scenario sets its own."""
     hw = scn.hardware
     topo = build_topology(hw.interconnect.model_dump(), hw.count)
-    cost = RooflineCost(hw.gpu.peak_flops, hw.gpu.hbm_bw, hw.gpu.sms, hw.host.kernel_overhead_s, topo)
-    table = ContentionTable((p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs)
+    cost: RooflineCost | ProfileCost = RooflineCost(hw.gpu.peak_flops, hw.gpu.hbm_bw, hw.gpu.sms,
+                                                    hw.host.kernel_overhead_s, topo)
+    pairs = [(p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs]
     host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
-    return Engine(hw.count, cost.solo, table, topo, host, record_ir=record_ir), cost
+    if hw.profile:
+        from sim.profile import profile_cost
+
+        cost, prof = profile_cost(hw.profile, cost, scn, collective_overhead_s)
+        if "contention" not in hw.model_fields_set:
+            pairs = prof.contention_pairs()
+        if "host" not in hw.model_fields_set:
+            host = HostParams(prof.host.get("launch_s", host.launch_s), prof.host.get("sync_wakeup_s",
+                                                                                      host.sync_wakeup_s))
+    return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 
 def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) -> list[Job]:
@@ -62,21 +76,39 @@ def jobs_from_meta(meta: dict) -> list[Job] | None:
 def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>"):
     """Check the scenario fits, build the engine and cost model, and each rank's policy:
     shared by the simulator and the CUDA backend so both schedule identically."""
-    biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
-    check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
     engine, cost = make_engine(scn, record_ir)
     ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
-                                 cost.spec_solo, engine.contention)
-    return engine, cost, policies.build(ctx)
+                                 cost.spec_solo, engine.contention, scn.serving)
+    if scn.serving.mode == "generative":
+        kv = kv_capacity_tokens(ctx.model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, scn.serving, file)
+        groups = scn.serving.groups if scn.policy.name in ("interleaved", "inter_op", "hybrid") else 1
+        ctx.scheduler = BatchScheduler(jobs, scn.serving, kv, max(groups, scn.pp()), file)
+    else:
+        biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
+        check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
+    return engine, cost, policies.build(ctx), ctx
 
 
 def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>",
              progress: bool = False) -> Run:
-    engine, _, rank_policies = prepare(scn, jobs, record_ir, file)
+    engine, _, rank_policies, ctx = prepare(scn, jobs, record_ir, file)
     horizon = max(j.arrival_s for j in jobs) if progress else None
-    result = engine.run(rank_policies, run_meta(scn, jobs),
-                        progress_horizon_s=horizon or (1e-3 if progress else None))
+    meta = run_meta(scn, jobs)
+    result = engine.run(rank_policies, meta, progress_horizon_s=horizon or (1e-3 if progress else None))
+    if ctx.scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
+        result.meta.update(iterations=iteration_table(ctx.scheduler), kv_log=ctx.scheduler.kv_log,
+                           kv_capacity_tokens=ctx.scheduler.total_blocks * ctx.scheduler.block)
     return Run(scn, jobs, result, events_frame(result.events))
+
+
+def iteration_table(sched: BatchScheduler) -> list[list]:
+    """[iteration, group, request, new tokens, emits a token] for every request of every iteration."""
+    rows = []
+    for it in sched.iterations:
+        emits = set(it.emits)
+        rows += [[it.index, it.group, rid, c, int(rid in emits)] for rid, c, _ in it.prefills]
+        rows += [[it.index, it.group, rid, 1, int(rid in emits)] for rid, _ in it.decodes]
+    return rows
 
 
 def scenario_of(schedule: Schedule, file: str = "<IR>") -> Scenario:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sim.policies.common import PolicyContext, RankPolicy
+from sim.policies.generative import build_gen_interleaved, build_gen_intra_op, build_gen_pipeline
 from sim.policies.in_order import build_intra_op
 from sim.policies.interleaved import build_interleaved
 from sim.policies.pipeline import build_pipeline
@@ -20,10 +21,18 @@ POLICIES: dict[str, Callable[[PolicyContext], list[RankPolicy]]] = {
     "hybrid": build_pipeline,
     "interleaved": build_interleaved,
 }
+GENERATIVE: dict[str, Callable[[PolicyContext], list[RankPolicy]]] = {
+    "intra_op": build_gen_intra_op,
+    "in_order": build_gen_intra_op,
+    "inter_op": build_gen_pipeline,
+    "hybrid": build_gen_pipeline,
+    "interleaved": build_gen_interleaved,
+}
 
 
 def build(ctx: PolicyContext) -> list[RankPolicy]:
-    return POLICIES[ctx.policy.name](ctx)
+    table = GENERATIVE if ctx.serving is not None and ctx.serving.mode == "generative" else POLICIES
+    return table[ctx.policy.name](ctx)
 
 
 __all__ = ["POLICIES", "PolicyContext", "build"]

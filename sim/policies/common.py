@@ -31,6 +31,8 @@ class PolicyContext:
     solo: Callable[[Kernel], float]
     spec_solo: Callable[..., float]
     contention: object = None  # ContentionTable, for policies that budget with it
+    serving: object = None  # the scenario's ServingSpec
+    scheduler: object = None  # generative: the shared BatchScheduler (sim.serving)
     _layers: dict = field(default_factory=dict)
     _steps: dict = field(default_factory=dict)
 

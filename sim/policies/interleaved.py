@@ -64,6 +64,7 @@ class Launch:
 @dataclass
 class Round:
     sleep_until: float | None = None
+    drain: bool = False  # the host waits for the end of the last main segment
     main: list[Launch] = field(default_factory=list)
     main_request: int = -1
     main_waits_sub: bool = False
@@ -75,20 +76,51 @@ def is_comm(spec: KernelSpec) -> bool:
     return spec.is_collective
 
 
+class EncoderJobs:
+    """Jobs of the encoder setting: admitted in arrival order once they have arrived."""
+
+    def __init__(self, ctx: PolicyContext):
+        self.ctx = ctx
+        self.waiting = deque(ctx.jobs)
+
+    def admit(self, now: float, room: int) -> list[JobState]:
+        out = []
+        while self.waiting and len(out) < room and self.waiting[0].arrival_s <= now:
+            job = self.waiting.popleft()
+            steps: list[Step] = self.ctx.steps(self.ctx.world, job.batch, job.seq_len)
+            out.append(JobState(job.request_id, job.arrival_s, deque(Pending(st.spec, st.layer, i)
+                                                                         for i, st in enumerate(steps))))
+        return out
+
+    def next_arrival(self) -> float | None:
+        return self.waiting[0].arrival_s if self.waiting else None
+
+    def confirm(self, job: JobState) -> None:
+        """`job` has completed on the GPU and the host knows it (nothing to do here)."""
+
+
 class Planner:
-    """Plans rounds once, for every rank, in round order."""
+    """Plans rounds once, for every rank, in round order.
+
+    A job whose last segment went to the main stream in main round k is known to be
+    complete once the host has synced on the start of the last kernel of a later main
+    round (the main stream is FIFO), or after a drain round; sources that must know when
+    their jobs end (generative iterations produce the tokens of the next) hear it then.
+    """
 
     def __init__(self, ctx: PolicyContext, depth: int, split: int, contention: float | str,
-                 split_collectives: bool = False):
+                 split_collectives: bool = False, source=None):
         self.ctx = ctx
         self.depth, self.split, self.contention = depth, split, contention
         self.splitters = {"gemm": split_gemm}
         if split_collectives:
             self.splitters["all_reduce"] = split_collective
         self.group = tuple(range(ctx.world))
-        self.waiting = deque(ctx.jobs)
+        self.source = source or EncoderJobs(ctx)
         self.inflight: list[JobState] = []
         self.rounds: list[Round | None] = []
+        self.main_rounds = 0
+        self.finishing: list[tuple[JobState, int]] = []  # (job, main round of its last segment)
 
     def get(self, i: int, now: float) -> Round | None:
         while len(self.rounds) <= i:
@@ -98,19 +130,23 @@ class Planner:
     def _solo(self, spec: KernelSpec) -> float:
         return self.ctx.spec_solo(spec, self.group if spec.is_collective else None)
 
-    def _admit(self, now: float) -> None:
-        while self.waiting and len(self.inflight) < self.depth and self.waiting[0].arrival_s <= now:
-            job = self.waiting.popleft()
-            steps: list[Step] = self.ctx.steps(self.ctx.world, job.batch, job.seq_len)
-            queue = deque(Pending(st.spec, st.layer, i) for i, st in enumerate(steps))
-            self.inflight.append(JobState(job.request_id, job.arrival_s, queue))
+    def _confirm(self) -> None:
+        last = self.rounds[-1] if self.rounds else None
+        if last is None:
+            return
+        upto = self.main_rounds if last.drain else self.main_rounds - 1
+        for job, _k in [f for f in self.finishing if f[1] < upto]:
+            self.source.confirm(job)
+        self.finishing = [f for f in self.finishing if f[1] >= upto]
 
     def _plan(self, now: float) -> Round | None:
-        self._admit(now)
+        self._confirm()
+        self.inflight.extend(self.source.admit(now, self.depth - len(self.inflight)))
         if not self.inflight:
-            if not self.waiting:
-                return None
-            return Round(sleep_until=self.waiting[0].arrival_s)
+            if self.finishing:
+                return Round(drain=True)
+            t = self.source.next_arrival()
+            return None if t is None else Round(sleep_until=max(t, now))
         oldest = self.inflight[0]
         rnd = Round(main_request=oldest.request_id, main_waits_sub=oldest.on_sub)
         oldest.on_sub = False
@@ -125,6 +161,8 @@ class Planner:
         rnd.budget_s = budget
         if not oldest.queue:
             self.inflight.pop(0)
+            self.finishing.append((oldest, self.main_rounds))
+        self.main_rounds += 1
         self._fill(rnd, not comm, budget, main_cls, scalar)
         return rnd
 
@@ -140,7 +178,7 @@ class Planner:
             if job.request_id == rnd.main_request:
                 continue
             q = job.queue
-            while q and is_comm(q[0].spec) == want_comm:
+            while len(q) > 1 and is_comm(q[0].spec) == want_comm:  # a job's last kernel stays for main
                 p = q[0]
                 t = self._cost(p.spec, main_cls, scalar)
                 if t <= left:
@@ -172,9 +210,9 @@ class Planner:
         return None
 
 
-def build_interleaved(ctx: PolicyContext) -> list[RankPolicy]:
+def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None) -> list[RankPolicy]:
     pol = ctx.policy
-    planner = Planner(ctx, pol.depth, pol.split, pol.contention, pol.split_collectives)
+    planner = Planner(ctx, depth or pol.depth, pol.split, pol.contention, pol.split_collectives, source)
     group = tuple(range(ctx.world))
 
     def run(rt: Runtime) -> PolicyGen:
@@ -194,9 +232,11 @@ def build_interleaved(ctx: PolicyContext) -> list[RankPolicy]:
             if x.parent >= 0 and k.parent < 0:
                 k.parent = first_piece[(x.request_id, x.parent)] = k.kernel_id
 
+        pending = None
         while True:
-            if started is not None:
-                yield rt.sync(started)
+            if pending is not None:
+                yield rt.sync(pending)
+                pending = None
             rnd = planner.get(i, rt.now())
             i += 1
             if rnd is None:
@@ -204,13 +244,16 @@ def build_interleaved(ctx: PolicyContext) -> list[RankPolicy]:
             if rnd.sleep_until is not None:
                 yield rt.sleep_until(rnd.sleep_until)
                 continue
+            if rnd.drain:
+                yield rt.sync(end)
+                continue
             if end is not None:
                 rt.wait(sub, end)
             if rnd.main_waits_sub:
                 rt.wait(main, sub_mark[rnd.main_request])
             for x in rnd.main[:-1]:
                 launch(x, main)
-            started = rt.new_event()
+            started = pending = rt.new_event()
             rt.record(started, main)
             launch(rnd.main[-1], main)
             end = rt.new_event()

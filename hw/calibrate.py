@@ -1,0 +1,537 @@
+"""`ligersim calibrate`: measure a GPU (or the CPU) and write a profile the simulator reads.
+
+What is measured, and how (the profile format is `sim.profile`):
+- kernel costs: every kernel the scenarios' models launch, at their real shapes, over a
+  grid of (batch, sequence length) spanning each scenario's workload, GEMMs also as split
+  pieces k/8. Named layer ops run through the kernel library (`hw.kernels`), exactly as a
+  `ligersim hw run` executes them (a layer-norm op there is an add, a bias and a norm);
+  GEMM pieces run as plain GEMMs of their shape. Median, 10th and 90th percentile of
+  repeated timings after warm-up: CUDA events around each launch on GPU (L2 flushed
+  between repetitions, as other kernels would evict it in a real run), perf_counter on CPU;
+- host costs: the host time per launch through the same torch runtime the hw backend uses,
+  and the delay from an event completing to the host thread resuming (CUDA);
+- contention (CUDA): every pair of kernel classes (GEMM, memory-bound add, fused attention,
+  emulated collective, device-to-host copy) on two streams, both priority orders (and
+  equal), both launch orders, two sizes: the victim's time beside the other (repeated to
+  cover it) against its time alone;
+- the emulated collective (CUDA + Triton): measured time against the link model's target;
+- link α–β fits of the shipped NCCL tables (`profiles/nccl`, via `sim.linkfit`).
+
+Resumable: the profile is saved (status `partial`) every few seconds and when interrupted;
+re-running with the same output skips every measurement already in it.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hw.torchenv import check_device, torch_dtype
+from sim.errors import LigerSimError
+from sim.kernels import Kernel, KernelSpec, split_gemm
+from sim.layers import ModelShape, epilogue_kernels, layer_kernels, prologue_kernels
+from sim.profile import (
+    PROFILE_VERSION,
+    Measurement,
+    Profile,
+    contention_table,
+    links_section,
+    load_profile,
+    save_profile,
+    shape_key,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAVE_EVERY_S = 5.0
+HIGH, LOW = -1, 0  # stream priorities as the interleaved policy uses them (CUDA: lower is higher)
+
+# Built-in tiny scenarios for CPU calibration (machinery checks, CI): one encoder, one decoder.
+TINY_CPU = [
+    {"name": "tiny-encoder", "hardware": {"gpu": "A100-SXM", "count": 2, "interconnect": "nvswitch-a100"},
+     "model": {"preset": "liger-encoder", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+               "layers": 2},
+     "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                  "seq_len": {"dist": "uniform", "low": 8, "high": 32}}},
+    {"name": "tiny-decoder", "hardware": {"gpu": "A100-SXM", "count": 2, "interconnect": "nvswitch-a100"},
+     "model": {"preset": "llama2-7b", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+               "layers": 2, "vocab": 256},
+     "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                  "seq_len": {"dist": "uniform", "low": 8, "high": 32}}},
+]
+
+
+@dataclass
+class Settings:
+    device: str = "cuda"
+    quick: bool = False
+    warmup: int = 5
+    reps: int = 30
+    flush_l2: bool = True
+    fractions: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+    seq_points: int = 6  # sequence lengths per scenario, log-spaced over its range
+    scenarios: list[str] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, device: str, quick: bool, scenarios: list[str] | None) -> Settings:
+        s = cls(device=device, quick=quick)
+        if quick:
+            s.warmup, s.reps, s.fractions, s.seq_points = 2, 7, (2, 4, 6), 3
+        if device == "cpu":
+            s.flush_l2, s.warmup, s.reps = False, 1, min(s.reps, 5)
+        if scenarios:
+            s.scenarios = [str(Path(p)) for p in scenarios]
+        elif device == "cuda":
+            s.scenarios = sorted(glob.glob(str(REPO / "scenarios" / "validation" / "*.yaml")))
+        return s
+
+
+# ---------------------------------------------------------------------- what to measure
+@dataclass
+class Target:
+    """One model sharding at one job shape: the layer kernels to time there."""
+
+    model: ModelShape
+    tp: int
+    batch: int
+    seq: int
+
+
+def targets(settings: Settings) -> list[Target]:
+    """(model, tp, batch, seq) to measure: each scenario's model and sharding over a log grid
+    of the sequence lengths (and every batch size) its workload draws."""
+    from sim.scenario import load_scenario, parse_scenario
+    from sim.simulate import load_jobs
+
+    loaded = []
+    if settings.scenarios:
+        for path in settings.scenarios:
+            loaded.append(load_scenario(path))
+    else:
+        loaded = [(parse_scenario(d, f"<builtin {d['name']}>"), REPO) for d in TINY_CPU]
+    out: dict[tuple, Target] = {}
+    for scn, base in loaded:
+        jobs = load_jobs(scn, base)
+        batches = sorted({j.batch for j in jobs})
+        seqs = sorted({j.seq_len for j in jobs})
+        grid = sorted({int(round(x)) for x in np.geomspace(seqs[0], seqs[-1], settings.seq_points)} | {seqs[0], seqs[-1]})
+        m = scn.model.shape()
+        for b in batches:
+            for s in grid:
+                out[(m, scn.tp(), b, s)] = Target(m, scn.tp(), b, s)
+    if not out:
+        raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
+    return list(out.values())
+
+
+def specs_of(t: Target, fractions: tuple[int, ...]) -> list[KernelSpec]:
+    """The target's layer kernels (no collectives), each GEMM also split at k/8."""
+    specs = [s for s in prologue_kernels(t.model, t.tp, t.batch, t.seq) + layer_kernels(t.model, t.tp, t.batch, t.seq)
+             + epilogue_kernels(t.model, t.tp, t.batch, t.seq) if not s.is_collective]
+    pieces = []
+    for s in specs:
+        if s.kind == "gemm" and s.dims["n"] >= 8:
+            pieces += [split_gemm(s, j / 8)[0] for j in fractions]
+    return specs + pieces
+
+
+def entry_key(spec: KernelSpec) -> tuple:
+    name = "" if spec.kind == "gemm" else spec.name
+    return (spec.kind, name, *shape_key(spec.kind, spec.dims, name))
+
+
+# ---------------------------------------------------------------------- timing
+class Timer:
+    """Median of repeated timings after warm-up: CUDA events per launch, or perf_counter."""
+
+    def __init__(self, torch, settings: Settings):
+        self.torch, self.s = torch, settings
+        self.cuda = settings.device == "cuda"
+        self._flush = None
+        if self.cuda and settings.flush_l2:
+            l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20) or (64 << 20)
+            self._flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+
+    def times(self, fn: Callable[[], None], reps: int | None = None, warmup: int | None = None) -> list[float]:
+        torch, reps = self.torch, reps or self.s.reps
+        for _ in range(self.s.warmup if warmup is None else warmup):
+            fn()
+        if not self.cuda:
+            out = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+            return out
+        torch.cuda.synchronize()
+        pairs = []
+        for _ in range(reps):
+            if self._flush is not None:
+                self._flush.zero_()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            pairs.append((a, b))
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in pairs]
+
+
+def stats(ts: list[float]) -> dict:
+    a = np.asarray(ts, dtype=float)
+    return {"median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
+            "p90_s": float(np.percentile(a, 90)), "reps": int(a.size)}
+
+
+# ---------------------------------------------------------------------- the run
+class Calibration:
+    """Measures into `profile`, saving it every few seconds so an interrupted run resumes."""
+
+    def __init__(self, out: Path, settings: Settings, command: str, fresh: bool = False, progress: bool = True):
+        self.torch = check_device(settings.device)
+        if settings.device == "cpu":  # one thread: no thread-pool wake-ups in tiny kernels' timings
+            self.torch.set_num_threads(1)
+        self.out, self.s, self.progress = out, settings, progress
+        self.timer = Timer(self.torch, settings)
+        self.profile = self._start(command, fresh)
+        self.done = {entry_key_of(kind, m) for kind, ms in self.profile.kernels.items() for m in ms}
+        self._saved = time.monotonic()
+
+    def _start(self, command: str, fresh: bool) -> Profile:
+        device = device_info(self.torch, self.s.device)
+        if self.out.exists() and not fresh:
+            old = load_profile(self.out)
+            if old.device.get("name") != device["name"]:
+                raise LigerSimError(f"holds a profile of {old.device.get('name')}, not of this {device['name']}; "
+                                    "pass --fresh to overwrite it or choose another -o", file=str(self.out))
+            old.status, old.command = "partial", command
+            return old
+        return Profile(device=device, date=time.strftime("%Y-%m-%d"), command=command, status="partial",
+                       settings={"warmup": self.s.warmup, "reps": self.s.reps, "flush_l2": self.s.flush_l2,
+                                 "quick": self.s.quick, "fractions_of_8": list(self.s.fractions),
+                                 "scenarios": [_rel(p) for p in self.s.scenarios] or ["<builtin tiny>"],
+                                 "timer": "cuda events" if self.s.device == "cuda" else "perf_counter",
+                                 "profile_version": PROFILE_VERSION})
+
+    def save(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._saved > SAVE_EVERY_S:
+            save_profile(self.profile, self.out)
+            self._saved = time.monotonic()
+
+    def run(self) -> Profile:
+        try:
+            self.kernels()
+            self.host()
+            if self.s.device == "cuda":
+                self.emulated_collective()
+                self.contention()
+            self.links()
+        except KeyboardInterrupt:
+            self.save(force=True)
+            raise
+        self.profile.status = "complete"
+        self.save(force=True)
+        return self.profile
+
+    def _bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="shape", disable=not self.progress, leave=False)
+
+    # ------------------------------------------------------------------ kernels
+    def kernels(self) -> None:
+        from hw.collectives import NoCollectives
+        from hw.kernels import KernelLibrary
+        from hw.weights import Shard
+
+        plan: dict[tuple, list[tuple[Target, list[KernelSpec]]]] = {}
+        todo = 0
+        seen = set(self.done)
+        for t in targets(self.s):
+            new = []
+            for spec in specs_of(t, self.s.fractions):
+                k = entry_key(spec)
+                if k not in seen:
+                    seen.add(k)
+                    new.append(spec)
+            if new:
+                plan.setdefault((t.model, t.tp), []).append((t, new))
+                todo += len(new)
+        dtype_bytes = {m.dtype_bytes for m, _ in plan}
+        with self._bar(todo, "kernels") as bar:
+            for (model, tp), items in plan.items():
+                lib = KernelLibrary(model, Shard(tp, 0), self._dev(), torch_dtype(self.s.device, model.dtype_bytes),
+                                    NoCollectives(), shape_of=None, inputs="shared", keep=True)
+                for rid, (t, specs) in enumerate(items):
+                    lib.store.shape_of = {rid: (t.batch, t.seq)}.get
+                    self._fill(lib, t, rid)
+                    st = lib.store.states[rid]
+                    for spec in specs:
+                        k = Kernel(spec, 0, rid, 0)
+                        op = lib.ops.get(spec.name)
+                        fn = (lambda k=k, lib=lib: lib.generic.run(k)) if spec.kind == "gemm" or op is None else (
+                            lambda op=op, k=k, lib=lib, st=st: op(lib, st, k))
+                        self._record(spec, self.timer.times(fn))
+                        bar.update()
+                    lib.store.keep = False
+                    lib.store.release(rid, None)
+                    lib.store.keep = True
+                    lib.generic._scratch.clear()
+        self.profile.settings["dtype_bytes"] = sorted(dtype_bytes) or self.profile.settings.get("dtype_bytes", [])
+
+    def _fill(self, lib, t: Target, rid: int) -> None:
+        """Run the job's first layer once so every buffer a named op reads exists."""
+        m = t.model
+        specs = prologue_kernels(m, t.tp, t.batch, t.seq) + layer_kernels(m, t.tp, t.batch, t.seq)
+        for spec in specs:
+            lib.run(Kernel(spec, 0, rid, 0))
+        st = lib.store.states[rid]
+        for spec in epilogue_kernels(m, t.tp, t.batch, t.seq):  # direct: lib.run would release the state
+            lib.ops[spec.name](lib, st, Kernel(spec, 0, rid, m.layers - 1))
+
+    def _record(self, spec: KernelSpec, ts: list[float]) -> None:
+        name = "" if spec.kind == "gemm" else spec.name
+        dims = {k: v for k, v in spec.dims.items() if k not in ("n0", "n_full")}
+        self.profile.kernels.setdefault(spec.kind, []).append(
+            Measurement(dims, name=name, flops=spec.flops, bytes=spec.bytes, **stats(ts)))
+        self.done.add(entry_key(spec))
+        self.save()
+
+    def _dev(self) -> str:
+        return "cpu" if self.s.device == "cpu" else f"cuda:{self.torch.cuda.current_device()}"
+
+    # ------------------------------------------------------------------ host
+    def host(self) -> None:
+        if {"launch_s", "sync_wakeup_s"} <= set(self.profile.host):
+            return
+        from hw.collectives import NoCollectives
+        from hw.kernels import GenericKernels
+        from hw.runtime import TorchRuntime
+        from sim.kernels import pointwise
+
+        gen = GenericKernels(self._dev(), torch_dtype(self.s.device, 2), NoCollectives())
+        k = Kernel(pointwise("elementwise", "tiny", 1024, 1, 1, 0.0), 0)
+        kernel_s = float(np.median(self.timer.times(lambda: gen.run(k), reps=50)))
+        n = 200
+        per_launch, per_record = [], []
+        for _ in range(5):
+            rt = TorchRuntime(0, 1, lambda _k: 0.0, gen, "cpu" if self.s.device == "cpu" else "cuda")
+            sid = rt.new_stream(0)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                rt.launch(Kernel(k.spec, 0), sid)
+            t1 = time.perf_counter()
+            for e in range(n):
+                rt.record(e, sid)
+            per_launch.append((t1 - t0) / n)
+            per_record.append((time.perf_counter() - t1) / n)
+            rt.finish()
+        launch = float(np.median(per_launch))
+        if self.s.device == "cpu":  # the kernel ran on the host inside each launch
+            launch = max(0.0, launch - kernel_s)
+        self.profile.host = {"launch_s": launch, "record_s": float(np.median(per_record)),
+                             "sync_wakeup_s": self._wakeup(), "tiny_kernel_s": kernel_s}
+        self.save(force=True)
+
+    def _wakeup(self) -> float:
+        """Host resume time minus the event's completion, both on the hw runtime's clock
+        (host time of an origin event + GPU time since it)."""
+        if self.s.device == "cpu":
+            return 0.0
+        torch = self.torch
+        out = []
+        for _ in range(20):
+            torch.cuda.synchronize()
+            origin, ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            h0 = time.perf_counter()
+            origin.record()
+            torch.cuda._sleep(2_000_000)  # ~1 ms of GPU cycles
+            ev.record()
+            ev.synchronize()
+            h1 = time.perf_counter()
+            out.append(h1 - (h0 + origin.elapsed_time(ev) / 1e3))
+        return max(0.0, float(np.median(out)))
+
+    # ------------------------------------------------------------------ emulated collective
+    def emulated_collective(self) -> None:
+        from hw import spin
+        from hw.collectives import EmulatedCollectives
+        from sim.links import build_topology
+        from sim.scenario import load_scenario
+
+        if not spin.HAVE_TRITON:
+            print("ligersim: Triton missing; skipping the emulated collective", file=sys.stderr)
+            return
+        done = {(e["interconnect"], e["n"], e["nbytes"]) for e in self.profile.emulated_collective}
+        todo = []
+        for path in self.s.scenarios:
+            scn, _ = load_scenario(path)
+            if scn.tp() < 2:
+                continue
+            ic = scn.hardware.interconnect
+            grid = {t.batch * t.seq * t.model.hidden * t.model.dtype_bytes for t in targets(
+                Settings(**{**self.s.__dict__, "scenarios": [path]}))}
+            for nbytes in sorted(grid):
+                key = (ic.name, scn.tp(), nbytes)
+                if key not in done:
+                    done.add(key)
+                    todo.append((key, build_topology(ic.model_dump(), scn.hardware.count)))
+        torch = self.torch
+        with self._bar(len(todo), "emulated collective") as bar:
+            for (ic, n, nbytes), topo in todo:
+                comm = EmulatedCollectives(0, topo, device=self._dev())
+                buf = torch.zeros(nbytes // 2, dtype=torch.float16, device=self._dev())
+                group = tuple(range(n))
+                ts = self.timer.times(lambda: comm.all_reduce(buf, group))  # noqa: B023
+                ctas, copy, target = comm.launched[-1]
+                self.profile.emulated_collective.append({"interconnect": ic, "n": n, "nbytes": nbytes,
+                                                         "target_s": target, "ctas": ctas, **stats(ts)})
+                bar.update()
+                self.save()
+
+    # ------------------------------------------------------------------ contention
+    def contention(self) -> None:
+        classes = contention_kernels(self.torch, self._dev(), self.s.quick)
+        sizes = ["small"] if self.s.quick else ["small", "large"]
+        rels = ("higher", "lower") if self.s.quick else ("higher", "lower", "equal")
+        meas = self.profile.contention.setdefault("measurements", [])
+        done = {(m["victim"], m["other"], m["priority"], m["first"], m["size"]) for m in meas}
+        todo = [(v, o, p, f, z) for z in sizes for v in classes for o in classes for p in rels
+                for f in ("victim", "other") if (v, o, p, f, z) not in done]
+        solo: dict[tuple[str, str], float] = {}
+        with self._bar(len(todo), "contention") as bar:
+            for v, o, p, first, size in todo:
+                for c in (v, o):
+                    if (c, size) not in solo:
+                        solo[(c, size)] = float(np.median(self.timer.times(classes[c][size], reps=10)))
+                together = self._together(classes[v][size], classes[o][size], solo[(v, size)], solo[(o, size)], p,
+                                          first)
+                meas.append({"victim": v, "other": o, "priority": p, "first": first, "size": size,
+                             "solo_s": solo[(v, size)], "together_s": together,
+                             "slowdown": together / solo[(v, size)]})
+                bar.update()
+                self.save()
+        self.profile.contention["table"] = contention_table(meas)
+
+    def _together(self, victim, other, t_v: float, t_o: float, prio: str, first: str) -> float:
+        """Median time of `victim` while `other` runs on a second stream, repeated to cover it."""
+        torch = self.torch
+        pv, po = {"higher": (HIGH, LOW), "lower": (LOW, HIGH), "equal": (LOW, LOW)}[prio]
+        sv, so = torch.cuda.Stream(priority=pv), torch.cuda.Stream(priority=po)
+        repeat = max(1, min(1000, math.ceil(1.5 * t_v / max(t_o, 1e-7)) + 1))
+        out = []
+        for _ in range(5 if self.s.quick else 9):
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+            def run_victim(a=a, b=b):
+                with torch.cuda.stream(sv):
+                    a.record(sv)
+                    victim()
+                    b.record(sv)
+
+            def run_other():
+                with torch.cuda.stream(so):
+                    for _ in range(repeat):
+                        other()
+
+            if first == "victim":
+                run_victim()
+                run_other()
+            else:
+                run_other()
+                run_victim()
+            torch.cuda.synchronize()
+            out.append(a.elapsed_time(b) / 1e3)
+        return float(np.median(out))
+
+    # ------------------------------------------------------------------ links
+    def links(self) -> None:
+        nccl = REPO / "profiles" / "nccl"
+        if nccl.is_dir():
+            self.profile.links = links_section(nccl)
+            self.profile.links["source"] = "profiles/nccl"
+
+
+def entry_key_of(kind: str, m: Measurement) -> tuple:
+    return (kind, m.name, *shape_key(kind, m.dims, m.name))
+
+
+def contention_kernels(torch, device: str, quick: bool) -> dict[str, dict[str, Callable[[], None]]]:
+    """One representative kernel per contention class, at a small (~0.1 ms) and a large
+    (~1 ms on an H100) size."""
+    import torch.nn.functional as F
+
+    from hw import spin
+
+    h = torch.float16
+    out: dict[str, dict[str, Callable[[], None]]] = {}
+
+    def mm(m, n, k):
+        a, b, c = (torch.randn(m, k, device=device, dtype=h), torch.randn(k, n, device=device, dtype=h),
+                   torch.empty(m, n, device=device, dtype=h))
+        return lambda: torch.mm(a, b, out=c)
+
+    def add(elems):
+        x, y = torch.randn(elems, device=device, dtype=h), torch.empty(elems, device=device, dtype=h)
+        return lambda: torch.add(x, 1.0, out=y)
+
+    def attn(b):
+        q = torch.randn(b, 32, 1024, 128, device=device, dtype=h)
+        return lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    def coll(nbytes, duration):
+        src = torch.zeros(nbytes // 4, dtype=torch.int32, device=device)
+        dst = torch.empty_like(src)
+        return lambda: spin.launch(src, dst, 16, duration)
+
+    def d2h(nbytes):
+        x = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        y = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return lambda: y.copy_(x, non_blocking=True)
+
+    out["gemm"] = {"small": mm(4096, 4096, 2048), "large": mm(8192, 8192, 4096)}
+    out["memory"] = {"small": add(32 << 20), "large": add(256 << 20)}
+    out["attention"] = {"small": attn(1), "large": attn(8)}
+    if spin.HAVE_TRITON:
+        out["collective"] = {"small": coll(8 << 20, 100e-6), "large": coll(64 << 20, 1e-3)}
+    out["copy"] = {"small": d2h(8 << 20), "large": d2h(64 << 20)}
+    if quick:
+        out = {c: {"small": v["small"]} for c, v in out.items()}
+    return out
+
+
+def device_info(torch, device: str) -> dict:
+    import platform
+
+    if device == "cpu":
+        return {"name": f"cpu ({platform.processor() or platform.machine()})", "backend": "cpu", "sms": None,
+                "threads": torch.get_num_threads(), "torch": str(torch.__version__), "driver": None, "cuda": None}
+    from hw.launch import _driver_version
+
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"name": p.name, "backend": "cuda", "sms": p.multi_processor_count, "memory": p.total_memory,
+            "capability": f"{p.major}.{p.minor}", "driver": _driver_version(), "cuda": str(torch.version.cuda),
+            "torch": str(torch.__version__)}
+
+
+def _rel(p: str) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
+def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenarios: list[str] | None = None,
+              fresh: bool = False, command: str | None = None, progress: bool = True) -> Profile:
+    """Measure and write `out`; returns the profile. Re-running resumes an interrupted run."""
+    settings = Settings.make(device, quick, scenarios)
+    cmd = command or "ligersim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return Calibration(Path(out), settings, cmd, fresh, progress).run()

@@ -1,0 +1,421 @@
+"""Calibrated GPU profiles: measured kernel costs, host costs, contention and link fits.
+
+A profile is a versioned YAML file written by `ligersim calibrate` (`hw/calibrate.py`) and
+named by a scenario's `hardware.profile`. It records how it was made (device, SM count,
+driver, CUDA and torch versions, date, command) and:
+
+- `kernels`: per kernel kind, the measured solo times over a grid of shapes (median and
+  10th/90th percentiles of repeated timings after warm-up), GEMMs including the split
+  pieces k/8 of each model GEMM;
+- `host`: the host's cost per launched operation and the event-sync wake-up latency;
+- `contention`: every measured pair of kernel classes (compute-bound GEMM, memory-bound,
+  attention, emulated collective, DMA copy) × priority order × launch order × size, and the
+  table the simulator uses, keyed by its classes (`sim.kernels.KERNEL_CLASSES`);
+- `emulated_collective`: the single-GPU collective's measured time against its target;
+- `links`: α–β fits of the link model to measured NCCL tables (`sim.linkfit`).
+
+`MeasuredKernels.estimate` turns the tables into a solo time for any kernel: exact at a
+measured shape, log–log interpolation of time against work (FLOPs for compute kernels,
+bytes otherwise) between the nearest measured shapes of the same *family* (shapes that
+differ only along the axis that varies with the tokens: a GEMM's M for fixed N, K), and
+outside every family's range the roofline scaled by the nearest measured shape's
+measured/roofline ratio (continuous at the edge), with a one-time warning.
+
+A kind the profile has never measured is an error, not a silent roofline: a calibrated
+prediction that quietly mixes in uncalibrated physics would be misleading. The simulator
+checks every kind a scenario needs when it loads the profile (`require_kinds`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.errors import LigerSimError
+from sim.kernels import KERNEL_CLASSES, KernelSpec
+
+PROFILE_FORMAT = "ligersim-profile"
+PROFILE_VERSION = 1
+COMPUTE_KINDS = frozenset({"gemm", "bgemm", "attention"})
+# the dims that identify a shape, per kind (split GEMM pieces also carry n0/n_full: not shape)
+SHAPE_DIMS = {"gemm": ("m", "n", "k"), "bgemm": ("b", "m", "n", "k"), "attention": ("b", "h", "sq", "skv", "d", "kv_h")}
+# calibration's contention classes and the simulator class each stands for
+CONTENTION_CLASSES = {"gemm": "compute", "attention": "compute", "memory": "memory",
+                      "collective": "collective", "copy": "copy"}
+PRIORITIES = ("higher", "lower", "equal")
+
+
+class ProfileWarning(UserWarning):
+    """A profile is used outside what it measured (shape range, partial run, other GPU)."""
+
+
+@dataclass(slots=True)
+class Measurement:
+    """Solo time of one kernel shape: median and spread of `reps` timings."""
+
+    dims: dict[str, int]
+    median_s: float
+    p10_s: float
+    p90_s: float
+    reps: int
+    name: str = ""
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not d["name"]:
+            d.pop("name")
+        return d
+
+
+@dataclass
+class Profile:
+    device: dict[str, Any]
+    date: str
+    command: str
+    host: dict[str, float] = field(default_factory=dict)
+    kernels: dict[str, list[Measurement]] = field(default_factory=dict)
+    contention: dict[str, list[dict]] = field(default_factory=lambda: {"measurements": [], "table": []})
+    emulated_collective: list[dict] = field(default_factory=list)
+    links: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    status: str = "complete"
+    path: str = "<profile>"
+
+    def to_dict(self) -> dict:
+        return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "status": self.status,
+                "device": self.device, "date": self.date, "command": self.command, "settings": self.settings,
+                "host": self.host,
+                "kernels": {k: [m.to_dict() for m in v] for k, v in sorted(self.kernels.items())},
+                "contention": self.contention, "emulated_collective": self.emulated_collective,
+                "links": self.links}
+
+    def contention_pairs(self) -> list[tuple[str, str, str, float]]:
+        """The simulator's table: (victim class, other class, priority relation, slowdown)."""
+        return [(p["victim"], p["other"], p.get("priority", "any"), float(p["slowdown"]))
+                for p in self.contention.get("table", [])]
+
+    def emulation_overhead_s(self) -> float:
+        """Median of (measured − target) of the emulated collective: its launch and tail cost."""
+        diffs = sorted(e["median_s"] - e["target_s"] for e in self.emulated_collective)
+        return max(0.0, diffs[len(diffs) // 2]) if diffs else 0.0
+
+
+def _need(d: dict, key: str, file: str, where: str, kind: type | tuple = (int, float)) -> Any:
+    if key not in d:
+        raise LigerSimError("required field is missing", file=file, field=f"{where}.{key}" if where else key)
+    v = d[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise LigerSimError(f"must be {getattr(kind, '__name__', 'a number')}, got {v!r}", file=file,
+                            field=f"{where}.{key}" if where else key)
+    return v
+
+
+def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
+    """Validate a parsed profile document; every problem is a one-line LigerSimError."""
+    if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
+        raise LigerSimError(f"not a ligersim profile (top-level `format` must be {PROFILE_FORMAT!r}); make one "
+                            "with `ligersim calibrate`", file=file, field="format")
+    if d.get("version") != PROFILE_VERSION:
+        raise LigerSimError(f"profile version {d.get('version')!r} is not supported; this ligersim reads version "
+                            f"{PROFILE_VERSION} (re-run `ligersim calibrate`)", file=file, field="version")
+    device = d.get("device") or {}
+    if not isinstance(device, dict) or "name" not in device:
+        raise LigerSimError("required field is missing", file=file, field="device.name")
+    kernels: dict[str, list[Measurement]] = {}
+    raw = d.get("kernels") or {}
+    if not isinstance(raw, dict):
+        raise LigerSimError("must map kernel kinds to lists of measurements", file=file, field="kernels")
+    for kind, entries in raw.items():
+        if not isinstance(entries, list):
+            raise LigerSimError("must be a list of measurements", file=file, field=f"kernels.{kind}")
+        out = []
+        for i, e in enumerate(entries):
+            where = f"kernels.{kind}[{i}]"
+            if not isinstance(e, dict) or not isinstance(e.get("dims"), dict):
+                raise LigerSimError("each measurement needs `dims` (a mapping)", file=file, field=where)
+            med = float(_need(e, "median_s", file, where))
+            if not med > 0:
+                raise LigerSimError(f"median_s must be > 0, got {med}", file=file, field=f"{where}.median_s")
+            out.append(Measurement({k: int(v) for k, v in e["dims"].items()}, med, float(e.get("p10_s", med)),
+                                   float(e.get("p90_s", med)), int(e.get("reps", 1)), str(e.get("name", "")),
+                                   float(e.get("flops", 0.0)), float(e.get("bytes", 0.0))))
+        kernels[str(kind)] = out
+    contention = d.get("contention") or {}
+    table = contention.get("table", []) if isinstance(contention, dict) else None
+    if not isinstance(table, list):
+        raise LigerSimError("must be a list of {victim, other, priority, slowdown}", file=file,
+                            field="contention.table")
+    for i, p in enumerate(table):
+        where = f"contention.table[{i}]"
+        if not isinstance(p, dict) or p.get("victim") not in KERNEL_CLASSES or p.get("other") not in KERNEL_CLASSES:
+            raise LigerSimError(f"victim and other must be kernel classes ({', '.join(KERNEL_CLASSES)})",
+                                file=file, field=where)
+        if p.get("priority", "any") not in (*PRIORITIES, "any"):
+            raise LigerSimError(f"priority must be one of {', '.join((*PRIORITIES, 'any'))}", file=file,
+                                field=f"{where}.priority")
+        if not float(_need(p, "slowdown", file, where)) >= 1.0:
+            raise LigerSimError("slowdown must be ≥ 1", file=file, field=f"{where}.slowdown")
+    host = d.get("host") or {}
+    for key in ("launch_s", "sync_wakeup_s"):
+        if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
+            raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
+    return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
+                   host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
+                   contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},
+                   emulated_collective=list(d.get("emulated_collective") or []), links=dict(d.get("links") or {}),
+                   settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file)
+
+
+_CACHE: dict[tuple[str, float], Profile] = {}
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile (cached per file and modification time)."""
+    path = Path(path)
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime)
+    except OSError:
+        raise LigerSimError("profile file not found; make one with `ligersim calibrate -o PATH`",
+                            file=str(path), field="hardware.profile") from None
+    if key not in _CACHE:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise LigerSimError(f"malformed YAML{where}", file=str(path)) from None
+        _CACHE[key] = profile_from_dict(data, str(path))
+    return _CACHE[key]
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    """Write atomically (a temporary file renamed over the target): an interrupted write
+    never leaves half a profile behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    header = (f"# ligersim profile of {profile.device.get('name')} ({profile.status}), {profile.date}\n"
+              f"# made by: {profile.command}\n")
+    tmp.write_text(header + yaml.safe_dump(profile.to_dict(), sort_keys=False, width=120))
+    os.replace(tmp, path)
+    profile.path = str(path)
+    return path
+
+
+# ---------------------------------------------------------------------- interpolation
+def shape_key(kind: str, dims: dict[str, int], name: str = "") -> tuple:
+    """What makes two measurements the same shape (pointwise kernels: the op and its size)."""
+    cols = SHAPE_DIMS.get(kind)
+    if cols is None:
+        return (name, dims.get("elems", dims.get("nbytes", 0)))
+    return tuple(dims.get(c, 0) for c in cols)
+
+
+def families(kind: str, dims: dict[str, int], name: str = "") -> list[tuple]:
+    """Family keys of a shape, most specific first: shapes in one family differ only along
+    the axis that grows with the job's tokens, so time is close to a power law of work."""
+    if kind == "gemm":
+        return [("nk", dims["n"], dims["k"]), ()]
+    if kind == "bgemm":
+        m, n, k = dims["m"], dims["n"], dims["k"]
+        pat, d = ("qk", k) if m == n else ("sv", n) if m == k else ("bmm", k)
+        return [(pat, dims["b"], d), (pat, d), ()]
+    if kind == "attention":
+        pat = "prefill" if dims["sq"] == dims["skv"] else "decode"
+        return [(pat, dims["h"], dims.get("kv_h", dims["h"]), dims["d"], dims["b"]),
+                (pat, dims["h"], dims.get("kv_h", dims["h"]), dims["d"]), ()]
+    return [("name", name), ()] if name else [()]
+
+
+def work(kind: str, flops: float, nbytes: float) -> float:
+    """The axis times are interpolated along: FLOPs for compute kernels, bytes otherwise."""
+    return max(flops if kind in COMPUTE_KINDS else nbytes, 1.0)
+
+
+@dataclass(slots=True)
+class _Family:
+    x: list[float]  # log work, ascending, unique
+    y: list[float]  # log median time
+    ratio: list[float]  # log(measured / roofline) at each point, for extrapolation
+
+
+class MeasuredKernels:
+    """The kernel tables of a profile, ready for lookups."""
+
+    def __init__(self, profile: Profile, roofline: Callable[[KernelSpec], float]):
+        self.profile, self.roofline = profile, roofline
+        self.exact: dict[tuple, float] = {}
+        self.fams: dict[tuple, _Family] = {}
+        self.warned: set[tuple] = set()
+        points: dict[tuple, dict[float, list[tuple[float, float]]]] = {}
+        for kind, entries in profile.kernels.items():
+            for m in entries:
+                spec = _spec_of(kind, m)
+                self.exact[(kind, *shape_key(kind, m.dims, m.name))] = m.median_s
+                if m.name:  # a named op also answers for its kind's anonymous shape
+                    self.exact.setdefault((kind, *shape_key(kind, m.dims)), m.median_s)
+                x = math.log(work(kind, spec.flops, spec.bytes))
+                r = math.log(m.median_s / max(roofline(spec), 1e-12))
+                for fam in families(kind, m.dims, m.name):
+                    points.setdefault((kind, *fam), {}).setdefault(x, []).append((math.log(m.median_s), r))
+        for key, by_x in points.items():
+            xs = sorted(by_x)
+            ys = [sum(p[0] for p in by_x[x]) / len(by_x[x]) for x in xs]
+            rs = [sum(p[1] for p in by_x[x]) / len(by_x[x]) for x in xs]
+            self.fams[key] = _Family(xs, ys, rs)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {k for k, v in self.profile.kernels.items() if v}
+
+    def require(self, kinds: Iterable[str]) -> None:
+        """Refuse up front a scenario needing a kind this profile never measured."""
+        missing = sorted(set(kinds) - self.kinds)
+        if missing:
+            raise LigerSimError(f"no measurements of kernel kind(s) {', '.join(missing)} (the profile has "
+                                f"{', '.join(sorted(self.kinds)) or 'none'}); re-run `ligersim calibrate` with a "
+                                "scenario that uses them", file=self.profile.path, field=f"kernels.{missing[0]}")
+
+    def estimate(self, spec: KernelSpec) -> float:
+        kind = spec.kind
+        if kind not in self.profile.kernels or not self.profile.kernels[kind]:
+            self.require([kind])
+        t = self.exact.get((kind, *shape_key(kind, spec.dims, spec.name)))
+        if t is None:
+            t = self.exact.get((kind, *shape_key(kind, spec.dims)))
+        if t is not None:
+            return t
+        x = math.log(work(kind, spec.flops, spec.bytes))
+        fams = [self.fams.get((kind, *f)) for f in families(kind, spec.dims, spec.name)]
+        for fam in fams:
+            if fam is not None and len(fam.x) > 1 and fam.x[0] <= x <= fam.x[-1]:
+                return math.exp(_lerp(fam.x, fam.y, x))
+        fam = next(f for f in fams if f is not None)  # the () family exists for every measured kind
+        i = min(range(len(fam.x)), key=lambda j: abs(fam.x[j] - x))
+        key = (kind, families(kind, spec.dims, spec.name)[0])
+        if key not in self.warned:
+            self.warned.add(key)
+            warnings.warn(f"{self.profile.path}: {kind} {spec.name or ''} {_dims_str(spec.dims)} is outside the "
+                          "measured range; using the roofline scaled by the nearest measured shape",
+                          ProfileWarning, stacklevel=3)
+        return self.roofline(spec) * math.exp(fam.ratio[i])
+
+
+def _lerp(xs: list[float], ys: list[float], x: float) -> float:
+    j = bisect.bisect_left(xs, x)
+    if xs[j] == x:
+        return ys[j]
+    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def _dims_str(dims: dict[str, int]) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in dims.items() if k not in ("n0", "n_full")) + ")"
+
+
+def _spec_of(kind: str, m: Measurement) -> KernelSpec:
+    """A spec for a measurement: its FLOPs and bytes as recorded, else as the constructors count them."""
+    from sim import kernels as K
+
+    d = m.dims
+    if m.flops or m.bytes:
+        return KernelSpec(kind, m.name or kind, dict(d), m.flops, m.bytes)
+    if kind == "gemm":
+        return K.gemm(m.name or kind, d["m"], d["n"], d["k"])
+    if kind == "bgemm":
+        return K.bgemm(m.name or kind, d["b"], d["m"], d["n"], d["k"])
+    if kind == "attention":
+        return K.attention(m.name or kind, d["b"], d["h"], d["sq"], d["skv"], d["d"], d.get("kv_h", d["h"]),
+                           d["sq"] == d["skv"])
+    return K.pointwise(kind, m.name or kind, d.get("elems", 1), 1, 1, 1.0)
+
+
+def kinds_needed(model, tp: int, pp: int = 1) -> set[str]:
+    """Non-collective kernel kinds a model's jobs launch (they do not depend on the job's size)."""
+    from sim.layers import epilogue_kernels, layer_kernels, prologue_kernels
+
+    specs = layer_kernels(model, tp, 1, 2) + prologue_kernels(model, tp, 1, 2) + epilogue_kernels(model, tp, 1, 2)
+    return {s.kind for s in specs if not s.is_collective}
+
+
+def contention_table(measurements: list[dict]) -> list[dict]:
+    """The simulator's table from measured slowdowns: per (sim victim class, sim other class,
+    priority relation), the median over sizes, launch orders and calibration classes that map
+    to the same simulator class. Two collectives share links in the link model instead, so
+    that pair is left out."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for m in measurements:
+        v, o = CONTENTION_CLASSES.get(m["victim"]), CONTENTION_CLASSES.get(m["other"])
+        if v is None or o is None or (v == o == "collective"):
+            continue
+        groups.setdefault((v, o, m["priority"]), []).append(float(m["slowdown"]))
+    out = []
+    for (v, o, p), xs in sorted(groups.items()):
+        xs = sorted(xs)
+        med = xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
+        out.append({"victim": v, "other": o, "priority": p, "slowdown": round(max(1.0, med), 4),
+                    "samples": len(xs)})
+    return out
+
+
+def links_section(directory: str | Path) -> dict:
+    """α–β fits of the link model to the NCCL tables in `directory`, with their fit errors."""
+    from sim.linkfit import fit_all
+
+    fits = fit_all(directory)
+    topo: dict[str, list[dict]] = {}
+    for r in fits.to_dict("records"):
+        topo.setdefault(r["topology"], []).append(
+            {"collective": r["collective"], "n": int(r["n"]), "nodes": int(r["nodes"]),
+             "alpha_s": float(f"{r['alpha_s']:.4g}"), "bandwidth_GBps": float(f"{r['bandwidth_GBps']:.4g}"),
+             "median_rel_err": float(f"{r['median_rel_err']:.3g}"), "p90_rel_err": float(f"{r['p90_rel_err']:.3g}"),
+             "warnings": list(r["warnings"])})
+    return {"source": str(directory), "model": "ring all-reduce T = 2(n-1)·alpha + 2(n-1)/n·S/B; "
+            "send/recv T = alpha + S/B", "topologies": topo}
+
+
+def profile_cost(path: str | Path, roofline, scn, collective_overhead_s: float = 0.0):
+    """(ProfileCost, Profile) for a scenario: the profile loaded, every kind it needs checked."""
+    from sim.costs import ProfileCost
+
+    prof = load_profile(path)
+    if prof.status != "complete":
+        _warn_once(("partial", prof.path), f"{prof.path}: profile is {prof.status} (calibration was interrupted); "
+                   "re-run `ligersim calibrate` to finish it")
+    sms = prof.device.get("sms")
+    if sms and sms != scn.hardware.gpu.sms:
+        _warn_once(("sms", prof.path, scn.hardware.gpu.name),
+                   f"{prof.path}: measured on {prof.device.get('name')} ({sms} SMs) but the scenario's GPU is "
+                   f"{scn.hardware.gpu.name} ({scn.hardware.gpu.sms} SMs)")
+    key = (id(prof), roofline.peak_flops, roofline.hbm_bw, roofline.sms, roofline.kernel_overhead_s)
+    measured = _MEASURED.get(key)
+    if measured is None or measured.profile is not prof:  # one per profile and GPU: warnings stay one-time
+        measured = _MEASURED[key] = MeasuredKernels(prof, roofline.spec_solo)
+    measured.require(kinds_needed(scn.model.shape(), scn.tp(), scn.pp()))
+    return ProfileCost(roofline, measured, collective_overhead_s or EMULATED_OVERHEAD.get()), prof
+
+
+# Set by validation while it predicts a run whose collectives were emulated on one GPU: the
+# emulated kernel lasts the link model's time plus its own launch and tail (measured).
+EMULATED_OVERHEAD: contextvars.ContextVar[float] = contextvars.ContextVar("emulated_overhead", default=0.0)
+
+
+_WARNED: set[tuple] = set()
+_MEASURED: dict[tuple, MeasuredKernels] = {}
+
+
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, ProfileWarning, stacklevel=3)

@@ -1,0 +1,242 @@
+"""Generative serving: prefill + decode with a KV cache and iteration-level batching.
+
+Continuous batching as Orca (Yu et al., OSDI'22) and vLLM (Kwon et al., SOSP'23) do it:
+each iteration runs one forward pass over a batch made of every running sequence's next
+decode token plus newly admitted prompts (or, with chunked prefill as in Sarathi-Serve,
+Agrawal et al., OSDI'24, chunks of them), under a token budget per iteration. The KV cache
+holds `kv_block_tokens`-token blocks; admission control either reserves a request's whole
+KV footprint up front (`queue`: never preempts) or only its prompt and, when decodes run
+out of blocks, preempts the newest sequence and recomputes it later (`preempt`, vLLM's
+default recompute policy).
+
+The scheduler is plain Python shared by every rank (ranks must batch identically); the
+policies decide *when* it runs and how the iterations' kernels are launched.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sim.errors import LigerSimError
+from sim.jobs import Job
+from sim.kernels import KernelSpec
+from sim.layers import ModelShape, iteration_layer, weight_bytes_per_gpu
+
+
+class ServingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["encoder", "generative"] = Field(
+        "encoder", description="encoder: each job is one forward pass of batch x seq_len tokens (Liger's "
+        "setting); generative: prefill + output_tokens decode steps with continuous batching.")
+    max_batch_tokens: int = Field(8192, ge=1, description="generative: most tokens one iteration processes "
+                                  "(decodes count one each).")
+    max_batch_seqs: int = Field(256, ge=1, description="generative: most sequences in one iteration.")
+    chunked_prefill: bool = Field(False, description="generative: split prompts across iterations so they fit "
+                                  "the token budget beside the decodes (Sarathi).")
+    kv_block_tokens: int = Field(16, ge=1, description="generative: tokens per KV-cache block.")
+    memory_utilization: float = Field(0.9, gt=0, le=1, description="generative: fraction of GPU memory "
+                                      "for weights, activations and KV cache (vLLM's gpu_memory_utilization).")
+    on_kv_full: Literal["queue", "preempt"] = Field(
+        "queue", description="generative: queue = admit a request only when its prompt + output fit (never "
+        "preempts); preempt = admit on its prompt, preempt the newest sequence and recompute it when "
+        "decodes run out of blocks.")
+    groups: int = Field(2, ge=1, description="generative interleaved: batch groups whose iterations alternate "
+                        "on the main and sub streams (inter_op/hybrid: micro-batch groups, default pp).")
+    slo_ttft_s: float | None = Field(None, gt=0, description="SLO on time to first token, s (for goodput and JPC).")
+    slo_tpot_s: float | None = Field(None, gt=0, description="SLO on mean time per output token, s.")
+
+
+@dataclass
+class Seq:
+    rid: int
+    arrival_s: float
+    prompt: int
+    output: int
+    group: int = -1
+    target: int = 0  # tokens to prefill (prompt, or prompt + generated after a preemption)
+    prefilled: int = 0
+    generated: int = 0
+    blocks: int = 0
+    preemptions: int = 0
+
+
+@dataclass
+class Iteration:
+    """One forward pass of one batch group: which sequences and how many tokens each."""
+
+    index: int
+    group: int
+    prefills: list[tuple[int, int, int]] = field(default_factory=list)  # (rid, chunk, past)
+    decodes: list[tuple[int, int]] = field(default_factory=list)  # (rid, context incl. the new token)
+    emits: list[int] = field(default_factory=list)  # sequences that produce a token at its end
+    planned_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return sum(c for _, c, _ in self.prefills) + len(self.decodes)
+
+
+def kv_bytes_per_token(m: ModelShape, tp: int, pp: int) -> float:
+    """K and V of one token on one GPU: 2 x its layers x its KV heads x head_dim x bytes."""
+    kv_heads = max(1, m.kv_heads // tp)
+    return 2.0 * (-(-m.layers // pp)) * kv_heads * m.head_dim * m.dtype_bytes
+
+
+def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: ServingSpec, file: str) -> int:
+    weights = weight_bytes_per_gpu(m, tp, pp)
+    # activations of the largest iteration (a few hidden-sized and FFN-sized buffers)
+    act = (4 * m.hidden + 2 * m.ffn // tp) * spec.max_batch_tokens * m.dtype_bytes
+    free = memory * spec.memory_utilization - weights - act
+    per_token = kv_bytes_per_token(m, tp, pp)
+    tokens = int(free // per_token) // spec.kv_block_tokens * spec.kv_block_tokens
+    if tokens < spec.kv_block_tokens:
+        raise LigerSimError(
+            f"no room for a KV cache: {memory * spec.memory_utilization / 1e9:.1f} GB usable per GPU, weights take "
+            f"{weights / 1e9:.1f} GB and activations {act / 1e9:.1f} GB at tp={tp}, pp={pp}; use more GPUs, a "
+            "larger GPU or a smaller serving.max_batch_tokens", file=file, field="serving")
+    return tokens
+
+
+class BatchScheduler:
+    """Iteration-level batching over `groups` batch groups (one per in-flight iteration)."""
+
+    def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>"):
+        self.spec, self.groups = spec, groups
+        self.block = spec.kv_block_tokens
+        self.free_blocks = self.total_blocks = kv_tokens // self.block
+        self.waiting: deque[Seq] = deque()
+        self.seqs: dict[int, Seq] = {}
+        for j in jobs:
+            prompt = j.prompt_tokens or j.seq_len
+            if j.output_tokens < 1:
+                raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
+                                    "serving needs at least 1", file=file, field="workload.output_tokens")
+            if prompt + j.output_tokens > kv_tokens:
+                raise LigerSimError(
+                    f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
+                    f"{kv_tokens} per GPU; use more GPUs or shorter requests", file=file, field="workload")
+            if prompt > spec.max_batch_tokens and not spec.chunked_prefill:
+                raise LigerSimError(
+                    f"request {j.request_id} has a {prompt}-token prompt, more than serving.max_batch_tokens="
+                    f"{spec.max_batch_tokens}; raise it or set serving.chunked_prefill: true", file=file,
+                    field="serving.max_batch_tokens")
+            s = Seq(j.request_id, j.arrival_s, prompt, j.output_tokens, target=prompt)
+            self.seqs[s.rid] = s
+            self.waiting.append(s)
+        self.running: list[Seq] = []  # admission order
+        self.iterations: list[Iteration] = []
+        self.kv_log: list[tuple[float, int]] = []  # (time, KV tokens allocated)
+
+    # -------------------------------------------------------------- queries
+    def next_arrival(self) -> float | None:
+        return self.waiting[0].arrival_s if self.waiting else None
+
+    def done(self) -> bool:
+        return not self.waiting and not self.running
+
+    def group_has_work(self, group: int, now: float) -> bool:
+        return any(s.group == group for s in self.running) or bool(
+            self.waiting and self.waiting[0].arrival_s <= now)
+
+    # -------------------------------------------------------------- planning
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block)
+
+    def _grow(self, s: Seq, tokens: int) -> bool:
+        need = self._blocks_for(tokens) - s.blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        s.blocks += need
+        return True
+
+    def _preempt(self, group: int, scheduled: set[int]) -> bool:
+        """Free the newest sequence of `group` not already in this iteration, to be
+        recomputed later (its prompt and the tokens it generated are prefilled again)."""
+        for victim in reversed(self.running):
+            if victim.group == group and victim.rid not in scheduled:
+                self.running.remove(victim)
+                self.free_blocks += victim.blocks
+                victim.blocks = victim.prefilled = 0
+                victim.target = victim.prompt + victim.generated
+                victim.preemptions += 1
+                victim.group = -1
+                self.waiting.appendleft(victim)
+                return True
+        return False
+
+    def plan(self, now: float, group: int) -> Iteration | None:
+        """The next iteration of `group`, whose previous iteration has completed."""
+        it = Iteration(len(self.iterations), group, planned_s=now)
+        budget, room = self.spec.max_batch_tokens, self.spec.max_batch_seqs
+        scheduled: set[int] = set()
+        for s in [s for s in self.running if s.group == group]:
+            if s not in self.running or budget < 1 or room < 1:
+                continue  # preempted meanwhile, or the iteration is full
+            if s.prefilled == s.target:  # decode: its next token, whose KV is written now
+                ctx = s.prompt + s.generated
+                fits = self._grow(s, ctx)
+                while not fits and self.spec.on_kv_full == "preempt" and self._preempt(group, scheduled | {s.rid}):
+                    fits = self._grow(s, ctx)
+                if not fits:
+                    continue  # queue mode reserved its blocks, so this only happens when preempting ran dry
+                it.decodes.append((s.rid, ctx))
+                it.emits.append(s.rid)
+                budget -= 1
+            else:  # a prompt being prefilled in chunks
+                chunk = min(s.target - s.prefilled, budget)
+                it.prefills.append((s.rid, chunk, s.prefilled))
+                if s.prefilled + chunk == s.target:
+                    it.emits.append(s.rid)
+                budget -= chunk
+            scheduled.add(s.rid)
+            room -= 1
+        while self.waiting and self.waiting[0].arrival_s <= now and room > 0 and budget > 0:
+            s = self.waiting[0]
+            chunk = min(s.target, budget) if self.spec.chunked_prefill else s.target
+            if chunk > budget:
+                break
+            reserve = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.target + 1
+            if self._blocks_for(reserve) > self.free_blocks:
+                break
+            self.waiting.popleft()
+            self._grow(s, reserve)
+            s.group = group
+            self.running.append(s)
+            it.prefills.append((s.rid, chunk, 0))
+            if chunk == s.target:
+                it.emits.append(s.rid)
+            scheduled.add(s.rid)
+            budget -= chunk
+            room -= 1
+        self.kv_log.append((now, (self.total_blocks - self.free_blocks) * self.block))
+        if not it.prefills and not it.decodes:
+            return None
+        self.iterations.append(it)
+        return it
+
+    def complete(self, it: Iteration) -> None:
+        """Apply an iteration's results: prompts advance, tokens are emitted, finished
+        sequences free their KV blocks."""
+        for rid, chunk, _ in it.prefills:
+            self.seqs[rid].prefilled += chunk
+        for rid in it.emits:
+            self.seqs[rid].generated += 1
+        for rid in {r for r, *_ in it.prefills} | {r for r, _ in it.decodes}:
+            s = self.seqs[rid]
+            if s.generated >= s.output and s in self.running:
+                self.running.remove(s)
+                self.free_blocks += s.blocks
+                s.blocks = 0
+
+
+def iteration_kernels(m: ModelShape, tp: int, it: Iteration) -> list[KernelSpec]:
+    """One layer's kernels for an iteration."""
+    return iteration_layer(m, tp, [(c, past) for _, c, past in it.prefills], [c for _, c in it.decodes])

@@ -1,0 +1,345 @@
+"""Validation: how close the simulator comes to a measured run (no torch here).
+
+`predict(measured, scenario, profile, out)` takes a run recorded by `ligersim hw run` (its
+events.parquet, requests.csv, hw.json, ir.jsonl) and simulates it twice with the profile's
+costs: *closed loop* (the policy runs online in the simulator, on the same jobs) and
+*replay* (the recorded IR re-executed verbatim, so only timing can differ). A run that
+emulated rank 0 of a group on one GPU is replayed as that one rank, its collectives
+kernels of the link model's length (what the emulation runs). `build_report(out)` then
+compares kernels and requests and writes:
+
+    validation.csv   one row per kernel and per request and mode: measured, predicted, error
+    summary.json     per mode: kernel_err_median, kernel_err_p90 (of |error|), makespan_err,
+                     jct_mean_err, throughput_err (signed, relative: (predicted − measured) / measured)
+    report.md        device, date, profile, tables
+    scatter.png, error_cdf.png, timelines.png
+
+Kernels are matched by kernel id in replay; in closed loop by (rank, request, layer, name,
+split fraction, occurrence), since the policy may decide differently there. Only ranks that
+were measured are compared (rank 0 under emulation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim import ir
+from sim.errors import LigerSimError
+from sim.jobs import Job
+from sim.kernels import Kernel
+from sim.metrics import requests_frame, summarise
+from sim.outputs import _clean, write_run
+
+MODES = ("closed_loop", "replay")
+NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
+
+
+# ---------------------------------------------------------------------- predictions
+def _measured_files(measured: Path) -> dict:
+    for name in NEEDED:
+        if not (measured / name).exists():
+            raise LigerSimError(f"no {name} here; record a run with `ligersim hw run`", file=str(measured))
+    hw = json.loads((measured / "hw.json").read_text()) if (measured / "hw.json").exists() else {}
+    return hw
+
+
+def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out: str | Path,
+            progress: bool = False) -> dict:
+    """Simulate the measured run closed-loop and as a replay with `profile`; then build the report."""
+    from sim.profile import EMULATED_OVERHEAD, load_profile
+    from sim.scenario import load_scenario
+    from sim.simulate import jobs_from_meta, make_engine, simulate
+
+    measured, out = Path(measured), Path(out)
+    hw = _measured_files(measured)
+    prof = load_profile(profile)
+    scn, _ = load_scenario(scenario)
+    scn.hardware.profile = str(Path(profile).resolve())
+    schedule = ir.load(measured / "ir.jsonl")
+    jobs = jobs_from_meta(schedule.meta) or _jobs_from_requests(measured)
+    emulated = hw.get("mode") == "emulate"
+    token = EMULATED_OVERHEAD.set(prof.emulation_overhead_s() if emulated else 0.0)
+    try:
+        run = simulate(scn, jobs, record_ir=False, file=str(scenario), progress=progress)
+        write_run(out / "closed_loop", run.events, jobs, None, scn.policy.name, run.result.sim_wall_s,
+                  {"scenario": scn.name}, trace=False)
+        engine, cost = make_engine(scn, record_ir=False)
+        if emulated:
+            engine, ops = _single_rank(engine, cost, schedule)
+            rank_ops = [ops]
+        else:
+            rank_ops = schedule.by_rank()
+        arrivals = {j.request_id: j.arrival_s for j in jobs}
+        rank_ops = [with_arrivals(o, arrivals) for o in rank_ops]
+        from sim.runtime import replay_policy
+        from sim.simulate import events_frame
+
+        result = engine.run([replay_policy(o) for o in rank_ops], schedule.meta)
+        write_run(out / "replay", events_frame(result.events), jobs, None, f"replay:{scn.policy.name}",
+                  result.sim_wall_s, {"scenario": scn.name}, trace=False)
+    finally:
+        EMULATED_OVERHEAD.reset(token)
+    meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
+            "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
+            "measured_dir": str(measured), "emulated": emulated}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return build_report(out, measured)
+
+
+def with_arrivals(ops: list[ir.Op], arrivals: dict[int, float]) -> list[ir.Op]:
+    """`ops` with a `sleep_until(arrival)` before each job's first launch. A policy that
+    admits jobs by reading the clock (interleaved) records no sleeps, yet the measured
+    host could not launch a job before it arrived; a replay must not either."""
+    out, seen = [], set()
+    for op in ops:
+        k = op.kernel
+        if k is not None and k.request_id >= 0 and k.request_id not in seen:
+            seen.add(k.request_id)
+            if k.request_id in arrivals:
+                out.append(ir.Op(op.rank, "sleep_until", op.t, until=arrivals[k.request_id]))
+        out.append(op)
+    return out
+
+
+def _single_rank(engine, cost, schedule: ir.Schedule):
+    """Rank 0 of an emulated run alone: its collectives become local kernels lasting what
+    the emulated collective targets (the link model over the original group)."""
+    from sim.engine import Engine
+
+    groups: dict[int, tuple[int, ...] | None] = {}
+    ops = []
+    for op in schedule.by_rank()[0]:
+        k = op.kernel
+        if k is not None and k.group is not None:
+            nk = Kernel(k.spec, 0, k.request_id, k.layer, None, k.kernel_id, k.parent)
+            groups[id(nk)] = k.group
+            op = ir.Op(op.rank, op.op, op.t, op.stream, op.event, op.priority, op.until, nk)
+        ops.append(op)
+
+    def solo(k: Kernel) -> float:
+        return cost.spec_solo(k.spec, groups.get(id(k), k.group))
+
+    return Engine(1, solo, engine.contention, engine.topology, engine.host, record_ir=False), ops
+
+
+def _jobs_from_requests(measured: Path) -> list[Job]:
+    req = pd.read_csv(measured / "requests.csv")
+    return [Job(int(r), float(a)) for r, a in zip(req["request_id"], req["arrival_s"])]
+
+
+# ---------------------------------------------------------------------- comparison
+def _durations(ev: pd.DataFrame) -> pd.DataFrame:
+    ev = ev.copy()
+    ev["dur_s"] = ev["end_s"] - ev["start_s"]
+    ev["frac"] = ev["fraction"].round(4)
+    ev = ev.sort_values(["rank", "start_s", "kernel_id"], kind="stable")
+    ev["occ"] = ev.groupby(["rank", "request_id", "layer", "name", "frac"]).cumcount()
+    return ev
+
+
+def compare_kernels(measured: pd.DataFrame, predicted: pd.DataFrame, mode: str) -> pd.DataFrame:
+    m, p = _durations(measured), _durations(predicted[predicted["rank"].isin(set(measured["rank"]))])
+    key = ["rank", "kernel_id"] if mode == "replay" else ["rank", "request_id", "layer", "name", "frac", "occ"]
+    cols = ["rank", "kernel_id", "request_id", "layer", "name", "kind", "cls", "frac", "occ", "dur_s"]
+    j = m[cols].merge(p[key + ["dur_s"]], on=key, how="inner", suffixes=("_m", "_p"))
+    out = pd.DataFrame({"mode": mode, "level": "kernel", "rank": j["rank"], "request_id": j["request_id"],
+                        "layer": j["layer"], "name": j["name"], "kind": j["kind"], "cls": j["cls"],
+                        "fraction": j["frac"], "kernel_id": j.get("kernel_id", j.get("kernel_id_m")),
+                        "measured_s": j["dur_s_m"], "predicted_s": j["dur_s_p"]})
+    out["error"] = (out["predicted_s"] - out["measured_s"]) / out["measured_s"].where(out["measured_s"] > 0)
+    return out
+
+
+def compare_requests(m_req: pd.DataFrame, p_req: pd.DataFrame, mode: str) -> pd.DataFrame:
+    j = m_req[["request_id", "jct_s"]].merge(p_req[["request_id", "jct_s"]], on="request_id", suffixes=("_m", "_p"))
+    out = pd.DataFrame({"mode": mode, "level": "request", "request_id": j["request_id"], "name": "jct",
+                        "measured_s": j["jct_s_m"], "predicted_s": j["jct_s_p"]})
+    out["error"] = (out["predicted_s"] - out["measured_s"]) / out["measured_s"].where(out["measured_s"] > 0)
+    return out
+
+
+def _rel(p: float, m: float) -> float:
+    return (p - m) / m if m and math.isfinite(m) and math.isfinite(p) else float("nan")
+
+
+def mode_summary(kernels: pd.DataFrame, m_sum: dict, p_sum: dict, measured_kernels: int) -> dict:
+    err = kernels["error"].abs().dropna()
+    w = kernels["measured_s"].sum()
+    return {
+        "kernel_err_median": float(err.median()) if len(err) else float("nan"),
+        "kernel_err_p90": float(err.quantile(0.9)) if len(err) else float("nan"),
+        "kernel_err_weighted": float((kernels["predicted_s"] - kernels["measured_s"]).abs().sum() / w) if w else
+        float("nan"),
+        "kernels_matched": int(len(kernels)), "kernels_measured": int(measured_kernels),
+        "makespan_err": _rel(p_sum["makespan_s"], m_sum["makespan_s"]),
+        "jct_mean_err": _rel(p_sum["jct_mean_s"], m_sum["jct_mean_s"]),
+        "jct_p90_err": _rel(p_sum["jct_p90_s"], m_sum["jct_p90_s"]),
+        "throughput_err": _rel(p_sum["throughput_jobs_s"], m_sum["throughput_jobs_s"]),
+        "measured": {k: m_sum[k] for k in ("makespan_s", "jct_mean_s", "jct_p90_s", "throughput_jobs_s")},
+        "predicted": {k: p_sum[k] for k in ("makespan_s", "jct_mean_s", "jct_p90_s", "throughput_jobs_s")},
+    }
+
+
+def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
+    """Compare `out/closed_loop` and `out/replay` with the measured run; write the report files."""
+    out = Path(out)
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    measured = Path(measured or meta.get("measured_dir") or out / "measured")
+    hw = _measured_files(measured)
+    m_ev = pd.read_parquet(measured / "events.parquet")
+    jobs = _jobs_from_requests(measured)
+    ranks = set(m_ev["rank"])
+    m_req = requests_frame(m_ev, jobs)
+    m_sum = summarise(m_ev, m_req, "measured", None)
+    rows, summary = [], {"scenario": meta.get("scenario"), "policy": meta.get("policy"),
+                         "device": hw.get("gpu") or hw.get("device"), "hw_mode": hw.get("mode"),
+                         "date": hw.get("date"), "profile": meta.get("profile"),
+                         "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks)}
+    for mode in MODES:
+        d = out / mode
+        if not (d / "events.parquet").exists():
+            continue
+        p_ev = pd.read_parquet(d / "events.parquet")
+        p_ev = p_ev[p_ev["rank"].isin(ranks)]
+        p_req = requests_frame(p_ev, jobs)
+        k = compare_kernels(m_ev, p_ev, mode)
+        r = compare_requests(m_req, p_req, mode)
+        rows += [k, r]
+        summary[mode] = mode_summary(k, m_sum, summarise(p_ev, p_req, mode, None), len(m_ev))
+        summary[mode]["by_kind"] = {kind: float(g["error"].abs().median())
+                                    for kind, g in k.groupby("kind") if g["error"].notna().any()}
+    if len(rows) == 0:
+        raise LigerSimError("no closed_loop/ or replay/ predictions here; run `ligersim validate`", file=str(out))
+    table = pd.concat(rows, ignore_index=True)
+    table.to_csv(out / "validation.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(_clean_deep(summary), indent=2) + "\n")
+    plot_validation(out, table, m_ev)
+    (out / "report.md").write_text(report_markdown(summary, table))
+    return summary
+
+
+def _clean_deep(v):
+    if isinstance(v, dict):
+        return {k: _clean_deep(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean_deep(x) for x in v]
+    return _clean(v)
+
+
+# ---------------------------------------------------------------------- report
+def _pct(x, sign: bool = True) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{100 * x:+.1f}%" if sign else f"{100 * x:.1f}%"
+
+
+def report_markdown(summary: dict, table: pd.DataFrame) -> str:
+    lines = [f"# Validation: {summary.get('scenario')} ({summary.get('policy')})", "",
+             f"- measured on: {summary.get('device')} (hw mode {summary.get('hw_mode')}, ranks "
+             f"{summary.get('measured_ranks')}), {summary.get('date')}",
+             f"- profile: {summary.get('profile')} (measured on {summary.get('profile_device')})", "",
+             "Errors are (predicted − measured) / measured; kernel errors are medians and 90th percentiles of "
+             "|error| over matched kernels.", "",
+             "| mode | kernels matched | kernel |err| median | p90 | time-weighted | makespan | mean JCT | "
+             "p90 JCT | throughput |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in MODES:
+        s = summary.get(mode)
+        if s:
+            lines.append(f"| {mode} | {s['kernels_matched']}/{s['kernels_measured']} | "
+                         f"{_pct(s['kernel_err_median'], False)} | {_pct(s['kernel_err_p90'], False)} | "
+                         f"{_pct(s['kernel_err_weighted'], False)} | {_pct(s['makespan_err'])} | {_pct(s['jct_mean_err'])} | "
+                         f"{_pct(s['jct_p90_err'])} | {_pct(s['throughput_err'])} |")
+    kernels = table[table["level"] == "kernel"]
+    if len(kernels):
+        lines += ["", "## Per kernel kind (median |error|, mean measured time)", "",
+                  "| mode | kind | kernels | median |err| | mean measured (us) | mean predicted (us) |",
+                  "|---|---|---|---|---|---|"]
+        for (mode, kind), g in kernels.groupby(["mode", "kind"]):
+            lines.append(f"| {mode} | {kind} | {len(g)} | {100 * g['error'].abs().median():.1f}% | "
+                         f"{1e6 * g['measured_s'].mean():.1f} | {1e6 * g['predicted_s'].mean():.1f} |")
+        worst = kernels.reindex(kernels["error"].abs().sort_values(ascending=False).index).head(10)
+        lines += ["", "## Largest kernel errors", "", "| mode | rank | request | layer | name | measured (us) | "
+                  "predicted (us) | error |", "|---|---|---|---|---|---|---|---|"]
+        for r in worst.itertuples():
+            lines.append(f"| {r.mode} | {int(r.rank)} | {int(r.request_id)} | {int(r.layer)} | {r.name} | {1e6 * r.measured_s:.1f} | "
+                         f"{1e6 * r.predicted_s:.1f} | {_pct(r.error)} |")
+    lines += ["", "![predicted vs measured](scatter.png)", "![error CDF](error_cdf.png)",
+              "![timelines](timelines.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.DataFrame | None = None) -> list[Path]:
+    """Scatter of predicted against measured kernel times, CDF of |error|, and the measured
+    timeline above the predicted ones (rank 0, the first jobs)."""
+    from sim.plots import plot_timeline, plt
+
+    out = Path(out)
+    if table is None:
+        table = pd.read_csv(out / "validation.csv")
+    if measured is None:
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+        measured = pd.read_parquet(Path(meta.get("measured_dir") or out / "measured") / "events.parquet")
+    k = table[table["level"] == "kernel"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
+    for i, (mode, g) in enumerate(k.groupby("mode")):
+        ax.scatter(g["measured_s"] * 1e6, g["predicted_s"] * 1e6, s=6, alpha=0.5, color=f"C{i}", label=mode)
+    if len(k):
+        lo = max(1e-3, float(min(k["measured_s"].min(), k["predicted_s"].min())) * 1e6 * 0.8)
+        hi = float(max(k["measured_s"].max(), k["predicted_s"].max())) * 1e6 * 1.25
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("measured kernel time (us)")
+    ax.set_ylabel("predicted kernel time (us)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    paths.append(out / "scatter.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, (mode, g) in enumerate(table.groupby("mode")):
+        for level, ls in (("kernel", "-"), ("request", ":")):
+            e = np.sort(g.loc[g["level"] == level, "error"].abs().dropna().to_numpy())
+            if len(e):
+                ax.plot(e * 100, np.arange(1, len(e) + 1) / len(e), ls, color=f"C{i}", label=f"{mode} {level}")
+    ax.axvline(5, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("|error| (%)")
+    ax.set_ylabel("fraction")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / "error_cdf.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    panels = [("measured", measured)] + [(m, pd.read_parquet(out / m / "events.parquet")) for m in MODES
+                                         if (out / m / "events.parquet").exists()]
+    rank = int(measured["rank"].min())
+    reqs = sorted(int(r) for r in measured["request_id"].unique() if r >= 0)[:3]
+    first = measured[measured["request_id"].isin(reqs)]
+    window = (float(first["start_s"].min()), float(first["end_s"].max())) if len(first) else None
+    if window is not None:
+        for _, ev in panels[1:]:  # the predicted runs may last longer: widen to cover them
+            pe = ev[ev["request_id"].isin(reqs) & (ev["rank"] == rank)]
+            if len(pe):
+                window = (min(window[0], float(pe["start_s"].min())), max(window[1], float(pe["end_s"].max())))
+    tracks = max(1, len(set(measured.loc[measured["rank"] == rank, "stream"])))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, (0.55 * tracks + 1.0) * len(panels) + 0.6), dpi=120,
+                             sharex=True, squeeze=False)
+    for ax, (label, ev) in zip(axes[:, 0], panels):
+        plot_timeline(ev, out / "timelines.png", f"{label}: rank {rank}, jobs {reqs}", ranks=[rank], window=window,
+                      ax=ax)
+    fig.tight_layout()
+    paths.append(out / "timelines.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    return paths

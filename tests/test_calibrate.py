@@ -1,0 +1,91 @@
+"""`ligersim calibrate` on CPU: a profile the simulator loads, resumable, clear device errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.profile import load_profile
+from sim.scenario import load_scenario
+from sim.simulate import load_jobs, simulate
+
+torch = pytest.importorskip("torch")
+FIX = Path(__file__).resolve().parent / "fixtures" / "validation"
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    shutil.copy(FIX / "scenario.yaml", tmp_path / "s.yaml")
+    return tmp_path / "s.yaml"
+
+
+def test_quick_cpu_calibration_writes_a_profile_the_simulator_runs_with(tmp_path, scenario, monkeypatch):
+    from hw import calibrate as cal
+
+    out = tmp_path / "profiles" / "cpu.yaml"
+    calls = {"n": 0}
+    real = cal.Calibration._record
+
+    def interrupt_after_10(self, spec, ts):
+        real(self, spec, ts)
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal.Calibration, "_record", interrupt_after_10)
+    assert main(["calibrate", "-o", str(out), "--quick", "--device", "cpu", "--scenario", str(scenario)]) == 130
+    partial = load_profile(out)
+    assert partial.status == "partial" and sum(len(v) for v in partial.kernels.values()) == 10
+
+    monkeypatch.setattr(cal.Calibration, "_record", real)
+    assert main(["calibrate", "-o", str(out), "--quick", "--device", "cpu", "--scenario", str(scenario)]) == 0
+    prof = load_profile(out)
+    assert prof.status == "complete" and prof.device["backend"] == "cpu" and prof.device["torch"]
+    assert {"gemm", "bgemm", "softmax", "layernorm", "elementwise"} <= set(prof.kernels)
+    assert prof.command.startswith("ligersim") or prof.command
+    assert prof.host["launch_s"] >= 0 and prof.links["topologies"]["h100_dgx"]
+    keys = [(k, m.name, tuple(sorted(m.dims.items()))) for k, v in prof.kernels.items() for m in v]
+    assert len(keys) == len(set(keys))  # resumed: nothing measured twice
+    fractions = {m.dims["n"] for m in prof.kernels["gemm"]}
+    assert len(fractions) > 3  # split pieces k/8 measured beside the whole GEMMs
+    for m in prof.kernels["gemm"]:
+        assert m.p10_s <= m.median_s <= m.p90_s and m.reps >= 5
+
+    # a re-run resumes from the finished profile and measures nothing new
+    timed = {"n": 0}
+    real_times = cal.Timer.times
+
+    def count(self, fn, reps=None, warmup=None):
+        timed["n"] += 1
+        return real_times(self, fn, reps, warmup)
+
+    monkeypatch.setattr(cal.Timer, "times", count)
+    assert main(["calibrate", "-o", str(out), "--quick", "--device", "cpu", "--scenario", str(scenario)]) == 0
+    assert timed["n"] == 0
+
+    data = yaml.safe_load(scenario.read_text())
+    data["hardware"]["profile"] = str(out)
+    scenario.write_text(yaml.safe_dump(data))
+    scn, base = load_scenario(scenario)
+    run = simulate(scn, load_jobs(scn, base))
+    assert len(run.events) and (run.events["end_s"] > run.events["start_s"]).all()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["calibrate", "-o", str(tmp_path / "p.yaml"), "--device", "cuda"]) == 2
+    assert "--device cuda was requested" in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_profile_of_another_device_is_not_resumed(tmp_path, capsys):
+    prof = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
+    prof["device"]["name"] = "NVIDIA H100 80GB HBM3"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    assert main(["calibrate", "-o", str(tmp_path / "p.yaml"), "--quick", "--device", "cpu"]) == 2
+    assert "pass --fresh" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""Calibrated profiles: format round-trip, clear errors, interpolation and its fallback."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim import kernels as K
+from sim.costs import ProfileCost, RooflineCost
+from sim.errors import LigerSimError
+from sim.links import build_topology
+from sim.presets import INTERCONNECTS
+from sim.profile import (
+    PROFILE_VERSION,
+    MeasuredKernels,
+    Measurement,
+    Profile,
+    ProfileWarning,
+    contention_table,
+    links_section,
+    load_profile,
+    profile_from_dict,
+    save_profile,
+)
+from sim.scenario import load_scenario
+from sim.simulate import load_jobs, make_engine, simulate
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests" / "fixtures" / "validation"
+MS = [16, 64, 256, 1024]
+
+
+def roofline() -> RooflineCost:
+    return RooflineCost(989e12, 3.35e12, 132, 2e-6, build_topology(INTERCONNECTS["nvswitch-h100"], 2))
+
+
+def a_profile() -> Profile:
+    gemm = [Measurement({"m": m, "n": 1024, "k": 1024}, 1e-5 * (1 + m / 64), 0.9e-5, 1.2e-5 * (1 + m / 64), 9)
+            for m in MS]
+    norm = [Measurement({"elems": e}, 2e-6 * (1 + e / 1e5), 2e-6, 3e-6, 9, name="layernorm_1",
+                        bytes=6.0 * e) for e in (4096, 65536, 1 << 20)]
+    return Profile(device={"name": "Test GPU", "sms": 132}, date="2026-01-01", command="test",
+                   host={"launch_s": 4e-6, "sync_wakeup_s": 7e-6}, kernels={"gemm": gemm, "layernorm": norm},
+                   contention={"measurements": [], "table": [
+                       {"victim": "compute", "other": "memory", "priority": "higher", "slowdown": 1.2}]})
+
+
+def test_save_load_round_trip(tmp_path):
+    p = a_profile()
+    path = save_profile(p, tmp_path / "p.yaml")
+    q = load_profile(path)
+    assert q.to_dict() == p.to_dict()
+    assert yaml.safe_load(path.read_text())["version"] == PROFILE_VERSION
+    assert q.contention_pairs() == [("compute", "memory", "higher", 1.2)]
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(LigerSimError, match="profile file not found"):
+        load_profile(tmp_path / "missing.yaml")
+    d = a_profile().to_dict()
+    with pytest.raises(LigerSimError, match=r"version: profile version 99 is not supported"):
+        profile_from_dict({**d, "version": 99}, "p.yaml")
+    with pytest.raises(LigerSimError, match="not a ligersim profile"):
+        profile_from_dict({"format": "other"}, "p.yaml")
+    bad = {**d, "kernels": {"gemm": [{"dims": {"m": 1, "n": 1, "k": 1}, "median_s": -1}]}}
+    with pytest.raises(LigerSimError, match=r"kernels.gemm\[0\].median_s: median_s must be > 0"):
+        profile_from_dict(bad, "p.yaml")
+    bad = {**d, "contention": {"table": [{"victim": "gpu", "other": "memory", "slowdown": 2}]}}
+    with pytest.raises(LigerSimError, match=r"contention.table\[0\]"):
+        profile_from_dict(bad, "p.yaml")
+
+
+def test_interpolation_exact_at_measured_points_and_monotone_between():
+    roof = roofline()
+    mk = MeasuredKernels(a_profile(), roof.spec_solo)
+    for m, meas in zip(MS, a_profile().kernels["gemm"]):
+        assert mk.estimate(K.gemm("g", m, 1024, 1024)) == pytest.approx(meas.median_s, rel=1e-12)
+    ts = [mk.estimate(K.gemm("g", m, 1024, 1024)) for m in range(16, 1025, 7)]
+    assert all(b >= a for a, b in zip(ts, ts[1:]))
+    # log-log between neighbours: at the geometric mean of work, the geometric mean of times
+    mid = mk.estimate(K.gemm("g", 32, 1024, 1024))
+    lo, hi = (a_profile().kernels["gemm"][i].median_s for i in (0, 1))
+    assert mid == pytest.approx(math.sqrt(lo * hi), rel=1e-9)
+    # named pointwise ops interpolate over bytes within their own op
+    spec = K.pointwise("layernorm", "layernorm_1", 20000, 2, 1, 8.0)
+    spec.bytes = 6.0 * 20000
+    t = mk.estimate(spec)
+    assert 2e-6 * (1 + 4096 / 1e5) < t < 2e-6 * (1 + 65536 / 1e5)
+
+
+def test_roofline_with_one_warning_outside_the_measured_range():
+    roof = roofline()
+    mk = MeasuredKernels(a_profile(), roof.spec_solo)
+    big = K.gemm("g", 8192, 1024, 1024)
+    with pytest.warns(ProfileWarning, match="outside the measured range"):
+        t = mk.estimate(big)
+    edge = K.gemm("g", 1024, 1024, 1024)
+    ratio = a_profile().kernels["gemm"][-1].median_s / roof.spec_solo(edge)
+    assert t == pytest.approx(roof.spec_solo(big) * ratio)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mk.estimate(K.gemm("g", 16384, 1024, 1024))  # same family: no second warning
+
+
+def test_kind_absent_from_the_profile_is_an_error():
+    mk = MeasuredKernels(a_profile(), roofline().spec_solo)
+    with pytest.raises(LigerSimError, match=r"kernels.softmax: no measurements of kernel kind\(s\) softmax"):
+        mk.estimate(K.pointwise("softmax", "softmax", 1024, 1, 1, 5.0))
+    with pytest.raises(LigerSimError, match="bgemm, softmax"):
+        mk.require({"gemm", "bgemm", "softmax"})
+
+
+def test_profile_cost_keeps_the_cost_interface_and_caches():
+    roof = roofline()
+    cost = ProfileCost(roof, MeasuredKernels(a_profile(), roof.spec_solo), collective_overhead_s=3e-6)
+    spec = K.gemm("g", 64, 1024, 1024)
+    assert cost.solo(K.Kernel(spec, 0)) == cost.spec_solo(spec) == pytest.approx(2e-5)
+    ar = K.collective("all_reduce", "ar", 1 << 20)
+    assert cost.spec_solo(ar, (0, 1)) == pytest.approx(roof.spec_solo(ar, (0, 1)) + 3e-6)
+    assert cost.spec_solo(ar, None) == 0.0
+    assert len(cost._cache) == 3
+
+
+def test_scenario_profile_resolves_relative_to_the_scenario_and_drives_the_engine(tmp_path):
+    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
+    data["hardware"]["profile"] = "prof/cpu.yaml"
+    (tmp_path / "prof").mkdir()
+    (tmp_path / "prof" / "cpu.yaml").write_text((FIX / "profile-cpu.yaml").read_text())
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn, base = load_scenario(tmp_path / "s.yaml")
+    assert scn.hardware.profile == str((tmp_path / "prof" / "cpu.yaml").resolve())
+    engine, cost = make_engine(scn)
+    prof = load_profile(scn.hardware.profile)
+    assert isinstance(cost, ProfileCost)
+    assert engine.host.launch_s == prof.host["launch_s"]
+    assert engine.contention.entries == {}  # CPU profiles measure no contention: kernels never overlap there
+    run = simulate(scn, load_jobs(scn, base))
+    assert run.events["request_id"].nunique() == 4
+
+
+def test_scenario_needing_an_unmeasured_kind_fails_up_front(tmp_path):
+    prof = a_profile()
+    save_profile(prof, tmp_path / "p.yaml")
+    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
+    data["hardware"]["profile"] = "p.yaml"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn, _ = load_scenario(tmp_path / "s.yaml")
+    with pytest.raises(LigerSimError, match=r"p.yaml: kernels\.bgemm: no measurements of kernel kind\(s\) bgemm"):
+        make_engine(scn)
+
+
+def test_contention_table_maps_calibration_classes_onto_the_simulator():
+    meas = [{"victim": "gemm", "other": "memory", "priority": "higher", "slowdown": s} for s in (1.1, 1.3)]
+    meas += [{"victim": "attention", "other": "memory", "priority": "higher", "slowdown": 1.2},
+             {"victim": "memory", "other": "collective", "priority": "lower", "slowdown": 7.4},
+             {"victim": "collective", "other": "collective", "priority": "equal", "slowdown": 2.0},
+             {"victim": "copy", "other": "gemm", "priority": "equal", "slowdown": 0.97}]
+    table = {(t["victim"], t["other"], t["priority"]): t["slowdown"] for t in contention_table(meas)}
+    assert table == {("compute", "memory", "higher"): 1.2, ("memory", "collective", "lower"): 7.4,
+                     ("copy", "compute", "equal"): 1.0}
+
+
+def test_link_fits_of_the_shipped_nccl_tables_report_their_error():
+    links = links_section(REPO / "profiles" / "nccl")
+    h100 = {(e["collective"], e["n"], e["nodes"]): e for e in links["topologies"]["h100_dgx"]}
+    e = h100[("all_reduce", 8, 1)]
+    assert 300 < e["bandwidth_GBps"] < 450 and 0 < e["alpha_s"] < 2e-5
+    assert 0 < e["median_rel_err"] < 0.15
+    assert any("byte-identical" in w for x in links["topologies"]["a100_pairwise_nvlink"] for w in x["warnings"])

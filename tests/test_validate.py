@@ -1,0 +1,108 @@
+"""Validation: the report builder on a recorded run, the emulated-rank replay, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sim import ir
+from sim.cli import main
+from sim.errors import LigerSimError
+from sim.outputs import write_run
+from sim.scenario import load_scenario
+from sim.simulate import load_jobs, simulate
+from sim.validation import build_report, predict
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "validation"
+KEYS = ("kernel_err_median", "kernel_err_p90", "makespan_err", "jct_mean_err", "throughput_err")
+
+
+def test_report_on_the_recorded_cpu_run(tmp_path):
+    s = predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path)
+    for mode in ("closed_loop", "replay"):
+        assert all(k in s[mode] for k in KEYS)
+        assert s[mode]["kernels_matched"] == s[mode]["kernels_measured"] == 256
+    assert s["device"] == "cpu" and s["hw_mode"] == "spawn"
+    table = pd.read_csv(tmp_path / "validation.csv")
+    assert set(table["level"]) == {"kernel", "request"}
+    assert len(table[(table["mode"] == "replay") & (table["level"] == "request")]) == 4
+    assert set(table.columns) >= {"measured_s", "predicted_s", "error"}
+    assert json.loads((tmp_path / "summary.json").read_text())["replay"]["kernel_err_median"] >= 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| replay | 256/256 |" in md and "measured on: cpu" in md
+    for png in ("scatter.png", "error_cdf.png", "timelines.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    # the builder alone, on the recorded outputs, gives the same summary
+    assert build_report(tmp_path) == s
+    assert main(["plot", "validation", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_a_run_the_simulator_recorded_itself_is_predicted_exactly(tmp_path, emulated):
+    """Self-consistency: 'measure' with the simulator and the same profile; replay must agree
+    exactly, also as a lone emulated rank 0 whose collectives last the link model's time."""
+    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
+    data["hardware"]["profile"] = str(FIX / "profile-cpu.yaml")
+    data["hardware"]["contention"] = "none"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn, base = load_scenario(tmp_path / "s.yaml")
+    jobs = load_jobs(scn, base)
+    run = simulate(scn, jobs)
+    ev, sched = run.events, run.result.schedule
+    if emulated:
+        ev = ev[ev["rank"] == 0]
+        sched = ir.Schedule(sched.world, [op for op in sched.ops if op.rank == 0], sched.meta)
+    m = tmp_path / "measured"
+    write_run(m, ev, jobs, sched, scn.policy.name, None, trace=False)
+    (m / "hw.json").write_text(json.dumps({"mode": "emulate" if emulated else "spawn", "device": "sim"}))
+    s = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "v")
+    assert s["replay"]["kernel_err_p90"] < 1e-9 and abs(s["replay"]["makespan_err"]) < 1e-9
+    assert s["closed_loop"]["kernel_err_p90"] < 1e-9 and abs(s["closed_loop"]["jct_mean_err"]) < 1e-9
+
+
+def test_validate_cli_with_a_recorded_run_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "v"
+    args = ["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o", str(out)]
+    assert main([*args, "--measured", str(FIX / "measured")]) == 0
+    assert "replay: kernel |err| median" in capsys.readouterr().out
+    assert (out / "report.md").exists()
+    bad = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
+    bad["version"] = 2
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["validate", str(FIX / "scenario.yaml"), "--profile", str(tmp_path / "old.yaml"), "-o",
+                 str(out), "--measured", str(FIX / "measured")]) == 2
+    assert "profile version 2 is not supported" in capsys.readouterr().err
+    assert main([*args, "--measured", str(tmp_path / "nowhere")]) == 2
+    assert "recorded run folder not found" in capsys.readouterr().err
+    with pytest.raises(LigerSimError, match="no validation.csv"):
+        from sim.cli import build_parser
+
+        a = build_parser().parse_args(["plot", "validation", str(tmp_path)])
+        a.func(a)
+
+
+def test_validate_runs_the_hw_backend_on_cpu(tmp_path):
+    pytest.importorskip("torch")
+    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
+    data["hardware"]["count"] = 1
+    data["policy"] = {"name": "intra_op"}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(data))
+    shutil.copy(FIX / "profile-cpu.yaml", tmp_path / "p.yaml")
+    assert main(["validate", str(tmp_path / "one.yaml"), "--profile", str(tmp_path / "p.yaml"), "-o",
+                 str(tmp_path / "v"), "--device", "cpu", "--jobs", "2"]) == 0
+    s = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert s["hw_mode"] == "single" and s["replay"]["kernels_matched"] == s["replay"]["kernels_measured"] > 0
+
+
+def test_validate_on_cuda_without_cuda(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o",
+                 str(tmp_path / "v")]) == 2
+    assert "--device cuda was requested" in capsys.readouterr().err
