@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ class RequestState:
     cursor: dict[tuple[int, str], int] = field(default_factory=dict)  # next column of split GEMMs
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # decoder cache per layer
     fold: bool = False  # decoder: `mlp` still has to be added to `resid`
+    gen: Any = None  # generative: the iteration's rows (hw.generative.IterData)
     retired: list[torch.Tensor] = field(default_factory=list)  # replaced buffers, freed on release
 
     @property

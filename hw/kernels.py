@@ -13,6 +13,7 @@ Any other kernel (no request, unknown name) runs at its shape on scratch tensors
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,15 @@ import torch.nn.functional as F
 
 from hw.activations import ActivationStore, BufferPool, RequestState
 from hw.collectives import Collectives
+from hw.generative import (
+    STANDIN_VOCAB,
+    Composition,
+    IterData,
+    PagedKV,
+    build_iter_data,
+    embedding_table,
+    token_ids,
+)
 from hw.reference import LN_EPS, RMS_EPS, rope_tables
 from hw.weights import Shard, layer_weights
 from sim.errors import LigerSimError
@@ -34,7 +44,8 @@ class KernelLibrary:
 
     def __init__(self, model: ModelShape, shard: Shard, device: str, dtype: torch.dtype, comm: Collectives,
                  seed: int = 0, shape_of: Callable[[int], tuple[int, int] | None] | None = None,
-                 inputs: str = "per_request", keep: bool = False):
+                 inputs: str = "per_request", keep: bool = False, generative: Composition | None = None,
+                 collect_logits: bool = False):
         self.m, self.shard, self.device, self.dtype, self.comm = model, shard, device, dtype, comm
         self.w = layer_weights(model, shard, device, dtype, seed)
         self.pool = BufferPool(device, dtype)
@@ -49,9 +60,16 @@ class KernelLibrary:
         self.generic = GenericKernels(device, dtype, comm)
         self._consts: dict[tuple, torch.Tensor] = {}
         self._ln_out_ok = True
+        self.seed = seed
+        self.gen = generative
+        if generative is not None:
+            self._init_generative(generative, collect_logits)
 
     # ------------------------------------------------------------------ dispatch
     def run(self, k: Kernel) -> None:
+        if self.gen is not None and k.request_id >= 0:
+            self._run_generative(k)
+            return
         kind = k.spec.kind
         op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else k.spec.name)
         if op is None or k.request_id < 0:
@@ -98,6 +116,88 @@ class KernelLibrary:
         ev = torch.cuda.Event()
         ev.record(torch.cuda.current_stream())
         return ev
+
+    # ------------------------------------------------------------------ generative iterations
+    def _init_generative(self, comp: Composition, collect: bool) -> None:
+        m = self.m
+        if m.arch != "decoder":
+            raise LigerSimError(f"generative serving on the hw backend needs a decoder model; {m.name} is an "
+                                f"{m.arch}")
+        self.ops = GEN_OPS
+        self.vocab = m.vocab or STANDIN_VOCAB
+        self.embed = embedding_table(self.vocab, m.hidden, self.seed, self.device).to(self.dtype)
+        self.kv = PagedKV(comp.block, comp.capacity_tokens, self.nkv, self.d, self.device, self.dtype)
+        self.rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        if m.rope:
+            cos, sin = rope_tables(comp.max_len, 0, self.d)
+            self.rope_table = (cos.to(self.device, self.dtype), sin.to(self.device, self.dtype))
+        self._token_lists: dict[int, torch.Tensor] = {}
+        self.collect = collect
+        self.logits: list[tuple[list[tuple[int, int]], torch.Tensor]] = []
+        self._graves: deque[tuple[object, IterData]] = deque()
+
+    def tokens_of(self, rid: int) -> torch.Tensor:
+        """Request `rid`'s prompt + output token ids (CPU)."""
+        t = self._token_lists.get(rid)
+        if t is None:
+            assert self.gen is not None
+            n = self.gen.prompt[rid] + self.gen.output[rid]
+            t = self._token_lists[rid] = token_ids(self.seed, rid, n, self.vocab)
+        return t
+
+    def _run_generative(self, k: Kernel) -> None:
+        """A kernel of iteration `k.request_id`: its state holds the iteration's token rows."""
+        kind, name = k.spec.kind, k.spec.name
+        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else name)
+        if op is None or name in ("send_tokens", "recv_tokens"):
+            self.generic.run(k)  # the sampled tokens' trip back to the first stage carries no activations
+            return
+        st = self.store.states.get(k.request_id)
+        if st is None:
+            st = self._gen_state(k.request_id)
+        op(self, st, k)
+        if self._gen_finished(st, k):
+            self._gen_release(st)
+
+    def _gen_state(self, index: int) -> RequestState:
+        assert self.gen is not None
+        batch = self.gen.get(index)
+        st = self.store.states[index] = RequestState(index, 1, batch.tokens)
+        st.gen = build_iter_data(batch, self.kv, self.tokens_of, self.rope_table, self.device)
+        if not self.m.vocab:  # no embedding kernel: the first layer reads the table lookup itself
+            torch.index_select(self.embed, 0, st.gen.tokens, out=self.buf(st, "resid", batch.tokens, self.m.hidden))
+        return st
+
+    def _gen_finished(self, st: RequestState, k: Kernel) -> bool:
+        """After the iteration's last kernel on this rank: a pipeline send, the LM head, or (an
+        iteration that emits nothing) the last layer's last kernel, all pieces of it."""
+        if k.spec.kind == "send":
+            return True
+        done = (k.layer, k.spec.name) not in st.cursor
+        if k.spec.name == "lm_head":
+            return done
+        emits = bool(self.m.vocab) and bool(st.gen.batch.emitting)
+        return not emits and done and k.layer == self.m.layers - 1 and k.spec.name == self.last_name
+
+    def _gen_release(self, st: RequestState) -> None:
+        fence = self._fence()
+        for rid in st.gen.batch.finishing:
+            self.kv.drop(rid, fence)
+            self._token_lists.pop(rid, None)
+        if fence is not None:  # its index tensors may still be read on another stream
+            self._graves.append((fence, st.gen))
+            while self._graves and self._graves[0][0].query():  # type: ignore[attr-defined]
+                self._graves.popleft()
+        self.store.release(st.request_id, fence)
+
+    def collected_logits(self) -> dict[tuple[int, int], torch.Tensor]:
+        """(request, position) -> this rank's vocabulary shard of the logits there (float32, CPU)."""
+        out: dict[tuple[int, int], torch.Tensor] = {}
+        for keys, t in getattr(self, "logits", []):
+            t = t.float().cpu()
+            for j, key in enumerate(keys):
+                out[key] = t[j]
+        return out
 
     # ------------------------------------------------------------------ building blocks
     def buf(self, st: RequestState, name: str, *shape: int) -> torch.Tensor:
@@ -375,6 +475,102 @@ DECODER_OPS: dict[str, Op] = {
 }
 
 
+# ---------------------------------------------------------------------- generative iterations
+# An iteration's state holds all its tokens as rows: prompt chunks first, then one row per
+# decoding sequence (`hw.generative.IterData` says which request and position each row is).
+def _gen_embedding(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    torch.index_select(lib.embed, 0, st.gen.tokens, out=lib.buf(st, "resid", st.tokens, lib.m.hidden))
+
+
+def _gen_rope(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    g = st.gen
+    qk = st.bufs["qkv"].view(st.tokens, lib.nh + 2 * lib.nkv, lib.d)[:, :lib.nh + lib.nkv]
+    half = lib.d // 2
+    rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+    qk.copy_(qk * g.cos[:, None, :] + rot * g.sin[:, None, :])
+
+
+def _check_attention(st: RequestState, k: Kernel, b: int, what: str, n: int) -> None:
+    d = k.spec.dims
+    if d["b"] != b or d.get("sq", n) != n:
+        raise LigerSimError(f"{k.spec.name} of iteration {k.request_id} batches {d['b']} sequences but the iteration "
+                            f"has {b} {what}; is the IR's meta.iterations from another run?")
+
+
+def _write_kv(lib: KernelLibrary, st: RequestState, layer: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store the new tokens' K and V (rows of the fused qkv) in the layer's pools."""
+    nh, nkv, d = lib.nh, lib.nkv, lib.d
+    qkv = st.bufs["qkv"].view(st.tokens, nh + 2 * nkv, d)
+    kp, vp = lib.kv.layer(layer)
+    slots = st.gen.slots[rows]
+    kp.view(-1, nkv, d).index_copy_(0, slots, qkv[rows, nh:nh + nkv])
+    vp.view(-1, nkv, d).index_copy_(0, slots, qkv[rows, nh + nkv:])
+    return kp, vp
+
+
+def _prefill_attention(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """Causal attention of each prompt chunk over its cached past and itself."""
+    g, nh, nkv, d = st.gen, lib.nh, lib.nkv, lib.d
+    n = g.batch.prefill_tokens
+    _check_attention(st, k, len(g.prefill), "prompt chunks", n)
+    kp, vp = _write_kv(lib, st, k.layer, slice(0, n))
+    qkv = st.bufs["qkv"].view(st.tokens, nh + 2 * nkv, d)
+    out = lib.buf(st, "attn_o", st.tokens, nh * d)
+    gqa = nkv != nh
+    for row, c, past, blocks in g.prefill:
+        q = qkv[row:row + c, :nh].transpose(0, 1)[None]
+        if blocks is None:  # a whole prompt, or its first chunk: its own K/V, causal
+            kk = qkv[row:row + c, nh:nh + nkv].transpose(0, 1)[None]
+            vv = qkv[row:row + c, nh + nkv:].transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa)
+        else:  # a later chunk: past + chunk from the cache, bottom-right causal
+            L = past + c
+            kk = kp.index_select(0, blocks).view(-1, nkv, d)[:L].transpose(0, 1)[None]
+            vv = vp.index_select(0, blocks).view(-1, nkv, d)[:L].transpose(0, 1)[None]
+            ar = torch.arange(L, device=q.device)
+            mask = ar[None] <= past + ar[:c, None]
+            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, enable_gqa=gqa)
+        out[row:row + c].view(c, nh, d).copy_(o[0].transpose(0, 1))
+
+
+def _decode_attention(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """One new token per decoding sequence over its whole cached context: the sequences'
+    blocks gathered at once, one masked SDPA over the batch."""
+    g, nh, nkv, d = st.gen, lib.nh, lib.nkv, lib.d
+    n0, b = g.batch.prefill_tokens, len(g.batch.decodes)
+    _check_attention(st, k, b, "decoding sequences", b)
+    kp, vp = _write_kv(lib, st, k.layer, slice(n0, st.tokens))
+    qkv = st.bufs["qkv"].view(st.tokens, nh + 2 * nkv, d)
+    L = g.dec_mask.shape[-1]
+    idx = g.dec_blocks.view(-1)
+    kk = kp.index_select(0, idx).view(b, L, nkv, d).transpose(1, 2)
+    vv = vp.index_select(0, idx).view(b, L, nkv, d).transpose(1, 2)
+    o = F.scaled_dot_product_attention(qkv[n0:, :nh].unsqueeze(2), kk, vv, attn_mask=g.dec_mask,
+                                       enable_gqa=nkv != nh)
+    lib.buf(st, "attn_o", st.tokens, nh * d)[n0:].view(b, nh, d).copy_(o[:, :, 0])
+
+
+def _gen_final_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    """Final norm of each emitting sequence's last token."""
+    if st.fold:
+        _fold(lib, st)
+    x = st.bufs["resid"].index_select(0, st.gen.emit_rows)
+    lib.norm(x, lib.buf(st, "final", x.shape[0], lib.m.hidden), "normf")
+
+
+def _gen_lm_head(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
+    w, x = lib.w["w_lm"], st.bufs["final"]
+    out = lib.buf(st, "logits", x.shape[0], w.shape[1])
+    lib.gemm(st, k, x, w, out)
+    if lib.collect and (k.layer, k.spec.name) not in st.cursor:
+        lib.logits.append((st.gen.emit_keys, out.detach().clone()))
+
+
+GEN_OPS: dict[str, Op] = {**DECODER_OPS, "embedding": _gen_embedding, "rope": _gen_rope,
+                          "prefill_attention": _prefill_attention, "decode_attention": _decode_attention,
+                          "final_norm": _gen_final_norm, "lm_head": _gen_lm_head}
+
+
 # ---------------------------------------------------------------------- any kernel, by kind
 def _row_width(elems: int) -> int:
     """A row length for pointwise kernels given only an element count (power of two ≤ 4096)."""
@@ -410,8 +606,15 @@ class GenericKernels:
             torch.bmm(self.t("a", b, m, kk), self.t("b", b, kk, n), out=self.t("c", b, m, n))
         elif kind == "attention":
             b, h, sq, skv, hd, kvh = d["b"], d["h"], d["sq"], d["skv"], d["d"], d.get("kv_h", d["h"])
+            if k.spec.name == "prefill_attention":  # varlen: sq and skv sum over the b prompts
+                b = 1
             F.scaled_dot_product_attention(self.t("q", b, h, sq, hd), self.t("k", b, kvh, skv, hd),
                                            self.t("v", b, kvh, skv, hd), is_causal=sq == skv, enable_gqa=kvh != h)
+        elif kind == "decode_attention":  # one query per sequence over ctx / b cached tokens each
+            b, h, hd, kvh = d["b"], d["h"], d["d"], d.get("kv_h", d["h"])
+            ctx = max(1, d["ctx"] // max(1, b))
+            F.scaled_dot_product_attention(self.t("q", b, h, 1, hd), self.t("k", b, kvh, ctx, hd),
+                                           self.t("v", b, kvh, ctx, hd), enable_gqa=kvh != h)
         elif k.spec.is_collective:
             buf = self.t("comm", max(1, d["nbytes"] // k.spec.dtype_bytes))
             getattr(self.comm, kind)(buf, k.group or ())

@@ -26,13 +26,13 @@ import torch.multiprocessing as mp
 from hw.collectives import Collectives, DistCollectives, EmulatedCollectives, NoCollectives
 from hw.kernels import KernelLibrary
 from hw.memory import oom_message
-from hw.run import CLOCK_DECIDED, Options, Plan, RankResult, Source, build_plan, write_outputs
+from hw.run import Options, Plan, RankResult, Source, build_plan, write_outputs
 from hw.runtime import TorchRuntime, drive
 from hw.torchenv import torch_dtype
 from hw.weights import Shard
 from sim.errors import LigerSimError
-from sim.kernels import Kernel
-from sim.layers import layer_kernels
+from sim.kernels import Kernel, collective
+from sim.layers import epilogue_kernels, iteration_layer, layer_kernels, prologue_kernels
 
 
 def choose_mode(world: int, opts: Options) -> str:
@@ -51,6 +51,13 @@ def choose_mode(world: int, opts: Options) -> str:
 
 def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
     mode = choose_mode(plan.world, opts)
+    if (mode in ("spawn", "torchrun") and plan.generative and plan.schedule is None
+            and plan.policy_name in ("inter_op", "hybrid")):
+        raise LigerSimError(
+            f"`hw run` of a generative {plan.policy_name} scenario needs one process: its later pipeline stages "
+            "follow the first stage's batching decisions through memory the simulator's policy shares inside one "
+            "process (sim.policies.generative); record the schedule with `ligersim run` and execute it with "
+            "`ligersim hw replay`, or run rank 0 alone with --emulate on a GPU")
     if mode == "torchrun":
         world = int(os.environ["WORLD_SIZE"])
         if world != plan.world:
@@ -78,7 +85,10 @@ def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLib
     device = opts.device if opts.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
     lib = KernelLibrary(m, Shard(plan.tp, rank % plan.tp), device, torch_dtype(opts.device, m.dtype_bytes), comm,
                         seed=plan.scenario.seed, shape_of=plan.shapes.get,
-                        inputs="per_request" if opts.device == "cpu" else "shared")
+                        inputs="per_request" if opts.device == "cpu" else "shared",
+                        generative=plan.composition, collect_logits=opts.logits)
+    if plan.generative:
+        lib.kv.reserve(plan.kv_layers(rank))
     if opts.device != "cpu":
         _warm_up(plan, rank, lib)
     return lib
@@ -89,6 +99,13 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
     m = plan.scenario.model.shape()
     if plan.schedule is not None:
         specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]
+    elif plan.generative:  # a typical iteration: one prompt beside a few decodes
+        prompts = sorted(plan.composition.prompt.values())
+        p = min(prompts[len(prompts) // 2], plan.scenario.serving.max_batch_tokens)
+        specs = (prologue_kernels(m, plan.tp, 1, p + 4) + iteration_layer(m, plan.tp, [(p, 0)], [p + 1] * 4)
+                 + epilogue_kernels(m, plan.tp, 5, 1))
+        tokens = plan.scenario.serving.max_batch_tokens
+        specs.append(collective("all_reduce", "largest", tokens * m.hidden * m.dtype_bytes))
     else:
         specs = [s for b, q in set(plan.shapes.values()) for s in layer_kernels(m, plan.tp, b, q)]
     seen = set()
@@ -113,9 +130,17 @@ def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, ag
     drive(plan.policies[rank](rt), rt)
     rows = rt.rows()
     info = {"rank": rank, "wall_s": time.perf_counter() - wall, "activation_bytes": lib.pool.allocated_bytes}
+    logits = None
+    if plan.generative:
+        kv = lib.kv
+        info["kv_cache"] = {"block_tokens": kv.block, "blocks": kv.blocks, "layers": sorted(kv.pools),
+                            "bytes": kv.bytes_per_layer * len(kv.pools), "grown": kv.grown,
+                            "blocks_in_use_at_end": kv.used_blocks()}
+        if opts.logits:
+            logits = lib.collected_logits()
     if opts.device != "cpu":
         info["max_memory_allocated"] = torch.cuda.max_memory_allocated()
-    return RankResult(rank, rows, ops, info)
+    return RankResult(rank, rows, ops, info, logits)
 
 
 class _oom_guard:
@@ -222,7 +247,7 @@ def _rank_main(rank: int, world: int, src: Source, out: Path, opts: Options, ini
             dist.barrier()
             t0 = [time.perf_counter()]  # CLOCK_MONOTONIC: one clock for all processes of a host
             dist.broadcast_object_list(t0, src=0, group=objects)
-            agree = _agree(objects) if plan.schedule is None and plan.policy_name in CLOCK_DECIDED else None
+            agree = _agree(objects) if plan.schedule is None and plan.clock_decided else None
             result = _run(plan, rank, opts, lib, t0[0], agree)
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object(result, gathered, dst=0, group=objects)

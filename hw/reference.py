@@ -86,3 +86,46 @@ def logits(m: ModelShape, w: dict[str, torch.Tensor], y: torch.Tensor, batch: in
     """The epilogue: final norm of each sequence's last token, then the LM head [batch, vocab]."""
     last = y.view(batch, seq, -1)[:, -1]
     return _norm(m, last, w["normf_g"], w.get("normf_b")) @ w["w_lm"]
+
+
+def cached_decoder_layer(m: ModelShape, w: dict[str, torch.Tensor], x: torch.Tensor, cache: list[torch.Tensor],
+                         past: int) -> torch.Tensor:
+    """The decoder layer over one sequence's tokens at positions past .. past+n-1 (x [n, hidden]),
+    attending to the `past` cached keys/values and to themselves; appends its K/V to `cache`
+    ([K, V], each [kv_heads, tokens, d])."""
+    n, d, nh, nkv = x.shape[0], m.head_dim, m.heads, m.kv_heads
+    n1 = _norm(m, x, w["norm1_g"], w.get("norm1_b"))
+    q, k, v = (n1 @ w["wq"]).view(n, nh, d), (n1 @ w["wk"]).view(n, nkv, d), (n1 @ w["wv"]).view(n, nkv, d)
+    if m.rope:
+        cos, sin = rope_tables(n, past, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    cache[0] = torch.cat([cache[0], k.transpose(0, 1)], dim=1)
+    cache[1] = torch.cat([cache[1], v.transpose(0, 1)], dim=1)
+    kk, vv = cache[0].repeat_interleave(nh // nkv, 0), cache[1].repeat_interleave(nh // nkv, 0)
+    s = q.transpose(0, 1) @ kk.transpose(-1, -2) / math.sqrt(d)  # [heads, n, past + n]
+    later = torch.arange(past + n)[None, :] > past + torch.arange(n)[:, None]
+    s = s.masked_fill(later, float("-inf"))
+    ctx = (torch.softmax(s, -1) @ vv).transpose(0, 1).reshape(n, nh * d)
+    h1 = x + ctx @ w["wo"]
+    n2 = _norm(m, h1, w["norm2_g"], w.get("norm2_b"))
+    fc = n2 @ w["w_fc"]
+    a = F.silu(n2 @ w["w_gate"]) * fc if m.gated else torch.relu(fc)
+    return h1 + a @ w["w_down"]
+
+
+def generate(m: ModelShape, w: dict[str, torch.Tensor], embed: torch.Tensor, tokens: torch.Tensor, prompt: int,
+             output: int) -> torch.Tensor:
+    """One request served alone, as textbook autoregressive decoding: prefill the `prompt`
+    tokens, then feed tokens[prompt], tokens[prompt+1], ... one at a time over a growing
+    per-layer KV cache. Returns the logits [output, vocab] of each emitted token (the last
+    position of the prefill, then of each decode step)."""
+    caches = [[torch.zeros(m.kv_heads, 0, m.head_dim), torch.zeros(m.kv_heads, 0, m.head_dim)]
+              for _ in range(m.layers)]
+    out = []
+    for step in range(output):
+        past = 0 if step == 0 else prompt + step - 1
+        x = embed[tokens[past:prompt if step == 0 else past + 1]]
+        for layer in range(m.layers):
+            x = cached_decoder_layer(m, w, x, caches[layer], past)
+        out.append(_norm(m, x[-1:], w["normf_g"], w.get("normf_b")) @ w["w_lm"])
+    return torch.cat(out)

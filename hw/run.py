@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hw.torchenv import check_device
 from sim import ir
@@ -28,6 +29,7 @@ from sim.runtime import replay_policy
 from sim.scenario import Scenario, load_scenario
 from sim.simulate import (
     events_frame,
+    iteration_table,
     jobs_from_events,
     jobs_from_meta,
     load_jobs,
@@ -57,6 +59,7 @@ class Options:
     channels: int = 16  # CTAs of the emulated collective (NCCL channels)
     trace: bool = True
     timeout_s: float = 300.0
+    logits: bool = False  # generative: also write logits.pt (every emitted token's logits)
 
 
 @dataclass
@@ -73,6 +76,34 @@ class Plan:
     jobs: list[Job] | None = None  # None: recovered from the IR's sleeps (replay)
     schedule: Schedule | None = None
     max_shape: tuple[int, int] = (1, 1)
+    composition: Any = None  # generative: hw.generative.Composition (what each iteration batches)
+    scheduler: Any = None  # generative live runs: the BatchScheduler the policies drive
+    ctx: Any = None  # live runs: the policies' PolicyContext
+
+    @property
+    def generative(self) -> bool:
+        return self.composition is not None
+
+    @property
+    def clock_decided(self) -> bool:
+        """Whether the policy decides from the clock (so ranks must read rank 0's): Liger's
+        planner, and every generative policy's batching (it admits what has arrived by now)."""
+        return self.policy_name in CLOCK_DECIDED or (self.generative and self.schedule is None)
+
+    def kv_layers(self, rank: int) -> list[int]:
+        """The layers whose KV cache `rank` holds (its pipeline stage's)."""
+        if self.schedule is not None:
+            return sorted({op.kernel.layer for op in self.schedule.by_rank()[rank] if op.kernel is not None
+                           and op.kernel.spec.kind in ("attention", "decode_attention")})
+        m, pp = self.scenario.model.shape(), self.scenario.pp()
+        if pp <= 1 or self.ctx is None:
+            return list(range(m.layers))
+        from sim.policies.pipeline import stages
+
+        for stage in stages(self.ctx, self.tp, pp):
+            if rank in stage.ranks:
+                return list(stage.layers)
+        return []
 
 
 @dataclass
@@ -81,25 +112,38 @@ class RankResult:
     rows: list[tuple]
     ops: list[Op]
     info: dict = field(default_factory=dict)
+    logits: dict | None = None  # generative with Options.logits: (request, position) -> this rank's shard
 
 
 def build_plan(src: Source) -> Plan:
     if src.kind == "scenario":
         scn, base = load_scenario(src.path)
         jobs = load_jobs(scn, base, src.jobs)
-        engine, cost, rank_policies, _ = prepare(scn, jobs, record_ir=False, file=src.path)
+        engine, cost, rank_policies, ctx = prepare(scn, jobs, record_ir=False, file=src.path)
         shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
-        return Plan(scn, scn.hardware.count, scn.tp(), rank_policies, cost.solo, engine.topology, shapes,
-                    scn.policy.name, run_meta(scn, jobs), jobs=jobs, max_shape=_largest(shapes))
+        plan = Plan(scn, scn.hardware.count, scn.tp(), rank_policies, cost.solo, engine.topology, shapes,
+                    scn.policy.name, run_meta(scn, jobs), jobs=jobs, max_shape=_largest(shapes), ctx=ctx)
+        if scn.serving.mode == "generative":
+            from hw.generative import Composition
+
+            plan.composition, plan.scheduler = Composition.live(jobs, ctx.scheduler), ctx.scheduler
+            plan.max_shape = (1, scn.serving.max_batch_tokens)
+        return plan
     schedule = ir.load(src.path)
     scn = scenario_of(schedule, src.path)
     engine, cost = make_engine(scn, record_ir=False)
     jobs = jobs_from_meta(schedule.meta)
     shapes = ({j.request_id: (j.batch, j.seq_len) for j in jobs} if jobs
               else shapes_from_ops(schedule.ops, scn.model.shape(), scn.tp()))
-    return Plan(scn, schedule.world, scn.tp(), [replay_policy(ops) for ops in schedule.by_rank()], cost.solo,
+    plan = Plan(scn, schedule.world, scn.tp(), [replay_policy(ops) for ops in schedule.by_rank()], cost.solo,
                 engine.topology, shapes, f"replay:{schedule.meta.get('policy', '?')}", dict(schedule.meta),
                 jobs=jobs, schedule=schedule, max_shape=_largest(shapes))
+    if scn.serving.mode == "generative":
+        from hw.generative import Composition
+
+        plan.composition = Composition.replay(jobs, schedule.meta, schedule.ops, scn.serving.kv_block_tokens, src.path)
+        plan.max_shape = (1, scn.serving.max_batch_tokens)
+    return plan
 
 
 def _largest(shapes: dict[int, tuple[int, int]]) -> tuple[int, int]:
@@ -126,6 +170,10 @@ def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Option
     """The simulator's files (same schema) plus hw.json describing the machine and run."""
     results = sorted(results, key=lambda r: r.rank)
     rows = [row for r in results for row in r.rows]
+    if plan.scheduler is not None and "iterations" not in plan.meta:  # what the live run batched, as `run` records
+        sched = plan.scheduler
+        plan.meta.update(iterations=iteration_table(sched), kv_log=sched.kv_log,
+                         kv_capacity_tokens=sched.total_blocks * sched.block)
     schedule = Schedule(plan.world, [op for r in results for op in r.ops], plan.meta)
     jobs = plan.jobs if plan.jobs is not None else jobs_from_events(rows, plan.schedule or schedule)
     events = events_frame(rows)
@@ -133,24 +181,41 @@ def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Option
                         trace=opts.trace)
     info = {**info, "ranks": [r.info for r in results], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": platform.node(), "python": platform.python_version()}
+    if opts.logits and plan.generative:
+        info["logits"] = _save_logits(plan, results, out / "logits.pt")
     (out / "hw.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return summary
 
 
+def _save_logits(plan: Plan, results: list[RankResult], path: Path) -> str:
+    """logits.pt: {(request, position): full-vocabulary logits (float32)} of every emitted token."""
+    import torch
+
+    from hw.generative import merge_logits
+
+    m = plan.scenario.model.shape()
+    merged = merge_logits([(r.rank % plan.tp, r.logits or {}) for r in results], plan.tp, m.vocab)
+    if merged is None:
+        return "not written: some tensor-parallel ranks were not executed (emulated)"
+    torch.save(merged, path)
+    return f"{path.name}: {len(merged)} tokens"
+
+
 def run_scenario(scenario_path: str | Path, out_dir: str | Path, device: str = "cuda", jobs: int | None = None,
-                 emulate: bool | None = None, channels: int = 16, trace: bool = True) -> dict:
-    """Run a scenario's policy on `device`; returns the summary (also written to out_dir)."""
+                 emulate: bool | None = None, channels: int = 16, trace: bool = True, logits: bool = False) -> dict:
+    """Run a scenario's policy on `device`; returns the summary (also written to out_dir).
+    `logits` (generative): also write logits.pt with every emitted token's logits."""
     check_device(device)
     src = Source("scenario", str(Path(scenario_path).resolve()), jobs)
-    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits))
 
 
 def replay_ir(ir_path: str | Path, out_dir: str | Path, device: str = "cuda", emulate: bool | None = None,
-              channels: int = 16, trace: bool = True) -> dict:
+              channels: int = 16, trace: bool = True, logits: bool = False) -> dict:
     """Execute a recorded IR verbatim on `device`; returns the summary (also written to out_dir)."""
     check_device(device)
     src = Source("ir", str(Path(ir_path).resolve()))
-    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits))
 
 
 def _execute(src: Source, out: Path, opts: Options) -> dict:

@@ -131,6 +131,7 @@ class BatchScheduler:
         self.running: list[Seq] = []  # admission order
         self.iterations: list[Iteration] = []
         self.kv_log: list[tuple[float, int]] = []  # (time, KV tokens allocated)
+        self._preemptions = 0
 
     # -------------------------------------------------------------- queries
     def next_arrival(self) -> float | None:
@@ -167,6 +168,7 @@ class BatchScheduler:
                 victim.blocks = victim.prefilled = 0
                 victim.target = victim.prompt + victim.generated
                 victim.preemptions += 1
+                self._preemptions += 1
                 victim.group = -1
                 self.waiting.appendleft(victim)
                 return True
@@ -177,6 +179,7 @@ class BatchScheduler:
         it = Iteration(len(self.iterations), group, planned_s=now)
         budget, room = self.spec.max_batch_tokens, self.spec.max_batch_seqs
         scheduled: set[int] = set()
+        preempted = self._preemptions
         for s in [s for s in self.running if s.group == group]:
             if s not in self.running or budget < 1 or room < 1:
                 continue  # preempted meanwhile, or the iteration is full
@@ -198,7 +201,10 @@ class BatchScheduler:
                 budget -= chunk
             scheduled.add(s.rid)
             room -= 1
-        while self.waiting and self.waiting[0].arrival_s <= now and room > 0 and budget > 0:
+        # after preempting, admit nothing this iteration (vLLM does the same): the freed blocks
+        # go to the running decodes, or the victim would be readmitted and preempted forever
+        while (self._preemptions == preempted and self.waiting and self.waiting[0].arrival_s <= now
+               and room > 0 and budget > 0):
             s = self.waiting[0]
             chunk = min(s.target, budget) if self.spec.chunked_prefill else s.target
             if chunk > budget:

@@ -96,8 +96,10 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
     meta = run_meta(scn, jobs)
     result = engine.run(rank_policies, meta, progress_horizon_s=horizon or (1e-3 if progress else None))
     if ctx.scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
-        result.meta.update(iterations=iteration_table(ctx.scheduler), kv_log=ctx.scheduler.kv_log,
-                           kv_capacity_tokens=ctx.scheduler.total_blocks * ctx.scheduler.block)
+        sched = ctx.scheduler
+        result.meta.update(iterations=iteration_table(sched), kv_log=sched.kv_log,
+                           kv_capacity_tokens=sched.total_blocks * sched.block,
+                           preemptions=[[s.rid, s.preemptions] for s in sched.seqs.values() if s.preemptions])
     return Run(scn, jobs, result, events_frame(result.events))
 
 

@@ -1,0 +1,131 @@
+"""Generative serving: tokens, budgets, KV capacity, TTFT/TPOT, chunked prefill, policies."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from sim.errors import LigerSimError
+from sim.outputs import run_tables
+from sim.scenario import parse_scenario
+from sim.simulate import load_jobs, prepare, simulate
+
+ZERO_HOST = {"preset": "default", "launch_s": 0.0, "sync_wakeup_s": 0.0}
+
+
+def gen(policy: str = "intra_op", jobs: int = 24, rate: float = 40.0, **serving) -> dict:
+    return copy.deepcopy({
+        "name": "gen", "seed": 5,
+        "hardware": {"gpu": "A100-SXM", "count": 4, "interconnect": "nvswitch-a100"},
+        "model": {"preset": "llama2-7b", "layers": 4},
+        "workload": {"kind": "generate", "jobs": jobs, "arrival": {"process": "poisson", "rate": rate},
+                     "prompt_tokens": {"dist": "uniform", "low": 16, "high": 400},
+                     "output_tokens": {"dist": "uniform", "low": 1, "high": 24}},
+        "serving": {"mode": "generative", **serving},
+        "policy": {"name": policy, **({"tp": 2} if policy == "hybrid" else {})},
+    })
+
+
+def run(d: dict):
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    r = simulate(scn, jobs)
+    req, summary = run_tables(r.events, jobs, r.result.meta, scn.policy.name, r.result.sim_wall_s)
+    return r, req, summary
+
+
+@pytest.mark.parametrize("policy", ["intra_op", "interleaved", "inter_op", "hybrid"])
+def test_every_request_gets_exactly_its_tokens(policy):
+    _, req, summary = run(gen(policy))
+    assert (req["tokens"] == req["output_tokens"]).all()
+    assert (req["ttft_s"] > 0).all() and (req["end_s"] >= req["arrival_s"] + req["ttft_s"]).all()
+    assert summary["tokens"] == req["output_tokens"].sum()
+
+
+@pytest.mark.parametrize("on_kv_full,chunked", [("queue", False), ("preempt", True)])
+def test_iterations_respect_token_budget_and_kv_capacity(on_kv_full, chunked):
+    d = gen("intra_op", jobs=30, rate=400.0, max_batch_tokens=512, max_batch_seqs=12, on_kv_full=on_kv_full,
+            chunked_prefill=chunked)
+    d["workload"]["output_tokens"] = {"dist": "uniform", "low": 100, "high": 300}  # decodes outgrow prompts
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.68e9}  # ~3,000 KV tokens: admission must wait
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    _, _, _, ctx = prepare(scn, jobs)
+    sched = ctx.scheduler
+    r = simulate(scn, jobs)
+    req, _ = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    its = r.result.meta["iterations"]
+    per_it = pd.DataFrame(its, columns=["it", "g", "rid", "tokens", "emits"]).groupby("it")
+    assert per_it["tokens"].sum().max() <= 512
+    assert per_it["rid"].count().max() <= 12
+    cap = r.result.meta["kv_capacity_tokens"]
+    assert cap == sched.total_blocks * sched.block
+    assert max(u for _, u in r.result.meta["kv_log"]) <= cap
+    if on_kv_full == "queue":  # reservations filled the cache: it really was the limit
+        assert max(u for _, u in r.result.meta["kv_log"]) > 0.5 * cap
+    else:  # admitted on their prompts, decodes outgrew the cache and someone was recomputed
+        assert sum(n for _, n in r.result.meta["preemptions"]) > 0
+
+
+def lone(chunked: bool = False, budget: int = 8192):
+    d = gen("intra_op", jobs=1, max_batch_tokens=budget, chunked_prefill=chunked)
+    d["hardware"]["host"] = ZERO_HOST
+    d["workload"]["prompt_tokens"] = 300
+    d["workload"]["output_tokens"] = 6
+    return run(d)
+
+
+def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_step():
+    r, req, _ = lone()
+    ev = r.events[r.events["rank"] == 0]
+    per_it = ev.groupby("request_id")["solo_s"].sum()  # request_id is the iteration here
+    assert len(per_it) == 6  # one prefill, five decode steps
+    assert req["ttft_s"].iloc[0] == pytest.approx(per_it.iloc[0], rel=1e-9)
+    assert req["tpot_s"].iloc[0] == pytest.approx(per_it.iloc[1:].mean(), rel=1e-9)
+
+
+def test_chunked_prefill_computes_the_same_flops():
+    def flops(r):
+        return sum(o.kernel.spec.flops for o in r.result.schedule.ops if o.op == "launch" and o.rank == 0)
+
+    whole, _, _ = lone()
+    chunked, req, _ = lone(chunked=True, budget=64)
+    assert len(chunked.result.meta["iterations"]) == 5 + 5  # ceil(300/64) chunks, then five decodes
+    assert flops(chunked) == pytest.approx(flops(whole), rel=1e-12)
+    assert req["tokens"].iloc[0] == 6
+
+
+def test_interleaved_with_one_group_equals_intra_op():
+    a, b = gen("intra_op"), gen("interleaved", groups=1)
+    for d in (a, b):
+        d["hardware"]["host"] = ZERO_HOST
+    _, ra, _ = run(a)
+    _, rb, _ = run(b)
+    for col in ("ttft_s", "tpot_s", "jct_s"):
+        pd.testing.assert_series_equal(ra[col], rb[col], rtol=1e-9)
+
+
+def test_interleaved_groups_overlap_communication():
+    _, _, s = run(gen("interleaved", rate=400.0, groups=2))
+    assert s["overlap_frac"] > 0.02
+
+
+def test_slo_goodput():
+    _, req, s = run(gen("intra_op", slo_ttft_s=10.0, slo_tpot_s=10.0))
+    assert s["slo_attainment"] == 1.0 and s["goodput_jobs_s"] > 0
+    _, _, tight = run(gen("intra_op", slo_ttft_s=1e-6))
+    assert tight["slo_attainment"] == 0.0
+
+
+def test_requests_that_cannot_fit_are_clear_errors():
+    d = gen("intra_op", max_batch_tokens=128)
+    with pytest.raises(LigerSimError, match="chunked_prefill"):
+        run(d)
+    d = gen("intra_op")
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 1.5e9}  # ~28k KV tokens
+    d["workload"]["output_tokens"] = 60000
+    with pytest.raises(LigerSimError, match="KV cache"):
+        run(d)
