@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sim.errors import LigerSimError
@@ -351,66 +352,46 @@ class IterData:
 
 def build_iter_data(batch: IterBatch, kv: PagedKV, tokens_of, rope: tuple[torch.Tensor, torch.Tensor] | None,
                     device: str) -> IterData:
-    """Allocate the iteration's KV blocks and move its indices to the device in one copy."""
-    B = kv.block
-    pieces: list[torch.Tensor] = []
-    tok, pos, slots = [], [], []
-    prefill_meta, rows = [], 0
-    for s in batch.segs:
-        table = kv.ensure(s.rid, s.past + s.new)
-        p = torch.arange(s.past, s.past + s.new, dtype=torch.int64)
-        t = torch.tensor(table, dtype=torch.int64)
-        tok.append(tokens_of(s.rid)[s.past:s.past + s.new])
-        pos.append(p)
-        slots.append(t[p // B] * B + p % B)
-        if not s.decode:
-            prefill_meta.append((rows, s.new, s.past, t[:-(-(s.past + s.new) // B)] if s.past else None))
-        rows += s.new
-    T = rows
-    pieces += [torch.cat(tok), torch.cat(pos), torch.cat(slots)]
-    offsets = []
-    row = 0
-    for s in batch.segs:
-        row += s.new
-        if s.emits:
-            offsets.append(row - 1)
-    pieces.append(torch.tensor(offsets, dtype=torch.int64))
-    for _, _, _, blocks in prefill_meta:
-        if blocks is not None:
-            pieces.append(blocks)
-    dec = batch.decodes
-    nb = 0
-    if dec:
-        nb = max(-(-(s.past + 1) // B) for s in dec)
-        bt = torch.zeros((len(dec), nb), dtype=torch.int64)
-        ctx = torch.tensor([s.past + 1 for s in dec], dtype=torch.int64)
-        for j, s in enumerate(dec):
-            table = kv.tables[s.rid][:-(-(s.past + 1) // B)]
-            bt[j, :len(table)] = torch.tensor(table, dtype=torch.int64)
-        pieces += [bt.view(-1), ctx]
-    flat = torch.cat(pieces)
+    """Allocate the iteration's KV blocks and move its indices to the device in one copy
+    (host work in numpy: a few microseconds per request, not per token)."""
+    B, segs = kv.block, batch.segs
+    n, npre = len(segs), len(batch.prefills)
+    new = np.fromiter((s.new for s in segs), np.int64, n)
+    past = np.fromiter((s.past for s in segs), np.int64, n)
+    tables = [kv.ensure(s.rid, s.past + s.new) for s in segs]
+    tbl = np.zeros((n, max(len(t) for t in tables)), np.int64)  # block tables, padded with block 0
+    for i, t in enumerate(tables):
+        tbl[i, :len(t)] = t
+    ends = np.cumsum(new)
+    starts, T = ends - new, int(ends[-1])
+    seg_of = np.repeat(np.arange(n), new)
+    pos = past[seg_of] + np.arange(T) - starts[seg_of]
+    slots = tbl[seg_of, pos // B] * B + pos % B
+    tok = np.concatenate([tokens_of(s.rid)[s.past:s.past + s.new] for s in segs])
+    emits = np.fromiter((s.emits for s in segs), bool, n)
+    pieces = [tok, pos, slots, ends[emits] - 1]
+    with_past = [i for i in range(npre) if segs[i].past]
+    pieces += [tbl[i, :-(-(past[i] + new[i]) // B)] for i in with_past]
+    ndec, nb = n - npre, 0
+    if ndec:
+        ctx = past[npre:] + 1
+        nb = int(-(-ctx.max() // B))
+        pieces += [tbl[npre:, :nb].ravel(), ctx]
+    flat = torch.from_numpy(np.concatenate(pieces))
     if device != "cpu":
         flat = flat.pin_memory().to(device, non_blocking=True)
-    parts = list(torch.split(flat, [x.numel() for x in pieces]))
+    parts = list(torch.split(flat, [len(x) for x in pieces]))
     tokens_d, pos_d, slots_d, emit_d = parts[:4]
-    k = 4
-    prefill = []
-    for r, n, past, blocks in prefill_meta:
-        if blocks is not None:
-            prefill.append((r, n, past, parts[k]))
-            k += 1
-        else:
-            prefill.append((r, n, past, None))
+    past_blocks = dict(zip(with_past, parts[4:4 + len(with_past)], strict=True))
+    prefill = [(int(starts[i]), int(new[i]), int(past[i]), past_blocks.get(i)) for i in range(npre)]
     dec_blocks = dec_mask = None
-    if dec:
-        dec_blocks = parts[k].view(len(dec), nb)
-        ctx_d = parts[k + 1]
-        dec_mask = (torch.arange(nb * B, device=flat.device)[None] < ctx_d[:, None]).view(len(dec), 1, 1, nb * B)
+    if ndec:
+        dec_blocks = parts[-2].view(ndec, nb)
+        dec_mask = (torch.arange(nb * B, device=flat.device)[None] < parts[-1][:, None]).view(ndec, 1, 1, nb * B)
     cos = sin = None
     if rope is not None:
         cos, sin = rope[0].index_select(0, pos_d), rope[1].index_select(0, pos_d)
-    keys = [(s.rid, s.past + s.new - 1) for s in batch.segs if s.emits]
-    assert T == batch.tokens
+    keys = [(s.rid, s.past + s.new - 1) for s in segs if s.emits]
     return IterData(batch, tokens_d, slots_d, cos, sin, prefill, dec_blocks, dec_mask, emit_d, keys, keep=[flat])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -131,18 +132,18 @@ class KernelLibrary:
         if m.rope:
             cos, sin = rope_tables(comp.max_len, 0, self.d)
             self.rope_table = (cos.to(self.device, self.dtype), sin.to(self.device, self.dtype))
-        self._token_lists: dict[int, torch.Tensor] = {}
+        self._token_lists: dict[int, np.ndarray] = {}
         self.collect = collect
         self.logits: list[tuple[list[tuple[int, int]], torch.Tensor]] = []
         self._graves: deque[tuple[object, IterData]] = deque()
 
-    def tokens_of(self, rid: int) -> torch.Tensor:
-        """Request `rid`'s prompt + output token ids (CPU)."""
+    def tokens_of(self, rid: int) -> np.ndarray:
+        """Request `rid`'s prompt + output token ids (host)."""
         t = self._token_lists.get(rid)
         if t is None:
             assert self.gen is not None
             n = self.gen.prompt[rid] + self.gen.output[rid]
-            t = self._token_lists[rid] = token_ids(self.seed, rid, n, self.vocab)
+            t = self._token_lists[rid] = token_ids(self.seed, rid, n, self.vocab).numpy()
         return t
 
     def _run_generative(self, k: Kernel) -> None:

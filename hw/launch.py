@@ -160,8 +160,12 @@ class _oom_guard:
             except (RuntimeError, AssertionError):  # the error came from elsewhere: no device to ask
                 free, total, name = 0.0, 0.0, "the GPU"
             b, s = self.plan.max_shape
-            raise LigerSimError(oom_message(self.plan.scenario.model.shape(), self.plan.tp, b, s, name, total,
-                                            free)) from None
+            m, kv = self.plan.scenario.model.shape(), 0.0
+            if self.plan.generative:  # the pools of the layers a rank holds, at the simulator's capacity
+                layers = max(len(self.plan.kv_layers(r)) for r in range(self.plan.world))
+                kv = (self.plan.composition.capacity_tokens * layers * 2 * max(1, m.kv_heads // self.plan.tp)
+                      * m.head_dim * m.dtype_bytes)
+            raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv)) from None
         return False
 
 

@@ -16,10 +16,14 @@ def hw_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, in_flight: int
     return shard + full_fp32 + in_flight * activation_bytes_per_gpu(m, tp, batch, seq)
 
 
-def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, total: float, free: float) -> str:
-    need = hw_bytes_needed(m, tp, batch, seq)
+def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, total: float, free: float,
+                kv_bytes: float = 0.0) -> str:
+    need = hw_bytes_needed(m, tp, batch, seq) + kv_bytes
     return (f"the GPU ran out of memory: this scenario needs about {need / 1e9:.1f} GB per GPU on the hw backend "
             f"(one {m.name} layer's weights at tp={tp}, shared by all {m.layers} layers, their fp32 generation "
-            f"buffer, and activations of up to 6 in-flight {batch}x{seq} jobs; a full deployment would hold "
+            f"buffer, activations of up to 6 in-flight {batch}x{seq} jobs"
+            + (f", and a {kv_bytes / 1e9:.1f} GB paged KV cache (the simulator's KV capacity for the scenario's GPU "
+               "memory; lower hardware.gpu.memory or serving.memory_utilization to shrink it)" if kv_bytes else "")
+            + f"; a full deployment would hold "
             f"{weight_bytes_per_gpu(m, tp) / 1e9:.1f} GB of weights) but {device_name} has {total / 1e9:.1f} GB "
             f"({free / 1e9:.1f} GB free); use a GPU with more memory, a larger tp, or a smaller model")

@@ -16,7 +16,8 @@ def _run(args: argparse.Namespace) -> None:
 
     scn, base = load_scenario(args.scenario)
     jobs = load_jobs(scn, base, args.jobs)
-    run = simulate(scn, jobs, record_ir=not args.no_ir, file=str(args.scenario), progress=sys.stderr.isatty())
+    run = simulate(scn, jobs, record_ir=not args.no_ir, file=str(args.scenario), progress=sys.stderr.isatty(),
+                   fold_ranks=args.fold_ranks)
     out = Path(args.output)
     interrupted = bool(run.result.meta.get("interrupted"))
     summary = write_run(out, run.events, jobs, None if args.no_ir else run.result.schedule, scn.policy.name,
@@ -69,7 +70,7 @@ def _curve(args: argparse.Namespace) -> None:
     rates = parse_rates(args.rates)
     out = Path(args.output)
     curve = sweep(scn, scn_dict, base, policies, rates, out, jobs=args.jobs, workers=args.workers,
-                  resume=args.resume, file=str(args.scenario))
+                  resume=args.resume, file=str(args.scenario), fold_ranks=args.fold_ranks)
     table = jpc(curve)
     plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
     print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large runs)")
     r.add_argument("--no-ir", action="store_true", help="skip recording the schedule IR")
     r.add_argument("--no-plot", action="store_true", help="skip timeline.png (rank 0, a few jobs)")
+    r.add_argument("--fold-ranks", action="store_true",
+                   help="simulate rank 0 only: exact and faster for the tensor-parallel policies")
     r.set_defaults(func=_run)
 
     rp = sub.add_parser("replay", help="re-execute a recorded schedule IR in the simulator")
@@ -180,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=None, help="use only the first N jobs at each rate")
     c.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     c.add_argument("--resume", action="store_true", help="keep points already in OUTPUT/curve.csv")
+    c.add_argument("--fold-ranks", action="store_true",
+                   help="simulate rank 0 only for the tensor-parallel policies (exact, faster)")
     c.set_defaults(func=_curve)
 
     t = sub.add_parser("trace", help="workload traces")

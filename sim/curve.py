@@ -29,7 +29,8 @@ from sim.workload import with_rate
 SUSTAIN = 0.9
 GROWTH = 2.0
 CURVE_COLUMNS = ["policy", "offered_rate", "arrival_rate", "achieved_rate", "jct_mean_s", "jct_p50_s", "jct_p90_s", "jct_p99_s",
-                 "jct_growth", "gpu_busy_frac", "overlap_frac", "jobs", "kernels", "sim_wall_s"]
+                 "jct_growth", "slo_attainment", "gpu_busy_frac", "overlap_frac", "jobs", "kernels", "sim_wall_s"]
+SLO_ATTAINMENT = 0.9
 
 
 def parse_rates(text: str) -> list[float]:
@@ -64,12 +65,14 @@ def policy_variant(scn_dict: dict, policy: str) -> dict:
 
 
 def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jobs: int | None,
-              file: str) -> dict:
+              file: str, fold_ranks: bool = False) -> dict:
     """One point of a curve (top-level so worker processes can run it)."""
     scn = parse_scenario(policy_variant(scn_dict, policy), file)
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
     job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
-    run = simulate(scn, job_list, record_ir=False, file=file)
+    from sim.simulate import SYMMETRIC_POLICIES
+
+    run = simulate(scn, job_list, record_ir=False, file=file, fold_ranks=fold_ranks and policy in SYMMETRIC_POLICIES)
     from sim.outputs import run_tables
 
     req, s = run_tables(run.events, job_list, run.result.meta, policy, run.result.sim_wall_s)
@@ -83,7 +86,10 @@ def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jo
 def jpc(curve: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for policy, g in curve.groupby("policy", sort=False):
-        ok = g[(g["achieved_rate"] >= SUSTAIN * g["arrival_rate"]) & (g["jct_growth"] <= GROWTH)]
+        ok = (g["achieved_rate"] >= SUSTAIN * g["arrival_rate"]) & (g["jct_growth"] <= GROWTH)
+        if "slo_attainment" in g and g["slo_attainment"].notna().any():  # generative with SLOs
+            ok = g["slo_attainment"] >= SLO_ATTAINMENT
+        ok = g[ok]
         rows.append({"policy": policy, "jpc_jobs_s": float(ok["achieved_rate"].max()) if len(ok) else np.nan,
                      "capacity_jobs_s": float(g["achieved_rate"].max())})
     return pd.DataFrame(rows, columns=["policy", "jpc_jobs_s", "capacity_jobs_s"])
@@ -91,7 +97,7 @@ def jpc(curve: pd.DataFrame) -> pd.DataFrame:
 
 def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
           out: Path, jobs: int | None = None, workers: int | None = None, resume: bool = False,
-          file: str = "<scenario>", progress: bool = True) -> pd.DataFrame:
+          file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
@@ -106,7 +112,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = {pool.submit(run_point, scn_dict, base, p, r, jobs, file): (p, r) for p, r in todo}
+            futs = {pool.submit(run_point, scn_dict, base, p, r, jobs, file, fold_ranks): (p, r) for p, r in todo}
             for fut in as_completed(futs):
                 row = fut.result()
                 pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)

@@ -89,11 +89,24 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
     return engine, cost, policies.build(ctx), ctx
 
 
+SYMMETRIC_POLICIES = ("intra_op", "in_order", "interleaved")
+
+
 def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>",
-             progress: bool = False) -> Run:
+             progress: bool = False, fold_ranks: bool = False) -> Run:
+    """Simulate `jobs` under the scenario. `fold_ranks` simulates rank 0 only, which is exact
+    for the tensor-parallel policies (every rank runs the same kernels at the same times) and
+    `hardware.count` times faster; the events table then holds rank 0's kernels."""
+    if fold_ranks and scn.policy.name not in SYMMETRIC_POLICIES:
+        raise LigerSimError(f"--fold-ranks needs a policy whose ranks are all alike ({', '.join(SYMMETRIC_POLICIES)});"
+                            f" {scn.policy.name} gives each pipeline stage different work", file=file,
+                            field="policy.name")
     engine, _, rank_policies, ctx = prepare(scn, jobs, record_ir, file)
+    engine.fold = fold_ranks
     horizon = max(j.arrival_s for j in jobs) if progress else None
     meta = run_meta(scn, jobs)
+    if fold_ranks:
+        meta["folded_ranks"] = True
     result = engine.run(rank_policies, meta, progress_horizon_s=horizon or (1e-3 if progress else None))
     if ctx.scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
         sched = ctx.scheduler
@@ -129,6 +142,7 @@ def replay(schedule: Schedule, jobs: list[Job] | None = None, file: str = "<IR>"
     """Re-execute a recorded IR in the simulator, on the hardware its header describes."""
     scn = scenario_of(schedule, file)
     engine, _ = make_engine(scn)
+    engine.fold = bool(schedule.meta.get("folded_ranks"))
     result = engine.run([replay_policy(ops) for ops in schedule.by_rank()], schedule.meta)
     jobs = jobs or jobs_from_meta(schedule.meta) or jobs_from_events(result.events, schedule)
     return Run(scn, jobs, result, events_frame(result.events))

@@ -129,3 +129,18 @@ def test_requests_that_cannot_fit_are_clear_errors():
     d["workload"]["output_tokens"] = 60000
     with pytest.raises(LigerSimError, match="KV cache"):
         run(d)
+
+
+def test_generative_curve_uses_slos_for_jpc(tmp_path):
+    from sim.curve import jpc, sweep
+
+    d = gen("intra_op", jobs=12, slo_ttft_s=0.5, slo_tpot_s=0.05)
+    scn = parse_scenario(d)
+    curve = sweep(scn, d, None, ["intra_op"], [5.0, 2000.0], tmp_path, workers=1, progress=False)
+    assert curve["slo_attainment"].notna().all()
+    low, high = curve.sort_values("offered_rate")["slo_attainment"]
+    assert low >= high
+    table = jpc(curve)
+    ok = curve[curve["slo_attainment"] >= 0.9]
+    expected = ok["achieved_rate"].max() if len(ok) else float("nan")
+    assert table["jpc_jobs_s"].iloc[0] == pytest.approx(expected, nan_ok=True)

@@ -183,3 +183,28 @@ def test_split_collectives_cover_the_whole_payload_and_overlap_more():
     s1, s0 = summarise(r.events, q, "x", None), summarise(r0.events, q0, "y", None)
     assert s1["overlap_frac"] > s0["overlap_frac"]
     assert s1["throughput_jobs_s"] > s0["throughput_jobs_s"]
+
+
+@pytest.mark.parametrize("generative", [False, True])
+def test_folding_ranks_is_exact_for_tensor_parallel_policies(generative):
+    from sim.errors import LigerSimError
+    from sim.simulate import replay
+
+    d = tiny("interleaved")
+    if generative:
+        d["model"] = {"preset": "llama2-7b", "layers": 2}
+        d["workload"].update(prompt_tokens={"dist": "uniform", "low": 16, "high": 200}, output_tokens=5)
+        d["serving"] = {"mode": "generative"}
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    full = simulate(scn, jobs)
+    folded = simulate(scn, jobs, fold_ranks=True)
+    cols = ["kernel_id", "request_id", "name", "start_s", "end_s"]
+    rank0 = full.events[full.events["rank"] == 0][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(folded.events[cols].reset_index(drop=True), rank0)
+    assert set(folded.events["rank"]) == {0}
+    # a folded IR replays folded
+    rep = replay(folded.result.schedule)
+    pd.testing.assert_frame_equal(rep.events, folded.events)
+    with pytest.raises(LigerSimError, match="fold-ranks"):
+        simulate(parse_scenario(tiny("inter_op")), jobs, fold_ranks=True)
