@@ -132,6 +132,7 @@ class BatchScheduler:
         self.iterations: list[Iteration] = []
         self.kv_log: list[tuple[float, int]] = []  # (time, KV tokens allocated)
         self._preemptions = 0
+        self.in_flight: set[int] = set()  # groups with a planned iteration not yet completed
 
     # -------------------------------------------------------------- queries
     def next_arrival(self) -> float | None:
@@ -159,10 +160,11 @@ class BatchScheduler:
         return True
 
     def _preempt(self, group: int, scheduled: set[int]) -> bool:
-        """Free the newest sequence of `group` not already in this iteration, to be
-        recomputed later (its prompt and the tokens it generated are prefilled again)."""
+        """Free the newest sequence not in this iteration nor in another group's iteration
+        still on the GPU, to be recomputed later (its prompt and generated tokens are
+        prefilled again)."""
         for victim in reversed(self.running):
-            if victim.group == group and victim.rid not in scheduled:
+            if victim.rid not in scheduled and (victim.group == group or victim.group not in self.in_flight):
                 self.running.remove(victim)
                 self.free_blocks += victim.blocks
                 victim.blocks = victim.prefilled = 0
@@ -222,15 +224,17 @@ class BatchScheduler:
             scheduled.add(s.rid)
             budget -= chunk
             room -= 1
-        self.kv_log.append((now, (self.total_blocks - self.free_blocks) * self.block))
         if not it.prefills and not it.decodes:
             return None
+        self.kv_log.append((now, (self.total_blocks - self.free_blocks) * self.block))
         self.iterations.append(it)
+        self.in_flight.add(group)
         return it
 
     def complete(self, it: Iteration) -> None:
         """Apply an iteration's results: prompts advance, tokens are emitted, finished
         sequences free their KV blocks."""
+        self.in_flight.discard(it.group)
         for rid, chunk, _ in it.prefills:
             self.seqs[rid].prefilled += chunk
         for rid in it.emits:

@@ -144,3 +144,16 @@ def test_generative_curve_uses_slos_for_jpc(tmp_path):
     ok = curve[curve["slo_attainment"] >= 0.9]
     expected = ok["achieved_rate"].max() if len(ok) else float("nan")
     assert table["jpc_jobs_s"].iloc[0] == pytest.approx(expected, nan_ok=True)
+
+
+def test_interleaved_groups_preempt_each_other_when_the_cache_is_full():
+    """Two groups whose sequences fill the cache must still make progress (a victim may
+    come from another group whose iteration is not on the GPU)."""
+    d = gen("interleaved", jobs=16, rate=400.0, groups=2, on_kv_full="preempt", max_batch_seqs=6,
+            max_batch_tokens=512)
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.64e9}
+    d["workload"]["prompt_tokens"] = {"dist": "uniform", "low": 16, "high": 64}
+    d["workload"]["output_tokens"] = {"dist": "uniform", "low": 100, "high": 300}
+    r, req, _ = run(d)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    assert sum(n for _, n in r.result.meta["preemptions"]) > 0
