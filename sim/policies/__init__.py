@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from sim.policies.common import PolicyContext, RankPolicy
 from sim.policies.generative import build_gen_interleaved, build_gen_intra_op, build_gen_pipeline
-from sim.policies.in_order import build_intra_op
 from sim.policies.interleaved import build_interleaved
+from sim.policies.intra_op import build_intra_op
 from sim.policies.pipeline import build_pipeline
 
 POLICIES: dict[str, Callable[[PolicyContext], list[RankPolicy]]] = {
