@@ -10,8 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.errors import LigerSimError
-
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("-o", "--output", default=default_out, help="output folder")
@@ -66,18 +64,11 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.cli import main as run_cli
+
     p = argparse.ArgumentParser(prog="ligersim", description=__doc__)
     register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        args.func(args)
-    except LigerSimError as e:
-        print(f"ligersim: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ligersim: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(argv, p)
 
 
 if __name__ == "__main__":

@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run a command; user errors print one line and exit 2, Ctrl-C exits 130."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         args.func(args)
     except LigerSimError as e:

@@ -89,25 +89,31 @@ def encoder_layer(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.Kernel
 
 def decoder_layer(m: ModelShape, tp: int, batch: int, seq: int, past: int = 0) -> list[K.KernelSpec]:
     """A LLaMA/OPT-style decoder layer over `seq` new tokens per sequence with `past` cached."""
-    db, t, h = m.dtype_bytes, batch * seq, m.hidden
+    nh, nkv = _local_heads(m, tp)
+    attn = K.attention("attention", batch, nh, seq, past + seq, m.head_dim, nkv, causal=True, dtype_bytes=m.dtype_bytes)
+    return _decoder_head(m, tp, batch * seq) + [attn] + _decoder_tail(m, tp, batch * seq)
+
+
+def _decoder_head(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
+    """A decoder layer before attention, over `t` tokens: norm, fused QKV projection, RoPE."""
+    db, h = m.dtype_bytes, m.hidden
     nh, nkv = _local_heads(m, tp)
     q_w, kv_w = nh * m.head_dim, nkv * m.head_dim
     norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
-    f = m.ffn // tp
-    ks = [
-        K.pointwise(norm, "input_norm", t * h, 2, 1, 6.0, db),
-        K.gemm("qkv_proj", t, q_w + 2 * kv_w, h, db),
-    ]
+    ks = [K.pointwise(norm, "input_norm", t * h, 2, 1, 6.0, db), K.gemm("qkv_proj", t, q_w + 2 * kv_w, h, db)]
     if m.rope:
         ks.append(K.pointwise("rope", "rope", t * (q_w + kv_w), 1, 1, 6.0, db))
-    ks += [
-        K.attention("attention", batch, nh, seq, past + seq, m.head_dim, nkv, causal=True, dtype_bytes=db),
-        K.gemm("o_proj", t, h, q_w, db),
-    ]
+    return ks
+
+
+def _decoder_tail(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
+    """A decoder layer after attention, over `t` tokens: O-proj, all-reduce, norm, MLP, all-reduce."""
+    db, h, f = m.dtype_bytes, m.hidden, m.ffn // tp
+    ks = [K.gemm("o_proj", t, h, _local_heads(m, tp)[0] * m.head_dim, db)]
     if tp > 1:
         ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
     ks += [
-        K.pointwise(norm, "post_attn_norm", t * h, 2, 1, 6.0, db),
+        K.pointwise("rmsnorm" if m.norm == "rmsnorm" else "layernorm", "post_attn_norm", t * h, 2, 1, 6.0, db),
         K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
         K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
         K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
@@ -169,28 +175,12 @@ def iteration_layer(m: ModelShape, tp: int, prefills: list[tuple[int, int]], dec
     sequence (its new token included). GEMMs, norms and all-reduces run over all the
     iteration's tokens at once; attention is one varlen prefill kernel and one paged decode
     kernel."""
-    db, h = m.dtype_bytes, m.hidden
+    db = m.dtype_bytes
     t = sum(c for c, _ in prefills) + len(decodes)
     nh, nkv = _local_heads(m, tp)
-    q_w, kv_w = nh * m.head_dim, nkv * m.head_dim
-    norm = "rmsnorm" if m.norm == "rmsnorm" else "layernorm"
-    f = m.ffn // tp
-    ks = [K.pointwise(norm, "input_norm", t * h, 2, 1, 6.0, db), K.gemm("qkv_proj", t, q_w + 2 * kv_w, h, db)]
-    if m.rope:
-        ks.append(K.pointwise("rope", "rope", t * (q_w + kv_w), 1, 1, 6.0, db))
+    ks = _decoder_head(m, tp, t)
     if prefills:
         ks.append(K.prefill_attention("prefill_attention", nh, nkv, m.head_dim, prefills, db))
     if decodes:
         ks.append(K.decode_attention("decode_attention", nh, nkv, m.head_dim, decodes, db))
-    ks.append(K.gemm("o_proj", t, h, q_w, db))
-    if tp > 1:
-        ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
-    ks += [
-        K.pointwise(norm, "post_attn_norm", t * h, 2, 1, 6.0, db),
-        K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
-        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
-        K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
-    ]
-    if tp > 1:
-        ks.append(K.collective("all_reduce", "mlp_all_reduce", t * h * db))
-    return ks
+    return ks + _decoder_tail(m, tp, t)
