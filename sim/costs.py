@@ -13,6 +13,7 @@ split-K / stream-K), so such a GEMM spreads over ⌊SMs / tiles⌋ K-slices of a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,17 @@ class CostModel(Protocol):
     def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float: ...
 
 
+def cached(cache: dict, spec: KernelSpec, group: tuple[int, ...] | None,
+           compute: Callable[[KernelSpec, tuple[int, ...] | None], float]) -> float:
+    """Solo durations are asked for once per launch, so they are cached per spec object
+    (its id; the cache keeps the spec alive so the id is not reused) and group."""
+    key = (id(spec), group)
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (compute(spec, group), spec)
+    return hit[0]
+
+
 @dataclass(slots=True)
 class RooflineCost:
     peak_flops: float
@@ -41,13 +53,7 @@ class RooflineCost:
         return self.spec_solo(kernel.spec, kernel.group)
 
     def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
-        key = (id(spec), group)
-        t = self._cache.get(key)
-        if t is None:
-            t = self._compute(spec, group)
-            self._cache[key] = (t, spec)  # keep spec alive so its id is not reused
-            return t
-        return t[0]
+        return cached(self._cache, spec, group, self._compute)
 
     def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
         if spec.is_collective:
@@ -92,14 +98,10 @@ class ProfileCost:
         return self.spec_solo(kernel.spec, kernel.group)
 
     def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
-        key = (id(spec), group)
-        t = self._cache.get(key)
-        if t is None:
-            if spec.is_collective:
-                base = self.roofline.spec_solo(spec, group)
-                value = base + self.collective_overhead_s if base > 0 else 0.0
-            else:
-                value = self.measured.estimate(spec)  # type: ignore[attr-defined]
-            self._cache[key] = (value, spec)  # keep spec alive so its id is not reused
-            return value
-        return t[0]
+        return cached(self._cache, spec, group, self._compute)
+
+    def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
+        if spec.is_collective:
+            base = self.roofline.spec_solo(spec, group)
+            return base + self.collective_overhead_s if base > 0 else 0.0
+        return self.measured.estimate(spec)  # type: ignore[attr-defined]
