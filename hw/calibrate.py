@@ -30,10 +30,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from hw.calibrate_iterations import IterShape, SyntheticComposition, iteration_shapes
 from hw.torchenv import check_device, torch_dtype
 from sim.errors import LigerSimError
 from sim.kernels import Kernel, KernelSpec, split_gemm
@@ -65,6 +67,13 @@ TINY_CPU = [
                "layers": 2, "vocab": 256},
      "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
                   "seq_len": {"dist": "uniform", "low": 8, "high": 32}}},
+    {"name": "tiny-generative", "hardware": {"gpu": "A100-SXM", "count": 2, "interconnect": "nvswitch-a100"},
+     "model": {"preset": "llama2-7b", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+               "layers": 2, "vocab": 256},
+     "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000},
+                  "prompt_tokens": {"dist": "uniform", "low": 8, "high": 48},
+                  "output_tokens": {"dist": "uniform", "low": 2, "high": 8}},
+     "serving": {"mode": "generative", "max_batch_tokens": 32, "chunked_prefill": True}},
 ]
 
 
@@ -104,21 +113,27 @@ class Target:
     seq: int
 
 
-def targets(settings: Settings) -> list[Target]:
-    """(model, tp, batch, seq) to measure: each scenario's model and sharding over a log grid
-    of the sequence lengths (and every batch size) its workload draws."""
+def _scenarios(settings: Settings) -> list[tuple]:
+    """(scenario, its jobs) for every scenario to calibrate for (built-in tiny ones on CPU)."""
     from sim.scenario import load_scenario, parse_scenario
     from sim.simulate import load_jobs
 
-    loaded = []
     if settings.scenarios:
-        for path in settings.scenarios:
-            loaded.append(load_scenario(path))
+        loaded = [load_scenario(path) for path in settings.scenarios]
     else:
         loaded = [(parse_scenario(d, f"<builtin {d['name']}>"), REPO) for d in TINY_CPU]
+    if not loaded:
+        raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
+    return [(scn, load_jobs(scn, base)) for scn, base in loaded]
+
+
+def targets(settings: Settings) -> list[Target]:
+    """(model, tp, batch, seq) to measure: each encoder-style scenario's model and sharding over
+    a log grid of the sequence lengths (and every batch size) its workload draws."""
     out: dict[tuple, Target] = {}
-    for scn, base in loaded:
-        jobs = load_jobs(scn, base)
+    for scn, jobs in _scenarios(settings):
+        if scn.serving.mode == "generative":
+            continue
         batches = sorted({j.batch for j in jobs})
         seqs = sorted({j.seq_len for j in jobs})
         grid = sorted({int(round(x)) for x in np.geomspace(seqs[0], seqs[-1], settings.seq_points)} | {seqs[0], seqs[-1]})
@@ -126,9 +141,16 @@ def targets(settings: Settings) -> list[Target]:
         for b in batches:
             for s in grid:
                 out[(m, scn.tp(), b, s)] = Target(m, scn.tp(), b, s)
-    if not out:
-        raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
     return list(out.values())
+
+
+def gen_targets(settings: Settings) -> list[IterShape]:
+    """Synthetic iterations spanning every generative scenario's workload (`hw.calibrate_iterations`)."""
+    out: dict[IterShape, None] = {}
+    for scn, jobs in _scenarios(settings):
+        if scn.serving.mode == "generative":
+            out.update(dict.fromkeys(iteration_shapes(scn, jobs, settings.seq_points)))
+    return list(out)
 
 
 def specs_of(t: Target, fractions: tuple[int, ...]) -> list[KernelSpec]:
@@ -140,6 +162,15 @@ def specs_of(t: Target, fractions: tuple[int, ...]) -> list[KernelSpec]:
         if s.kind == "gemm" and s.dims["n"] >= 8:
             pieces += [split_gemm(s, j / 8)[0] for j in fractions]
     return specs + pieces
+
+
+def _run_iteration_kernel(lib, st, k: Kernel) -> None:
+    """One kernel of a synthetic generative iteration: its named op, else a generic kernel."""
+    op = lib.ops.get(k.spec.name)
+    if op is None:
+        lib.generic.run(k)
+    else:
+        op(lib, st, k)
 
 
 def entry_key(spec: KernelSpec) -> tuple:
@@ -264,8 +295,17 @@ class Calibration:
             if new:
                 plan.setdefault((t.model, t.tp), []).append((t, new))
                 todo += len(new)
-        dtype_bytes = {m.dtype_bytes for m, _ in plan}
+        gen_plan: dict[tuple, list[tuple[IterShape, list[KernelSpec]]]] = {}
+        for sh in gen_targets(self.s):
+            new = [spec for spec in sh.specs(self.s.fractions) if entry_key(spec) not in seen]
+            seen.update(entry_key(spec) for spec in new)
+            gen_plan.setdefault((sh.model, sh.tp, sh.block), []).append((sh, new))
+            todo += len(new)
+        dtype_bytes = {m.dtype_bytes for m, _ in plan} | {m.dtype_bytes for m, _, _ in gen_plan}
         with self._bar(todo, "kernels") as bar:
+            for (model, tp, _), items in gen_plan.items():
+                if any(new for _, new in items):
+                    self._iterations(model, tp, items, bar)
             for (model, tp), items in plan.items():
                 lib = KernelLibrary(model, Shard(tp, 0), self._dev(), torch_dtype(self.s.device, model.dtype_bytes),
                                     NoCollectives(), shape_of=None, inputs="shared", keep=True)
@@ -285,6 +325,34 @@ class Calibration:
                     lib.store.keep = True
                     lib.generic._scratch.clear()
         self.profile.settings["dtype_bytes"] = sorted(dtype_bytes) or self.profile.settings.get("dtype_bytes", [])
+
+    def _iterations(self, model: ModelShape, tp: int, items: list[tuple[IterShape, list[KernelSpec]]], bar) -> None:
+        """Time the new kernels of synthetic generative iterations: each iteration's state (paged
+        KV blocks, index tensors) is built as `ligersim hw run` builds it, its layer run once so
+        every buffer exists, then each kernel repeated; named ops run through the library, GEMMs
+        as plain GEMMs of their shape."""
+        from hw.collectives import NoCollectives
+        from hw.kernels import KernelLibrary
+        from hw.weights import Shard
+
+        comp = SyntheticComposition([sh for sh, _ in items])
+        lib = KernelLibrary(model, Shard(tp, 0), self._dev(), torch_dtype(self.s.device, model.dtype_bytes),
+                            NoCollectives(), generative=comp)  # type: ignore[arg-type]
+        for i, (sh, new) in enumerate(items):
+            if not new:
+                continue
+            st = lib._gen_state(i)
+            layers = {s.name: -1 for s in prologue_kernels(model, tp, 1, sh.tokens)}
+            layers.update({s.name: model.layers - 1 for s in epilogue_kernels(model, tp, 1, 1)})
+            for spec in sh.specs():
+                _run_iteration_kernel(lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0)))
+            for spec in new:
+                k = Kernel(spec, 0, i, layers.get(spec.name, 0))
+                fn = partial(lib.generic.run, k) if spec.kind == "gemm" else partial(_run_iteration_kernel, lib, st, k)
+                self._record(spec, self.timer.times(fn))
+                bar.update()
+            lib._gen_release(st)
+        lib.generic._scratch.clear()
 
     def _fill(self, lib, t: Target, rid: int) -> None:
         """Run the job's first layer once so every buffer a named op reads exists."""

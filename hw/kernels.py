@@ -613,7 +613,7 @@ class GenericKernels:
                                            self.t("v", b, kvh, skv, hd), is_causal=sq == skv, enable_gqa=kvh != h)
         elif kind == "decode_attention":  # one query per sequence over ctx / b cached tokens each
             b, h, hd, kvh = d["b"], d["h"], d["d"], d.get("kv_h", d["h"])
-            ctx = max(1, d["ctx"] // max(1, b))
+            ctx = d.get("ctx_max") or max(1, d["ctx"] // max(1, b))  # padded to the longest, as the hw op
             F.scaled_dot_product_attention(self.t("q", b, h, 1, hd), self.t("k", b, kvh, ctx, hd),
                                            self.t("v", b, kvh, ctx, hd), enable_gqa=kvh != h)
         elif k.spec.is_collective:

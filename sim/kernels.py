@@ -119,10 +119,14 @@ def prefill_attention(name: str, h: int, kv_h: int, d: int, chunks: list[tuple[i
 
 def decode_attention(name: str, h: int, kv_h: int, d: int, contexts: list[int], dtype_bytes: int = 2) -> KernelSpec:
     """One new token per sequence attending to its whole context: memory-bound, it reads
-    every cached K and V once (paged attention)."""
+    every cached K and V once (paged attention). `ctx_max`, the longest context, is carried
+    because real kernels do not spread uneven contexts perfectly: one padded to the longest (the
+    hw backend's batched SDPA) or split per sequence takes time that follows b × ctx_max, which
+    is what measured profiles interpolate along (`sim.profile.work`)."""
     ctx = sum(contexts)
     nbytes = (2 * kv_h * ctx * d + 2 * len(contexts) * h * d) * dtype_bytes
-    return KernelSpec("decode_attention", name, {"b": len(contexts), "h": h, "ctx": ctx, "d": d, "kv_h": kv_h},
+    return KernelSpec("decode_attention", name, {"b": len(contexts), "h": h, "ctx": ctx, "d": d, "kv_h": kv_h,
+                                                 "ctx_max": max(contexts)},
                       4.0 * h * ctx * d, float(nbytes), dtype_bytes)
 
 

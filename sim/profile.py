@@ -47,7 +47,8 @@ PROFILE_FORMAT = "ligersim-profile"
 PROFILE_VERSION = 1
 COMPUTE_KINDS = frozenset({"gemm", "bgemm", "attention"})
 # the dims that identify a shape, per kind (split GEMM pieces also carry n0/n_full: not shape)
-SHAPE_DIMS = {"gemm": ("m", "n", "k"), "bgemm": ("b", "m", "n", "k"), "attention": ("b", "h", "sq", "skv", "d", "kv_h")}
+SHAPE_DIMS = {"gemm": ("m", "n", "k"), "bgemm": ("b", "m", "n", "k"), "attention": ("b", "h", "sq", "skv", "d", "kv_h"),
+              "decode_attention": ("b", "h", "ctx", "d", "kv_h", "ctx_max")}
 # calibration's contention classes and the simulator class each stands for
 CONTENTION_CLASSES = {"gemm": "compute", "attention": "compute", "memory": "memory",
                       "collective": "collective", "copy": "copy"}
@@ -235,11 +236,18 @@ def families(kind: str, dims: dict[str, int], name: str = "") -> list[tuple]:
         pat = "prefill" if dims["sq"] == dims["skv"] else "decode"
         return [(pat, dims["h"], dims.get("kv_h", dims["h"]), dims["d"], dims["b"]),
                 (pat, dims["h"], dims.get("kv_h", dims["h"]), dims["d"]), ()]
+    if kind == "decode_attention":  # time follows the KV bytes read, at a given batch of sequences
+        h, kvh, d = dims["h"], dims.get("kv_h", dims["h"]), dims["d"]
+        return [("b", h, kvh, d, dims["b"]), ("heads", h, kvh, d), ()]
     return [("name", name), ()] if name else [()]
 
 
-def work(kind: str, flops: float, nbytes: float) -> float:
-    """The axis times are interpolated along: FLOPs for compute kernels, bytes otherwise."""
+def work(kind: str, flops: float, nbytes: float, dims: dict[str, int] | None = None) -> float:
+    """The axis times are interpolated along: FLOPs for compute kernels, bytes otherwise; for
+    decode attention the bytes of every sequence padded to the longest context (b × ctx_max),
+    which its time follows (`sim.kernels.decode_attention`)."""
+    if kind == "decode_attention" and dims and dims.get("ctx_max") and dims.get("ctx"):
+        nbytes *= dims["b"] * dims["ctx_max"] / dims["ctx"]
     return max(flops if kind in COMPUTE_KINDS else nbytes, 1.0)
 
 
@@ -265,8 +273,9 @@ class MeasuredKernels:
                 self.exact[(kind, *shape_key(kind, m.dims, m.name))] = m.median_s
                 if m.name:  # a named op also answers for its kind's anonymous shape
                     self.exact.setdefault((kind, *shape_key(kind, m.dims)), m.median_s)
-                x = math.log(work(kind, spec.flops, spec.bytes))
-                r = math.log(m.median_s / max(roofline(spec), 1e-12))
+                x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
+                pad = work(kind, spec.flops, spec.bytes, spec.dims) / work(kind, spec.flops, spec.bytes)
+                r = math.log(m.median_s / max(roofline(spec) * pad, 1e-12))
                 for fam in families(kind, m.dims, m.name):
                     points.setdefault((kind, *fam), {}).setdefault(x, []).append((math.log(m.median_s), r))
         for key, by_x in points.items():
@@ -296,7 +305,7 @@ class MeasuredKernels:
             t = self.exact.get((kind, *shape_key(kind, spec.dims)))
         if t is not None:
             return t
-        x = math.log(work(kind, spec.flops, spec.bytes))
+        x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
         fams = [self.fams.get((kind, *f)) for f in families(kind, spec.dims, spec.name)]
         for fam in fams:
             if fam is not None and len(fam.x) > 1 and fam.x[0] <= x <= fam.x[-1]:
@@ -309,7 +318,8 @@ class MeasuredKernels:
             warnings.warn(f"{self.profile.path}: {kind} {spec.name or ''} {_dims_str(spec.dims)} is outside the "
                           "measured range; using the roofline scaled by the nearest measured shape",
                           ProfileWarning, stacklevel=3)
-        return self.roofline(spec) * math.exp(fam.ratio[i])
+        pad = work(kind, spec.flops, spec.bytes, spec.dims) / work(kind, spec.flops, spec.bytes)
+        return self.roofline(spec) * pad * math.exp(fam.ratio[i])
 
 
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:

@@ -89,3 +89,37 @@ def test_profile_of_another_device_is_not_resumed(tmp_path, capsys):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
     assert main(["calibrate", "-o", str(tmp_path / "p.yaml"), "--quick", "--device", "cpu"]) == 2
     assert "pass --fresh" in capsys.readouterr().err
+
+
+def test_generative_calibration_measures_iteration_kernels_over_the_workload(tmp_path):
+    """A generative scenario's iterations need `decode_attention` and chunked `prefill_attention`
+    costs: calibration measures them on synthetic iterations through the hw paged-KV ops, one
+    entry per shape, and the simulator then prices the scenario's iterations inside the measured
+    range (no extrapolation warning for attention)."""
+    import warnings
+
+    from hw.calibrate import TINY_CPU
+    from sim.profile import ProfileWarning
+    from sim.scenario import parse_scenario
+
+    out = tmp_path / "gen.yaml"
+    scn_dict = dict(next(d for d in TINY_CPU if d["name"] == "tiny-generative"))
+    scn_path = tmp_path / "gen-scenario.yaml"
+    scn_path.write_text(yaml.safe_dump(scn_dict))
+    assert main(["calibrate", "-o", str(out), "--quick", "--device", "cpu", "--scenario", str(scn_path)]) == 0
+    prof = load_profile(out)
+    dec = prof.kernels["decode_attention"]
+    assert len({(m.dims["b"], m.dims["ctx"]) for m in dec}) == len(dec) >= 9  # batches x contexts, no duplicates
+    assert {m.dims["b"] for m in dec} == {1, 2, 4}
+    pre = [m for m in prof.kernels["attention"] if m.name == "prefill_attention"]
+    assert any(m.dims["sq"] < m.dims["skv"] for m in pre)  # a chunk behind a cached past
+    assert all(m.dims["sq"] <= 32 for m in pre)  # within the token budget
+    assert all(m.median_s > 0 for m in dec + pre)
+
+    scn = parse_scenario({**scn_dict, "hardware": {**scn_dict["hardware"], "profile": str(out)}}, str(scn_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = simulate(scn, load_jobs(scn, tmp_path), progress=False)
+    assert len(res.jobs) == scn_dict["workload"]["jobs"] and len(res.events)
+    outside = [str(w.message) for w in caught if issubclass(w.category, ProfileWarning) and "attention" in str(w.message)]
+    assert not outside, outside

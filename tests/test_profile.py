@@ -92,6 +92,28 @@ def test_interpolation_exact_at_measured_points_and_monotone_between():
     assert 2e-6 * (1 + 4096 / 1e5) < t < 2e-6 * (1 + 65536 / 1e5)
 
 
+def test_decode_attention_follows_the_longest_context_within_its_batch_size():
+    """Decode attention is measured per batch size at even contexts; an iteration with uneven
+    contexts costs what b x the longest context costs (padded or per-sequence kernels), and two
+    batch sizes are distinct families, so b = 8 at the same bytes is not priced as b = 1."""
+    prof = a_profile()
+    meas = []
+    for b in (1, 8):
+        for c in (64, 256, 1024):
+            spec = K.decode_attention("decode_attention", 8, 8, 128, [c] * b)
+            meas.append(Measurement(dict(spec.dims), (3e-6 + spec.bytes / 2e12) * (2 if b == 8 else 1), 0, 0, 9,
+                                    name="decode_attention", flops=spec.flops, bytes=spec.bytes))
+    prof.kernels["decode_attention"] = meas
+    mk = MeasuredKernels(prof, roofline().spec_solo)
+    even = K.decode_attention("decode_attention", 8, 8, 128, [256] * 8)
+    uneven = K.decode_attention("decode_attention", 8, 8, 128, [64] * 6 + [256, 1408])
+    assert even.dims["ctx"] == uneven.dims["ctx"] and uneven.dims["ctx_max"] > even.dims["ctx_max"]
+    assert mk.estimate(even) == pytest.approx(meas[4].median_s, rel=1e-12)  # measured exactly
+    assert mk.estimate(uneven) > 1.5 * mk.estimate(even)
+    one = K.decode_attention("decode_attention", 8, 8, 128, [512])
+    assert mk.estimate(one) < 0.7 * mk.estimate(K.decode_attention("decode_attention", 8, 8, 128, [64] * 8))
+
+
 def test_roofline_with_one_warning_outside_the_measured_range():
     roof = roofline()
     mk = MeasuredKernels(a_profile(), roof.spec_solo)
