@@ -8,8 +8,9 @@ workload:
 
 - decode iterations: b sequences (powers of two up to the scenario's largest batch) each at
   one context length (log-spaced from the shortest prompt to the longest prompt + output);
-- prefill iterations: one or two prompts at log-spaced lengths, each within the token budget;
-  with chunked prefill, budget-sized chunks behind log-spaced cached pasts.
+- prefill iterations: 1, 2, 4, ... prompts at log-spaced lengths, up to the most tokens one
+  iteration can carry (the token budget, or all the prompts that could wait at once); with
+  chunked prefill, budget-sized chunks behind log-spaced cached pasts.
 
 Each iteration runs through the same kernel library, paged KV cache and index tensors as a
 `ligersim hw run` (`hw.kernels.GEN_OPS`, `hw.generative.build_iter_data`), so a measured
@@ -70,14 +71,17 @@ def iteration_shapes(scn, jobs, seq_points: int) -> list[IterShape]:
         for ctx in _grid(min(prompts) + 1, longest, seq_points):
             out.append(IterShape(m, tp, sv.kv_block_tokens, (), (ctx,) * b))
     budget = sv.max_batch_tokens
+    # the most tokens one iteration can carry: the budget, or every prompt that could be waiting
+    cap = min(budget, sum(sorted(prompts)[-max_seqs:]))
     for p in _grid(min(prompts), max(prompts), seq_points):
         if sv.chunked_prefill and p > budget:
             for past in _grid(budget, p - budget, max(2, seq_points // 2)):
                 out.append(IterShape(m, tp, sv.kv_block_tokens, ((budget, past),), ()))
             p = budget
-        out.append(IterShape(m, tp, sv.kv_block_tokens, ((p, 0),), ()))
-        if 2 * p <= budget:
-            out.append(IterShape(m, tp, sv.kv_block_tokens, ((p, 0), (p, 0)), ()))
+        k = 1
+        while k == 1 or (k * p <= cap and k <= max_seqs):  # several prompts admitted at once
+            out.append(IterShape(m, tp, sv.kv_block_tokens, ((p, 0),) * k, ()))
+            k *= 2
     return out
 
 

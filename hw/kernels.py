@@ -81,6 +81,22 @@ class KernelLibrary:
         if self._finished(st, k):
             self.store.release(k.request_id, self._fence())
 
+    def prepare(self, k: Kernel) -> None:
+        """Create the state of `k`'s request (its input) or iteration (KV blocks, index tensors)
+        if it has none yet. The runtime calls this before it starts timing `k`: that set-up is
+        the host's and the input's work, not the kernel's."""
+        if k.request_id < 0 or k.request_id in self.store.states:
+            return
+        kind, name = k.spec.kind, k.spec.name
+        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else name)
+        if op is None:
+            return
+        if self.gen is not None:
+            if name not in ("send_tokens", "recv_tokens"):
+                self._gen_state(k.request_id)
+        else:
+            self.store.get(k.request_id, self._tokens(k), self.input_name)
+
     def output(self, request_id: int, name: str | None = None) -> torch.Tensor:
         """The request's current layer output, or buffer `name` (the state must still be
         held: `keep=True`)."""
@@ -597,6 +613,9 @@ class GenericKernels:
         if key not in self._scratch:
             self._scratch[key] = torch.rand(shape, device=self.device, dtype=self.dtype) * 0.1
         return self._scratch[key]
+
+    def prepare(self, k: Kernel) -> None:
+        """Nothing to set up: scratch tensors are made on first use (the runtime's hook)."""
 
     def run(self, k: Kernel) -> None:
         d, kind = k.spec.dims, k.spec.kind

@@ -69,6 +69,7 @@ class TorchRuntime(RecordingRuntime):
 
     def _launch(self, kernel: Kernel, stream: int) -> float:
         kernel.rank = self.rank
+        self.lib.prepare(kernel)  # the request's input / the iteration's indices: set-up, not the kernel
         t = self._clock()
         if self.cuda:
             s = self._streams[stream]
