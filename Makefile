@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCENARIO ?= scenarios/default.yaml
 OUTDIR ?= out/default
 
-.PHONY: setup run test lint bench notebooks clean
+.PHONY: setup run test lint bench notebooks device-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+# simpy and pydantic (with its needs) as CPython 3.12 x86-64 wheels in .whl/, for the GPU machine's
+# image, which has torch but not these (scripts/gpu-suite.sh installs them there).
+DEVICE_WHEELS := simpy==4.1.2 pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing_extensions==4.16.0
+device-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

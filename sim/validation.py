@@ -32,10 +32,24 @@ from sim import ir
 from sim.errors import LigerSimError
 from sim.jobs import Job
 from sim.kernels import Kernel
-from sim.metrics import requests_frame, summarise
-from sim.outputs import _clean, write_run
+from sim.outputs import _clean, run_tables, write_run
 
 MODES = ("closed_loop", "replay")
+RUN_META = "run_meta.json"
+GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list")
+
+
+def _run_meta(meta: dict) -> dict:
+    return {k: meta[k] for k in GENERATIVE_KEYS if k in meta}
+
+
+def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
+    """The run header a mode's requests are computed from: a replay follows the measured run's
+    iterations; the closed loop made its own (generative runs; encoder runs need none)."""
+    if mode == "replay":
+        return measured_meta
+    f = out / mode / RUN_META
+    return json.loads(f.read_text()) if f.exists() else {}
 NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
 
 
@@ -67,7 +81,9 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     try:
         run = simulate(scn, jobs, record_ir=False, file=str(scenario), progress=progress)
         write_run(out / "closed_loop", run.events, jobs, None, scn.policy.name, run.result.sim_wall_s,
-                  {"scenario": scn.name}, trace=False)
+                  {"scenario": scn.name, "meta": run.result.meta}, trace=False)
+        if "iterations" in run.result.meta:  # generative: which requests the simulated iterations served
+            (out / "closed_loop" / RUN_META).write_text(json.dumps(_run_meta(run.result.meta)) + "\n")
         engine, cost = make_engine(scn, record_ir=False)
         if emulated:
             engine, ops = _single_rank(engine, cost, schedule)
@@ -75,13 +91,15 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
         else:
             rank_ops = schedule.by_rank()
         arrivals = {j.request_id: j.arrival_s for j in jobs}
+        if "iterations" in schedule.meta:  # generative: kernels carry iteration ids
+            arrivals = iteration_arrivals(schedule.meta["iterations"], arrivals)
         rank_ops = [with_arrivals(o, arrivals) for o in rank_ops]
         from sim.runtime import replay_policy
         from sim.simulate import events_frame
 
         result = engine.run([replay_policy(o) for o in rank_ops], schedule.meta)
         write_run(out / "replay", events_frame(result.events), jobs, None, f"replay:{scn.policy.name}",
-                  result.sim_wall_s, {"scenario": scn.name}, trace=False)
+                  result.sim_wall_s, {"scenario": scn.name, "meta": schedule.meta}, trace=False)
     finally:
         EMULATED_OVERHEAD.reset(token)
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
@@ -103,6 +121,17 @@ def with_arrivals(ops: list[ir.Op], arrivals: dict[int, float]) -> list[ir.Op]:
             if k.request_id in arrivals:
                 out.append(ir.Op(op.rank, "sleep_until", op.t, until=arrivals[k.request_id]))
         out.append(op)
+    return out
+
+
+def iteration_arrivals(iterations: list[list], arrivals: dict[int, float]) -> dict[int, float]:
+    """Generative runs: iteration -> the latest arrival among the requests it serves (rows
+    [iteration, group, request, tokens, emits]), before which it cannot have been launched."""
+    out: dict[int, float] = {}
+    for it, _g, rid, _n, _e in iterations:
+        a = arrivals.get(int(rid))
+        if a is not None:
+            out[int(it)] = max(out.get(int(it), a), a)
     return out
 
 
@@ -156,9 +185,16 @@ def compare_kernels(measured: pd.DataFrame, predicted: pd.DataFrame, mode: str) 
 
 
 def compare_requests(m_req: pd.DataFrame, p_req: pd.DataFrame, mode: str) -> pd.DataFrame:
-    j = m_req[["request_id", "jct_s"]].merge(p_req[["request_id", "jct_s"]], on="request_id", suffixes=("_m", "_p"))
-    out = pd.DataFrame({"mode": mode, "level": "request", "request_id": j["request_id"], "name": "jct",
-                        "measured_s": j["jct_s_m"], "predicted_s": j["jct_s_p"]})
+    """One row per request and measure: JCT, and for generative runs TTFT and TPOT."""
+    frames = []
+    for col in ("jct_s", "ttft_s", "tpot_s"):
+        if col not in m_req or col not in p_req:
+            continue
+        j = m_req[["request_id", col]].merge(p_req[["request_id", col]], on="request_id", suffixes=("_m", "_p"))
+        frames.append(pd.DataFrame({"mode": mode, "level": "request", "request_id": j["request_id"],
+                                    "name": col.removesuffix("_s"), "measured_s": j[f"{col}_m"],
+                                    "predicted_s": j[f"{col}_p"]}))
+    out = pd.concat(frames, ignore_index=True)
     out["error"] = (out["predicted_s"] - out["measured_s"]) / out["measured_s"].where(out["measured_s"] > 0)
     return out
 
@@ -180,9 +216,15 @@ def mode_summary(kernels: pd.DataFrame, m_sum: dict, p_sum: dict, measured_kerne
         "jct_mean_err": _rel(p_sum["jct_mean_s"], m_sum["jct_mean_s"]),
         "jct_p90_err": _rel(p_sum["jct_p90_s"], m_sum["jct_p90_s"]),
         "throughput_err": _rel(p_sum["throughput_jobs_s"], m_sum["throughput_jobs_s"]),
-        "measured": {k: m_sum[k] for k in ("makespan_s", "jct_mean_s", "jct_p90_s", "throughput_jobs_s")},
-        "predicted": {k: p_sum[k] for k in ("makespan_s", "jct_mean_s", "jct_p90_s", "throughput_jobs_s")},
+        **{f"{k.removesuffix('_s')}_err": _rel(p_sum[k], m_sum[k]) for k in GENERATIVE_MEASURES if k in m_sum},
+        "measured": {k: m_sum[k] for k in SUMMARY_MEASURES if k in m_sum},
+        "predicted": {k: p_sum[k] for k in SUMMARY_MEASURES if k in p_sum},
     }
+
+
+SUMMARY_MEASURES = ("makespan_s", "jct_mean_s", "jct_p90_s", "throughput_jobs_s", "ttft_mean_s", "tpot_mean_s",
+                    "tokens_per_s")
+GENERATIVE_MEASURES = ("ttft_mean_s", "tpot_mean_s", "tokens_per_s")
 
 
 def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
@@ -192,10 +234,13 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     measured = Path(measured or meta.get("measured_dir") or out / "measured")
     hw = _measured_files(measured)
     m_ev = pd.read_parquet(measured / "events.parquet")
-    jobs = _jobs_from_requests(measured)
+    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if (measured / "ir.jsonl").exists() else {}
+    from sim.simulate import jobs_from_meta
+
+    jobs = jobs_from_meta(m_meta) or _jobs_from_requests(measured)
     ranks = set(m_ev["rank"])
-    m_req = requests_frame(m_ev, jobs)
-    m_sum = summarise(m_ev, m_req, "measured", None)
+    # generative runs: requests from the iterations that served them (kernels carry iteration ids)
+    m_req, m_sum = run_tables(m_ev, jobs, m_meta, "measured", None)
     rows, summary = [], {"scenario": meta.get("scenario"), "policy": meta.get("policy"),
                          "device": hw.get("gpu") or hw.get("device"), "hw_mode": hw.get("mode"),
                          "date": hw.get("date"), "profile": meta.get("profile"),
@@ -206,11 +251,11 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
             continue
         p_ev = pd.read_parquet(d / "events.parquet")
         p_ev = p_ev[p_ev["rank"].isin(ranks)]
-        p_req = requests_frame(p_ev, jobs)
+        p_req, p_sum = run_tables(p_ev, jobs, _mode_meta(out, mode, m_meta), mode, None)
         k = compare_kernels(m_ev, p_ev, mode)
         r = compare_requests(m_req, p_req, mode)
         rows += [k, r]
-        summary[mode] = mode_summary(k, m_sum, summarise(p_ev, p_req, mode, None), len(m_ev))
+        summary[mode] = mode_summary(k, m_sum, p_sum, len(m_ev))
         summary[mode]["by_kind"] = {kind: float(g["error"].abs().median())
                                     for kind, g in k.groupby("kind") if g["error"].notna().any()}
     if len(rows) == 0:

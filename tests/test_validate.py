@@ -106,3 +106,36 @@ def test_validate_on_cuda_without_cuda(tmp_path, capsys):
     assert main(["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o",
                  str(tmp_path / "v")]) == 2
     assert "--device cuda was requested" in capsys.readouterr().err
+
+
+def test_generative_run_the_simulator_recorded_itself_is_predicted_exactly(tmp_path):
+    """Generative runs' kernels carry iteration ids: requests (JCT, TTFT, TPOT) must come from the
+    iterations that served them, and a replay may launch an iteration only after its requests
+    arrived. Self-consistency: 'measure' with the simulator and the profile; both modes agree."""
+    pytest.importorskip("torch")
+    from hw.calibrate import TINY_CPU
+
+    data = dict(next(d for d in TINY_CPU if d["name"] == "tiny-generative"))
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+    prof = tmp_path / "p.yaml"
+    assert main(["calibrate", "-o", str(prof), "--quick", "--device", "cpu", "--scenario", str(tmp_path / "g.yaml")]) == 0
+    data["hardware"] = {**data["hardware"], "profile": str(prof), "contention": "none"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn, base = load_scenario(tmp_path / "s.yaml")
+    jobs = load_jobs(scn, base)
+    run = simulate(scn, jobs)
+    m = tmp_path / "measured"
+    write_run(m, run.events, jobs, run.result.schedule, scn.policy.name, None, trace=False)
+    (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim"}))
+    s = predict(m, tmp_path / "s.yaml", prof, tmp_path / "v")
+    req = pd.read_csv(m / "requests.csv")
+    for mode in ("closed_loop", "replay"):
+        got = s[mode]
+        assert got["measured"]["jct_mean_s"] == pytest.approx(req["jct_s"].mean(), rel=1e-9)
+        assert got["measured"]["ttft_mean_s"] == pytest.approx(req["ttft_s"].mean(), rel=1e-9)
+        assert req["ttft_s"].min() > 0
+        assert got["predicted"]["ttft_mean_s"] > 0 and got["predicted"]["jct_mean_s"] > 0
+        for key in ("kernel_err_p90", "makespan_err", "jct_mean_err", "ttft_mean_err", "tpot_mean_err"):
+            assert abs(got[key]) < 1e-9, (mode, key, got[key])
+    table = pd.read_csv(tmp_path / "v" / "validation.csv")
+    assert set(table[table["level"] == "request"]["name"]) == {"jct", "ttft", "tpot"}

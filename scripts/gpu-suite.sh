@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU deliverables (issues 4, 5, 7) in stages that each fit one device call (< 10 min).
+#
+#   scripts/gpu-suite.sh STAGE [ARGS]     run from the repository root on the GPU machine
+#
+# Stages (outputs under $OUT, default out/gpu; copy them back into the repository between calls):
+#   check                 GPU, driver and package versions; the CUDA tests; a 4-job `hw run`
+#   calibrate             `ligersim calibrate` of the validation suite's shapes into
+#                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
+#                         $OUT/profiles/ even when the call's time limit interrupts it
+#   validate [SCN ...]    `ligersim validate` of each scenario (default: scenarios/validation/*.yaml
+#                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME
+#   hw                    issue 4: the GLM-130B encoder, 4 layers, TP 4 rank 0, 200 jobs, intra_op and
+#                         interleaved -> $OUT/hw/NAME (summary.json, requests.csv, events.parquet)
+#
+# On the device image (torch, triton, numpy, pandas, pyarrow, matplotlib, yaml, tqdm present),
+# simpy and pydantic travel as wheels: `make device-wheels` here puts them in .whl/ (ignored by
+# git); name `.whl` in the device call's `carry`. PROFILE defaults to the GPU's name (h100-sxm, h200);
+# a path ending in .yaml is used as is. DEVICE=cpu PYTHON=.venv/bin/python dry-runs a stage on CPU.
+set -uo pipefail
+stage=${1:?usage: scripts/gpu-suite.sh check|calibrate|validate|hw [ARGS]}
+shift
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu-suite: installing .whl/ failed" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the stages' logic on a machine without a GPU
+L="$PY -m sim.cli"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$gpu" in
+  *H200*) default_profile=h200 ;;
+  *H100*) default_profile=h100-sxm ;;
+  *) default_profile=gpu ;;
+esac
+PROFILE=${PROFILE:-$default_profile}
+case "$PROFILE" in *.yaml) prof=$PROFILE ;; *) prof=profiles/$PROFILE.yaml ;; esac
+
+case "$stage" in
+  check)
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
+    python3 -c "import torch, triton, simpy, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__, 'simpy', simpy.__version__, 'pydantic', pydantic.__version__, \
+torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
+    python3 -m pytest -q -p no:cacheprovider tests/test_hw_cuda.py 2>&1 | tee "$OUT/test_hw_cuda.log"
+    $L hw run scenarios/validation/intra-tp2-small-light.yaml --jobs 4 --device cuda -o "$OUT/check-run"
+    ;;
+  calibrate)
+    mkdir -p "$OUT/profiles"
+    trap 'cp -f "$prof" "$OUT/profiles/" 2>/dev/null' EXIT
+    $L calibrate -o "$prof" --device "$DEVICE" "$@"
+    ;;
+  validate)
+    scns=("$@")
+    if [ ${#scns[@]} -eq 0 ]; then
+      for s in scenarios/validation/*.yaml; do
+        n=$(basename "$s" .yaml)
+        [ -f "results/validation/$n/summary.json" ] || scns+=("$s")
+      done
+    fi
+    [ -f "$prof" ] || { echo "gpu-suite: $prof is missing: run the calibrate stage first" >&2; exit 2; }
+    for s in "${scns[@]}"; do
+      n=$(basename "$s" .yaml)
+      echo "== $n"
+      timeout 400 $L validate "$s" --profile "$prof" -o "$OUT/validation/$n" --device "$DEVICE" \
+        || echo "gpu-suite: $n failed or timed out (rc $?)"
+    done
+    ;;
+  hw)
+    for p in intra interleaved; do
+      n=glm130b-4l-tp4-$p
+      $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" -o "$OUT/hw/$n" || echo "gpu-suite: $n failed (rc $?)"
+    done
+    { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+      python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u +%F; } \
+      > "$OUT/hw/device.txt"
+    ;;
+  *)
+    echo "gpu-suite: unknown stage $stage (check, calibrate, validate, hw)" >&2; exit 2 ;;
+esac
