@@ -20,6 +20,9 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
                         "(the default when there are fewer GPUs than ranks)")
     p.add_argument("--channels", type=int, default=16, help="CTAs of the emulated collective (NCCL channels)")
     p.add_argument("--no-trace", action="store_true", help="skip the Chrome trace")
+    p.add_argument("--timing", choices=("events", "cupti"), default="events",
+                   help="cuda: time kernels with CUDA events around each launch, or with CUPTI through "
+                        "torch.profiler (exact when the host is the bottleneck; see hw/cupti.py)")
     p.add_argument("--logits", action="store_true",
                    help="generative: also write logits.pt, every emitted token's logits by (request, position)")
 
@@ -28,7 +31,7 @@ def _run(args: argparse.Namespace) -> None:
     from hw.run import run_scenario
 
     summary = run_scenario(args.scenario, args.output, args.device, args.jobs, args.emulate, args.channels,
-                           not args.no_trace, args.logits)
+                           not args.no_trace, args.logits, args.timing)
     _report(summary, args.output)
 
 
@@ -36,7 +39,7 @@ def _replay(args: argparse.Namespace) -> None:
     from hw.run import replay_ir
 
     summary = replay_ir(args.ir, args.output, args.device, args.emulate, args.channels, not args.no_trace,
-                        args.logits)
+                        args.logits, args.timing)
     _report(summary, args.output)
 
 

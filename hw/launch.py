@@ -125,7 +125,8 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
 
 def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, agree=None) -> RankResult:
     ops: list = []
-    rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops, agree)
+    rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops, agree,
+                      timing=opts.timing)
     wall = time.perf_counter()
     drive(plan.policies[rank](rt), rt)
     rows = rt.rows()
@@ -171,7 +172,8 @@ class _oom_guard:
 
 def _info(plan: Plan, opts: Options, mode: str) -> dict:
     info = {"backend": "hw", "mode": mode, "device": opts.device, "torch": torch.__version__,
-            "world": plan.world, "tp": plan.tp, "executed_ranks": 1 if mode in ("single", "emulate") else plan.world}
+            "world": plan.world, "tp": plan.tp, "executed_ranks": 1 if mode in ("single", "emulate") else plan.world,
+            "timing": opts.timing if opts.device != "cpu" else "host"}
     if opts.device != "cpu":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=props.name, gpu_memory=props.total_memory, sms=props.multi_processor_count,

@@ -18,6 +18,7 @@ from typing import Any
 
 from hw.torchenv import check_device
 from sim import ir
+from sim.errors import LigerSimError
 from sim.ir import Op, Schedule
 from sim.jobs import Job
 from sim.kernels import Kernel
@@ -60,6 +61,7 @@ class Options:
     trace: bool = True
     timeout_s: float = 300.0
     logits: bool = False  # generative: also write logits.pt (every emitted token's logits)
+    timing: str = "events"  # cuda: CUDA events around each launch, or CUPTI (hw.cupti)
 
 
 @dataclass
@@ -202,20 +204,33 @@ def _save_logits(plan: Plan, results: list[RankResult], path: Path) -> str:
 
 
 def run_scenario(scenario_path: str | Path, out_dir: str | Path, device: str = "cuda", jobs: int | None = None,
-                 emulate: bool | None = None, channels: int = 16, trace: bool = True, logits: bool = False) -> dict:
+                 emulate: bool | None = None, channels: int = 16, trace: bool = True, logits: bool = False,
+                 timing: str = "events") -> dict:
     """Run a scenario's policy on `device`; returns the summary (also written to out_dir).
     `logits` (generative): also write logits.pt with every emitted token's logits."""
     check_device(device)
+    _check_timing(device, timing)
     src = Source("scenario", str(Path(scenario_path).resolve()), jobs)
-    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits, timing=timing))
 
 
 def replay_ir(ir_path: str | Path, out_dir: str | Path, device: str = "cuda", emulate: bool | None = None,
-              channels: int = 16, trace: bool = True, logits: bool = False) -> dict:
+              channels: int = 16, trace: bool = True, logits: bool = False, timing: str = "events") -> dict:
     """Execute a recorded IR verbatim on `device`; returns the summary (also written to out_dir)."""
     check_device(device)
+    _check_timing(device, timing)
     src = Source("ir", str(Path(ir_path).resolve()))
-    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits, timing=timing))
+
+
+def _check_timing(device: str, timing: str) -> None:
+    from hw.runtime import TIMINGS
+
+    if timing not in TIMINGS:
+        raise LigerSimError(f"unknown timing {timing!r}; expected one of {', '.join(TIMINGS)}", field="--timing")
+    if timing == "cupti" and device == "cpu":
+        raise LigerSimError("--timing cupti times CUDA kernels; on CPU kernels are timed on the host "
+                            "(use --timing events or --device cuda)", field="--timing")
 
 
 def _execute(src: Source, out: Path, opts: Options) -> dict:

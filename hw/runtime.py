@@ -4,7 +4,7 @@
 syncs, and times every kernel. On CUDA a stream is a `torch.cuda.Stream(priority=...)`
 (lower number = higher priority, as in the IR), events are CUDA events and each kernel is
 bracketed by timing events, mapped to the host clock through an origin event recorded at
-start. On CPU every operation executes at once in host order: a valid serialisation of
+start (or, with `timing="cupti"`, timed by CUPTI through torch.profiler: `hw.cupti`). On CPU every operation executes at once in host order: a valid serialisation of
 the same program (each kernel starts after everything launched before it, so stream order
 and event waits hold by construction), timed with perf_counter.
 
@@ -19,26 +19,41 @@ as rank 0 does; the backend's own timestamps never go through it.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from hw.cupti import TAG, host_offset_us, load_trace, op_intervals
 from hw.kernels import KernelLibrary
 from sim.ir import Op
 from sim.kernels import Kernel
 from sim.runtime import PolicyGen, RecordingRuntime
 
 Row = tuple
+TIMINGS = ("events", "cupti")  # how CUDA kernels are timed (`hw.cupti` says why there are two)
 
 
 class TorchRuntime(RecordingRuntime):
     def __init__(self, rank: int, world: int, solo: Callable[[Kernel], float], lib: KernelLibrary,
                  device: str = "cpu", t0: float | None = None, ops: list[Op] | None = None,
-                 agree: Callable[[float], float] | None = None):
+                 agree: Callable[[float], float] | None = None, timing: str = "events"):
         super().__init__(rank, world, solo, ops)
         self.lib, self.device, self.agree = lib, device, agree
         self.cuda = device != "cpu"
+        if timing not in TIMINGS:
+            raise ValueError(f"timing {timing!r}: expected one of {', '.join(TIMINGS)}")
+        self.timing = timing if self.cuda else "host"
+        self._prof = None
+        self._cupti: dict[int, tuple[float, float, float]] | None = None
+        self._offset_us = 0.0
+        if self.timing == "cupti":
+            from torch.profiler import ProfilerActivity, profile
+
+            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._prof.__enter__()
         self.t0 = time.perf_counter() if t0 is None else t0
         self._streams: list = []
         self._events: dict[int, object] = {}  # event id -> CUDA event, or host time on CPU
@@ -71,7 +86,11 @@ class TorchRuntime(RecordingRuntime):
         kernel.rank = self.rank
         self.lib.prepare(kernel)  # the request's input / the iteration's indices: set-up, not the kernel
         t = self._clock()
-        if self.cuda:
+        if self.timing == "cupti":
+            with torch.cuda.stream(self._streams[stream]), torch.profiler.record_function(f"{TAG}{len(self._kernels)}"):
+                self.lib.run(kernel)
+            self._kernels.append((kernel, stream, t, None, None))
+        elif self.cuda:
             s = self._streams[stream]
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(s):
@@ -122,14 +141,30 @@ class TorchRuntime(RecordingRuntime):
     def finish(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
+        if self._prof is not None:  # CUPTI: read when each op's device work ran
+            prof, self._prof = self._prof, None
+            prof.__exit__(None, None, None)
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "trace.json"
+                prof.export_chrome_trace(str(path))
+                self._cupti = op_intervals(load_trace(path))
+            self._offset_us = host_offset_us(self._cupti, {i: k[2] for i, k in enumerate(self._kernels)})
 
     # ------------------------------------------------------------------ results
     def rows(self) -> list[Row]:
         """One row per kernel, columns as `sim.engine.EVENT_COLUMNS`."""
         self.finish()
         out = []
-        for k, sid, launched, start, end in self._kernels:
-            if self.cuda:
+        last_end: dict[int, float] = {}
+        for i, (k, sid, launched, start, end) in enumerate(self._kernels):
+            if self._cupti is not None:
+                iv = self._cupti.get(i)
+                if iv is None:  # no device work on this rank: an instant after the stream's last
+                    t_start = t_end = max(launched, last_end.get(sid, 0.0))
+                else:
+                    t_start, t_end = (iv[1] + self._offset_us) / 1e6, (iv[2] + self._offset_us) / 1e6
+                last_end[sid] = max(last_end.get(sid, 0.0), t_end)
+            elif self.cuda:
                 t_start = self._origin_host + self._origin.elapsed_time(start) / 1e3
                 t_end = self._origin_host + self._origin.elapsed_time(end) / 1e3
             else:

@@ -16,7 +16,7 @@ from sim.errors import LigerSimError
 
 def validate(scenario: str | Path, profile: str | Path, out: str | Path, device: str = "cuda",
              jobs: int | None = None, measured: str | Path | None = None, emulate: bool | None = None,
-             channels: int = 16, progress: bool = False) -> dict:
+             channels: int = 16, progress: bool = False, timing: str = "events") -> dict:
     """Measure (unless `measured` is given), predict, compare; returns the summary."""
     from sim.profile import load_profile
     from sim.validation import predict
@@ -27,7 +27,8 @@ def validate(scenario: str | Path, profile: str | Path, out: str | Path, device:
         from hw.run import run_scenario
 
         measured = out / "measured"
-        run_scenario(scenario, measured, device=device, jobs=jobs, emulate=emulate, channels=channels, trace=False)
+        run_scenario(scenario, measured, device=device, jobs=jobs, emulate=emulate, channels=channels, trace=False,
+                     timing=timing)
     elif not Path(measured).is_dir():
         raise LigerSimError("recorded run folder not found", file=str(measured), field="--measured")
     return predict(measured, scenario, profile, out, progress=progress)

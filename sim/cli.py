@@ -139,7 +139,7 @@ def _validate(args: argparse.Namespace) -> None:
     from hw.validate import validate
 
     s = validate(args.scenario, args.profile, args.output, args.device, args.jobs, args.measured, args.emulate,
-                 args.channels, progress=sys.stderr.isatty())
+                 args.channels, progress=sys.stderr.isatty(), timing=args.timing)
     for mode in ("closed_loop", "replay"):
         if mode in s:
             m = s[mode]
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--emulate", action="store_true", default=None,
                     help="cuda: rank 0 of the group on one GPU (the default with fewer GPUs than ranks)")
     va.add_argument("--channels", type=int, default=16, help="CTAs of the emulated collective")
+    va.add_argument("--timing", choices=("events", "cupti"), default="events",
+                    help="cuda: how the measured run times kernels (CUDA events, or CUPTI via torch.profiler)")
     va.set_defaults(func=_validate)
 
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")
