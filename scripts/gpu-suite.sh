@@ -4,7 +4,8 @@
 #   scripts/gpu-suite.sh STAGE [ARGS]     run from the repository root on the GPU machine
 #
 # Stages (outputs under $OUT, default out/gpu; copy them back into the repository between calls):
-#   check                 GPU, driver and package versions; the CUDA tests; a 4-job `hw run`
+#   check                 GPU, driver and package versions; the CUDA tests; an 8-job decode-heavy
+#                         `hw run` timed with CUDA events and with CUPTI (compare their events.parquet)
 #   calibrate             `ligersim calibrate` of the validation suite's shapes into
 #                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
 #                         $OUT/profiles/ even when the call's time limit interrupts it
@@ -23,7 +24,7 @@ shift
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "${DEVICE:-cuda}" != cpu ] && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu-suite: installing .whl/ failed" >&2; exit 2; }
   export PYTHONPATH=/tmp/site:$PWD
@@ -32,6 +33,8 @@ else
 fi
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the stages' logic on a machine without a GPU
+TIMING=${TIMING:-events}  # cuda kernel timing of the measured runs: events or cupti (hw/cupti.py)
+[ "$DEVICE" = cpu ] && TIMING=events
 L="$PY -m sim.cli"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 case "$gpu" in
@@ -49,7 +52,9 @@ case "$stage" in
 'triton', triton.__version__, 'simpy', simpy.__version__, 'pydantic', pydantic.__version__, \
 torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
     python3 -m pytest -q -p no:cacheprovider tests/test_hw_cuda.py 2>&1 | tee "$OUT/test_hw_cuda.log"
-    $L hw run scenarios/validation/intra-tp2-small-light.yaml --jobs 4 --device cuda -o "$OUT/check-run"
+    for t in events cupti; do  # both timers on one small run: which one is exact (issue 4)
+      $L hw run scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device cuda --timing $t -o "$OUT/check-$t"
+    done
     ;;
   calibrate)
     mkdir -p "$OUT/profiles"
@@ -69,13 +74,14 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
       n=$(basename "$s" .yaml)
       echo "== $n"
       timeout 400 $L validate "$s" --profile "$prof" -o "$OUT/validation/$n" --device "$DEVICE" \
+        --timing "$TIMING" \
         || echo "gpu-suite: $n failed or timed out (rc $?)"
     done
     ;;
   hw)
     for p in intra interleaved; do
       n=glm130b-4l-tp4-$p
-      $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" -o "$OUT/hw/$n" || echo "gpu-suite: $n failed (rc $?)"
+      $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" --timing "$TIMING" -o "$OUT/hw/$n" || echo "gpu-suite: $n failed (rc $?)"
     done
     { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
       python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u +%F; } \

@@ -139,3 +139,22 @@ def test_generative_run_the_simulator_recorded_itself_is_predicted_exactly(tmp_p
             assert abs(got[key]) < 1e-9, (mode, key, got[key])
     table = pd.read_csv(tmp_path / "v" / "validation.csv")
     assert set(table[table["level"] == "request"]["name"]) == {"jct", "ttft", "tpot"}
+
+
+def test_gpu_suite_validate_stage_dry_runs_on_cpu(tmp_path):
+    """scripts/gpu-suite.sh is what a GPU session runs: its validate stage, on CPU, writes the report."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "PROFILE": str(FIX / "profile-cpu.yaml")}
+    r = subprocess.run(["bash", "scripts/gpu-suite.sh", "validate", str(FIX / "scenario.yaml")], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "out" / "validation" / "scenario" / "summary.json").read_text())
+    assert s["replay"]["kernels_matched"] == s["replay"]["kernels_measured"] > 0
+    r = subprocess.run(["bash", "scripts/gpu-suite.sh", "nonsense"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown stage" in r.stderr
