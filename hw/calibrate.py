@@ -87,6 +87,10 @@ class Settings:
     fractions: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     seq_points: int = 6  # sequence lengths per scenario, log-spaced over its range
     scenarios: list[str] = field(default_factory=list)
+    # host dispatch time of each named op (CUDA: launches are asynchronous, so the host's time in
+    # an op is its dispatch; on CPU it would be the op's whole execution)
+    host_ops: bool = True
+    host_op_reps: int = 5
 
     @classmethod
     def make(cls, device: str, quick: bool, scenarios: list[str] | None) -> Settings:
@@ -94,7 +98,7 @@ class Settings:
         if quick:
             s.warmup, s.reps, s.fractions, s.seq_points = 2, 7, (2, 4, 6), 3
         if device == "cpu":
-            s.flush_l2, s.warmup, s.reps = False, 1, min(s.reps, 5)
+            s.flush_l2, s.warmup, s.reps, s.host_ops = False, 1, min(s.reps, 5), False
         if scenarios:
             s.scenarios = [str(Path(p)) for p in scenarios]
         elif device == "cuda":
@@ -234,6 +238,7 @@ class Calibration:
         self.profile = self._start(command, fresh)
         self.done = {entry_key_of(kind, m) for kind, ms in self.profile.kernels.items() for m in ms}
         self._saved = time.monotonic()
+        self._op_samples: dict[str, list[float]] = {}
 
     def _start(self, command: str, fresh: bool) -> Profile:
         device = device_info(self.torch, self.s.device)
@@ -313,6 +318,11 @@ class Calibration:
                     lib.store.shape_of = {rid: (t.batch, t.seq)}.get
                     self._fill(lib, t, rid)
                     st = lib.store.states[rid]
+                    self._host_ops([(s, partial(lib.ops[s.name], lib, st, Kernel(s, 0, rid, 0)))
+                                    for s in prologue_kernels(t.model, t.tp, t.batch, t.seq)
+                                    + layer_kernels(t.model, t.tp, t.batch, t.seq)
+                                    + epilogue_kernels(t.model, t.tp, t.batch, t.seq)
+                                    if s.name in lib.ops and not s.is_collective])
                     for spec in specs:
                         k = Kernel(spec, 0, rid, 0)
                         op = lib.ops.get(spec.name)
@@ -325,6 +335,7 @@ class Calibration:
                     lib.store.keep = True
                     lib.generic._scratch.clear()
         self.profile.settings["dtype_bytes"] = sorted(dtype_bytes) or self.profile.settings.get("dtype_bytes", [])
+        self._merge_host_ops()
 
     def _iterations(self, model: ModelShape, tp: int, items: list[tuple[IterShape, list[KernelSpec]]], bar) -> None:
         """Time the new kernels of synthetic generative iterations: each iteration's state (paged
@@ -346,6 +357,8 @@ class Calibration:
             layers.update({s.name: model.layers - 1 for s in epilogue_kernels(model, tp, 1, 1)})
             for spec in sh.specs():
                 _run_iteration_kernel(lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0)))
+            self._host_ops([(spec, partial(_run_iteration_kernel, lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0))))
+                            for spec in sh.specs() if spec.name in lib.ops])
             for spec in new:
                 k = Kernel(spec, 0, i, layers.get(spec.name, 0))
                 fn = partial(lib.generic.run, k) if spec.kind == "gemm" else partial(_run_iteration_kernel, lib, st, k)
@@ -353,6 +366,26 @@ class Calibration:
                 bar.update()
             lib._gen_release(st)
         lib.generic._scratch.clear()
+
+    def _host_ops(self, calls: list[tuple[KernelSpec, Callable[[], None]]]) -> None:
+        """Host time of each op's call (its dispatch: CUDA launches return at once), a few
+        passes over the layer after it has run once; the GPU work is drained afterwards."""
+        if not self.s.host_ops or not calls:
+            return
+        for _ in range(self.s.host_op_reps):
+            for spec, fn in calls:
+                t0 = time.perf_counter()
+                fn()
+                self._op_samples.setdefault(spec.name, []).append(time.perf_counter() - t0)
+        if self.s.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _merge_host_ops(self) -> None:
+        """Median host time per op into the profile (names already there are kept: a resumed run)."""
+        for name, ts in self._op_samples.items():
+            self.profile.host_ops.setdefault(name, float(np.median(ts)))
+        self._op_samples.clear()
+        self.save(force=True)
 
     def _fill(self, lib, t: Target, rid: int) -> None:
         """Run the job's first layer once so every buffer a named op reads exists."""
@@ -387,6 +420,13 @@ class Calibration:
         gen = GenericKernels(self._dev(), torch_dtype(self.s.device, 2), NoCollectives())
         k = Kernel(pointwise("elementwise", "tiny", 1024, 1, 1, 0.0), 0)
         kernel_s = float(np.median(self.timer.times(lambda: gen.run(k), reps=50)))
+        generic_host = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            gen.run(k)
+            generic_host.append(time.perf_counter() - t0)
+        if self.s.device == "cuda":
+            self.torch.cuda.synchronize()
         n = 200
         per_launch, per_record = [], []
         for _ in range(5):
@@ -404,8 +444,11 @@ class Calibration:
         launch = float(np.median(per_launch))
         if self.s.device == "cpu":  # the kernel ran on the host inside each launch
             launch = max(0.0, launch - kernel_s)
+        generic_op = float(np.median(generic_host)) if self.s.device == "cuda" else 0.0
         self.profile.host = {"launch_s": launch, "record_s": float(np.median(per_record)),
-                             "sync_wakeup_s": self._wakeup(), "tiny_kernel_s": kernel_s}
+                             "sync_wakeup_s": self._wakeup(), "tiny_kernel_s": kernel_s,
+                             # the runtime's own work per launch, beside the op's dispatch (host_ops)
+                             "generic_op_s": generic_op, "runtime_s": max(0.0, launch - generic_op)}
         self.save(force=True)
 
     def _wakeup(self) -> float:
@@ -458,11 +501,17 @@ class Calibration:
                 buf = torch.zeros(nbytes // 2, dtype=torch.float16, device=self._dev())
                 group = tuple(range(n))
                 ts = self.timer.times(lambda: comm.all_reduce(buf, group))  # noqa: B023
+                for _ in range(self.s.host_op_reps):
+                    t0 = time.perf_counter()
+                    comm.all_reduce(buf, group)
+                    self._op_samples.setdefault("all_reduce", []).append(time.perf_counter() - t0)
+                torch.cuda.synchronize()
                 ctas, copy, target = comm.launched[-1]
                 self.profile.emulated_collective.append({"interconnect": ic, "n": n, "nbytes": nbytes,
                                                          "target_s": target, "ctas": ctas, **stats(ts)})
                 bar.update()
                 self.save()
+        self._merge_host_ops()
 
     # ------------------------------------------------------------------ contention
     def contention(self) -> None:

@@ -81,6 +81,8 @@ class Run:
 class HostParams:
     launch_s: float
     sync_wakeup_s: float
+    # measured launch time per kernel name (or kind), from a profile; others take launch_s
+    launch_by_name: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -375,6 +377,7 @@ class SimRankRuntime(RecordingRuntime):
         self.events: dict[int, EventInstance] = {}
         self._streams: list[Stream] = []
         self._launch_s = engine.host.launch_s
+        self._launch_by_name = engine.host.launch_by_name
 
     def now(self) -> float:
         return self.host_t
@@ -384,7 +387,11 @@ class SimRankRuntime(RecordingRuntime):
 
     def _launch(self, kernel: Kernel, stream: int) -> float:
         kernel.rank = self.rank
-        t = self.host_t = self.host_t + self._launch_s
+        cost = self._launch_s
+        if self._launch_by_name:
+            by = self._launch_by_name
+            cost = by.get(kernel.spec.name, by.get(kernel.spec.kind, cost))
+        t = self.host_t = self.host_t + cost
         self.engine.enqueue(self._streams[stream], (_KERNEL, kernel, t))
         return t
 

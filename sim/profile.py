@@ -92,6 +92,7 @@ class Profile:
     settings: dict[str, Any] = field(default_factory=dict)
     status: str = "complete"
     path: str = "<profile>"
+    host_ops: dict[str, float] = field(default_factory=dict)  # op name (or kind) -> host dispatch time, s
 
     def to_dict(self) -> dict:
         return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "status": self.status,
@@ -99,7 +100,17 @@ class Profile:
                 "host": self.host,
                 "kernels": {k: [m.to_dict() for m in v] for k, v in sorted(self.kernels.items())},
                 "contention": self.contention, "emulated_collective": self.emulated_collective,
-                "links": self.links}
+                "links": self.links, **({"host_ops": self.host_ops} if self.host_ops else {})}
+
+    def launch_costs(self) -> dict[str, float]:
+        """Host time to launch each measured op through the hw runtime: the runtime's own work
+        per launch (`host.runtime_s`) plus the op's dispatch (`host_ops`). When the host is the
+        bottleneck (small kernels behind Python), these, not the kernels, set the pace."""
+        if not self.host_ops:
+            return {}
+        h = self.host
+        runtime = h.get("runtime_s", max(0.0, h.get("launch_s", 0.0) - h.get("generic_op_s", 0.0)))
+        return {name: runtime + t for name, t in self.host_ops.items()}
 
     def contention_pairs(self) -> list[tuple[str, str, str, float]]:
         """The simulator's table: (victim class, other class, priority relation, slowdown)."""
@@ -171,11 +182,15 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
     for key in ("launch_s", "sync_wakeup_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
             raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
+    host_ops = d.get("host_ops") or {}
+    if not isinstance(host_ops, dict) or not all(isinstance(v, int | float) and v >= 0 for v in host_ops.values()):
+        raise LigerSimError("must map op names to host times ≥ 0 in seconds", file=file, field="host_ops")
     return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
                    host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
                    contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},
                    emulated_collective=list(d.get("emulated_collective") or []), links=dict(d.get("links") or {}),
-                   settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file)
+                   settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file,
+                   host_ops={str(k): float(v) for k, v in host_ops.items()})
 
 
 _CACHE: dict[tuple[str, float], Profile] = {}

@@ -123,3 +123,32 @@ def test_generative_calibration_measures_iteration_kernels_over_the_workload(tmp
     assert len(res.jobs) == scn_dict["workload"]["jobs"] and len(res.events)
     outside = [str(w.message) for w in caught if issubclass(w.category, ProfileWarning) and "attention" in str(w.message)]
     assert not outside, outside
+
+
+def test_host_dispatch_of_every_named_op_is_recorded_and_drives_launch_costs(tmp_path, monkeypatch):
+    """On CUDA calibration records each named op's host dispatch time (`host_ops`); forced on
+    here on CPU to exercise the machinery (where it would be the whole execution)."""
+    from hw import calibrate as cal
+    from sim.simulate import make_engine
+
+    real = cal.Settings.make
+
+    def with_host_ops(*a, **k):
+        s = real(*a, **k)
+        s.host_ops, s.host_op_reps = True, 2
+        return s
+
+    monkeypatch.setattr(cal.Settings, "make", with_host_ops)
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "-o", str(out), "--quick", "--device", "cpu"]) == 0
+    prof = load_profile(out)
+    assert {"qkv_proj", "input_norm", "decode_attention", "prefill_attention", "lm_head"} <= set(prof.host_ops)
+    assert all(t > 0 for t in prof.host_ops.values())
+    assert {"runtime_s", "generic_op_s"} <= set(prof.host)
+    data = dict(next(d for d in cal.TINY_CPU if d["name"] == "tiny-generative"))
+    data["hardware"] = {**data["hardware"], "profile": str(out)}
+    from sim.scenario import parse_scenario
+
+    engine, _ = make_engine(parse_scenario(data, str(tmp_path / "s.yaml")))
+    assert engine.host.launch_by_name == pytest.approx(prof.launch_costs())
+    assert engine.host.launch_by_name["decode_attention"] > prof.host["runtime_s"]

@@ -200,3 +200,31 @@ def test_transfers_sharing_a_link_divide_its_bandwidth():
     assert alone == pytest.approx(solo)
     both, solo = run([(0, 1), (2, 3)])
     assert both == pytest.approx(2 * solo)
+
+
+def test_measured_launch_cost_per_kernel_name_paces_a_host_bound_stream():
+    """A profile's per-op host dispatch times (`host_ops`) set when each kernel can start: with
+    1 µs kernels behind 40 µs launches the stream waits on the host, kernel by kernel; a kernel
+    whose name was not measured takes the scalar launch cost, a collective its kind's."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+    host = HostParams(5e-6, 0.0, {"norm": 40e-6, "all_reduce": 70e-6})
+    eng = Engine(1, lambda k: 1e-6, ContentionTable([]), topo, host)
+    names = [("norm", "layernorm"), ("other", "elementwise"), ("attn_all_reduce", "all_reduce")] * 3
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        for name, kind in names:
+            rt.launch(Kernel(KernelSpec(kind, name, {"elems": 8}, 0.0, 16.0), 0, 0, 0), s)
+        yield rt.sleep_until(0.0)
+
+    ev = events_frame(eng.run([policy]).events).sort_values("kernel_id")
+    gaps = ev["launch_s"].diff().fillna(ev["launch_s"].iloc[0]).to_numpy()
+    assert gaps == pytest.approx([40e-6, 5e-6, 70e-6] * 3)
+    assert (ev["start_s"] == ev["launch_s"]).all()  # host-bound: each kernel starts when launched
+    assert ev["end_s"].max() == pytest.approx(3 * 115e-6 + 1e-6)

@@ -193,3 +193,19 @@ def test_link_fits_of_the_shipped_nccl_tables_report_their_error():
     assert 300 < e["bandwidth_GBps"] < 450 and 0 < e["alpha_s"] < 2e-5
     assert 0 < e["median_rel_err"] < 0.15
     assert any("byte-identical" in w for x in links["topologies"]["a100_pairwise_nvlink"] for w in x["warnings"])
+
+
+def test_host_op_costs_round_trip_and_give_launch_costs(tmp_path):
+    prof = a_profile()
+    prof.host.update({"launch_s": 9e-6, "generic_op_s": 4e-6, "runtime_s": 5e-6})
+    prof.host_ops = {"input_norm": 30e-6, "all_reduce": 50e-6}
+    path = save_profile(prof, tmp_path / "p.yaml")
+    back = load_profile(path)
+    assert back.host_ops == prof.host_ops
+    assert back.launch_costs() == pytest.approx({"input_norm": 35e-6, "all_reduce": 55e-6})
+    bad = yaml.safe_load(path.read_text())
+    bad["host_ops"] = {"input_norm": -1}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(LigerSimError, match="host_ops"):
+        load_profile(tmp_path / "bad.yaml")
+    assert a_profile().launch_costs() == {}  # none measured: the scalar launch cost applies
