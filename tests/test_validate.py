@@ -158,3 +158,25 @@ def test_gpu_suite_validate_stage_dry_runs_on_cpu(tmp_path):
     assert s["replay"]["kernels_matched"] == s["replay"]["kernels_measured"] > 0
     r = subprocess.run(["bash", "scripts/gpu-suite.sh", "nonsense"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown stage" in r.stderr
+
+
+def test_gpu_tables_from_recorded_results(tmp_path):
+    """results/gpu_tables.py builds the README's validation and issue-4 tables from result folders."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_tables", repo / "results" / "gpu_tables.py")
+    gt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gt)
+    predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "val" / "fixture")
+    table = gt.validation_table(tmp_path / "val")
+    assert "| fixture |" in table and "| replay |" in table and "Measured on cpu" in table
+    assert gt.misses({"kernel_err_median": 0.01, "makespan_err": -0.049, "jct_mean_err": 0.2}) == ["jct_mean_err"]
+    hw = tmp_path / "hw"
+    for name, policy, thr in (("a", "intra_op", 500.0), ("b", "interleaved", 550.0)):
+        (hw / name).mkdir(parents=True)
+        s = json.loads((FIX / "measured" / "summary.json").read_text())
+        s.update(policy=policy, throughput_jobs_s=thr)
+        (hw / name / "summary.json").write_text(json.dumps(s))
+    assert "interleaved vs intra_op: throughput +10.0%" in gt.hw_table(hw)
+    assert "no validation results" in gt.validation_table(tmp_path / "none")
