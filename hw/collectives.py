@@ -120,7 +120,9 @@ class EmulatedCollectives:
         self.launched: list[tuple[int, int, float]] = []  # (ctas, copy bytes, target s), for the record
 
     def _buffers(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        words = max(1, -(-nbytes // 8))  # two int32 halves: src and dst
+        # src and dst halves of nbytes each (int32 words, a multiple of 4 so dst stays 16-byte
+        # aligned): the kernel reads nbytes and writes nbytes, the 2 x copy bytes cta_count sizes for
+        words = max(4, -(-nbytes // 16) * 4)
         if self._scratch is None or self._scratch.numel() < 2 * words:
             if self._scratch is not None:
                 self._retired.append(self._scratch)

@@ -52,8 +52,10 @@ class TorchRuntime(RecordingRuntime):
         if self.timing == "cupti":
             from torch.profiler import ProfilerActivity, profile
 
+            t_prof = time.perf_counter()
             self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             self._prof.__enter__()
+            self.t0 += time.perf_counter() - t_prof  # CUPTI's start-up is not run time
         self.t0 = time.perf_counter() if t0 is None else t0
         self._streams: list = []
         self._events: dict[int, object] = {}  # event id -> CUDA event, or host time on CPU
@@ -77,28 +79,35 @@ class TorchRuntime(RecordingRuntime):
     # ------------------------------------------------------------------ hooks
     def _stream(self, sid: int, priority: int) -> None:
         if self.cuda:
-            # torch maps a priority outside the device's range to the nearest valid one
-            self._streams.append(torch.cuda.Stream(priority=priority))
+            # CUDA: lower is higher; torch refuses priorities > 0 (and clamps those below the
+            # device's greatest), so an IR's lower-than-default priorities run at the default
+            self._streams.append(torch.cuda.Stream(priority=min(0, priority)))
         else:
             self._streams.append(None)
 
     def _launch(self, kernel: Kernel, stream: int) -> float:
         kernel.rank = self.rank
-        self.lib.prepare(kernel)  # the request's input / the iteration's indices: set-up, not the kernel
-        t = self._clock()
-        if self.timing == "cupti":
-            with torch.cuda.stream(self._streams[stream]), torch.profiler.record_function(f"{TAG}{len(self._kernels)}"):
-                self.lib.run(kernel)
-            self._kernels.append((kernel, stream, t, None, None))
-        elif self.cuda:
+        if self.cuda:
             s = self._streams[stream]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(s):
-                start.record(s)
-                self.lib.run(kernel)
-                end.record(s)
-            self._kernels.append((kernel, stream, t, start, end))
+                # set-up (the request's input, the iteration's index tensors and KV blocks) goes on
+                # the kernel's stream, ahead of it (pool streams do not wait for the default one),
+                # and outside its timing
+                self.lib.prepare(kernel)
+                t = self._clock()
+                if self.timing == "cupti":
+                    with torch.profiler.record_function(f"{TAG}{len(self._kernels)}"):
+                        self.lib.run(kernel)
+                    self._kernels.append((kernel, stream, t, None, None))
+                else:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record(s)
+                    self.lib.run(kernel)
+                    end.record(s)
+                    self._kernels.append((kernel, stream, t, start, end))
         else:
+            self.lib.prepare(kernel)
+            t = self._clock()
             start = self._clock()
             self.lib.run(kernel)
             self._kernels.append((kernel, stream, t, start, self._clock()))

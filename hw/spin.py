@@ -26,7 +26,9 @@ if HAVE_TRITON:
         return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
                                          is_pure=False, pack=1)
 
-    @triton.jit
+    # sizes and the duration vary per launch: one compiled variant for all of them (Triton would
+    # otherwise specialise on divisibility by 16 and recompile inside a timed run)
+    @triton.jit(do_not_specialize=["per_cta", "total", "duration_ns"])
     def _copy_then_spin(src, dst, per_cta, total, duration_ns, BLOCK: tl.constexpr):
         start = _globaltimer()
         base = tl.program_id(0).to(tl.int64) * per_cta

@@ -7,6 +7,7 @@ not an ImportError or a CUDA stack trace.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sim.errors import LigerSimError
@@ -33,6 +34,10 @@ def check_device(device: str) -> Any:
         why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise LigerSimError(f"--device cuda was requested but {why}; use --device cpu, or install a CUDA "
                             f"build of PyTorch on a machine with an NVIDIA GPU", field="--device")
+    if device == "cuda" and os.environ.get("LIGERSIM_NO_CUDNN_SDPA"):
+        # a switch for cuDNN attention failing on some mask/shape combinations (torch #122695):
+        # the flash, memory-efficient and math backends remain
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return torch
 
 

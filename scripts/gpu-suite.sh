@@ -59,7 +59,9 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
   calibrate)
     mkdir -p "$OUT/profiles"
     trap 'cp -f "$prof" "$OUT/profiles/" 2>/dev/null' EXIT
-    $L calibrate -o "$prof" --device "$DEVICE" "$@"
+    # SIGTERM well inside a 10-minute call, so the EXIT trap still copies the (partial) profile out;
+    # the next call resumes it
+    timeout "${CALIBRATE_TIMEOUT_S:-540}" $L calibrate -o "$prof" --device "$DEVICE" "$@"
     ;;
   validate)
     scns=("$@")

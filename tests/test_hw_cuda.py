@@ -93,3 +93,36 @@ def test_cuda_streams_respect_event_waits(tmp_path):
     rows = {r[6]: r for r in rt.rows()}
     assert rows["small"][12] >= rows["big"][13] - 5e-6  # start of small after end of big
     assert rt.sync_times[0][2] >= rows["small"][13] - 5e-6
+
+
+@cuda
+def test_fp16_masked_and_gqa_attention_match_the_math_backend():
+    """The generative ops' SDPA calls (a bool-masked, GQA decode over padded contexts; a chunk
+    behind its cached past with a bottom-right causal mask) on whatever backend torch picks on
+    this GPU (cuDNN first on Hopper in recent releases) against the math backend. If this fails,
+    LIGERSIM_NO_CUDNN_SDPA=1 turns cuDNN attention off for ligersim runs."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dev, dt = "cuda", torch.float16
+    b, nh, nkv, d, L = 6, 8, 2, 128, 272
+    q = torch.randn(b, nh, 1, d, device=dev, dtype=dt, generator=g)
+    k = torch.randn(b, nkv, L, d, device=dev, dtype=dt, generator=g)
+    v = torch.randn(b, nkv, L, d, device=dev, dtype=dt, generator=g)
+    ctx = torch.tensor([17, 272, 100, 1, 64, 200], device=dev)
+    mask = (torch.arange(L, device=dev)[None] < ctx[:, None]).view(b, 1, 1, L)
+    c, past = 48, 160
+    qc = torch.randn(1, nh, c, d, device=dev, dtype=dt, generator=g)
+    kc = torch.randn(1, nkv, past + c, d, device=dev, dtype=dt, generator=g)
+    vc = torch.randn(1, nkv, past + c, d, device=dev, dtype=dt, generator=g)
+    ar = torch.arange(past + c, device=dev)
+    cmask = ar[None] <= past + ar[:c, None]
+    calls = [(q, k, v, mask), (qc, kc, vc, cmask)]
+    got = [F.scaled_dot_product_attention(a, b_, c_, attn_mask=m, enable_gqa=True) for a, b_, c_, m in calls]
+    with sdpa_kernel(SDPBackend.MATH):
+        want = [F.scaled_dot_product_attention(a.float(), b_.float(), c_.float(), attn_mask=m, enable_gqa=True)
+                for a, b_, c_, m in calls]
+    for x, y in zip(got, want):
+        assert torch.isfinite(x).all()
+        assert (x.float() - y).norm() / y.norm() < 5e-3

@@ -57,12 +57,15 @@ def small_cache(d: dict, tokens: int) -> dict:
     return d
 
 
-def reference_errors(d: dict, logits_pt) -> dict[int, float]:
-    """Relative error of each request's logits (all its tokens) against `reference.generate`."""
+def reference_errors(d: dict, logits_pt, device: str = "cpu") -> dict[int, float]:
+    """Relative error of each request's logits (all its tokens) against `reference.generate`.
+    Weights and embeddings are drawn where the run drew them (`device`: CUDA's generator gives
+    other numbers than the CPU's for the same seed), then compared on the CPU."""
     scn = parse_scenario(d)
     jobs = load_jobs(scn, None)
     m = scn.model.shape()
-    w, emb = full_weights(m, scn.seed), embedding_table(m.vocab, m.hidden, scn.seed)
+    w = {k: v.cpu() for k, v in full_weights(m, scn.seed, device).items()}
+    emb = embedding_table(m.vocab, m.hidden, scn.seed, device).cpu()
     got = torch.load(logits_pt)
     errors = {}
     for j in jobs:
@@ -228,7 +231,7 @@ def test_cuda_generative_run_matches_the_reference(tmp_path):
     d = scenario(count=1, policy="intra_op", jobs=6)
     d["model"] = {**MODEL, "dtype_bytes": 4}  # float32 on the GPU, so the comparison is tight
     run_scenario(write_yaml(tmp_path, d), tmp_path / "hw", device="cuda", trace=False, logits=True)
-    errors = reference_errors(d, tmp_path / "hw" / "logits.pt")
+    errors = reference_errors(d, tmp_path / "hw" / "logits.pt", "cuda")
     assert max(errors.values()) < 1e-3, errors
 
 
