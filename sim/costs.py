@@ -29,6 +29,9 @@ class CostModel(Protocol):
     def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float: ...
 
 
+CACHE_MAX = 400_000  # cached solo times (each keeps its spec alive): cleared when full
+
+
 def cached(cache: dict, spec: KernelSpec, group: tuple[int, ...] | None,
            compute: Callable[[KernelSpec, tuple[int, ...] | None], float]) -> float:
     """Solo durations are asked for once per launch, so they are cached per spec object
@@ -36,6 +39,8 @@ def cached(cache: dict, spec: KernelSpec, group: tuple[int, ...] | None,
     key = (id(spec), group)
     hit = cache.get(key)
     if hit is None:
+        if len(cache) >= CACHE_MAX:  # long runs make new specs (split pieces, iterations): bound it
+            cache.clear()
         hit = cache[key] = (compute(spec, group), spec)
     return hit[0]
 

@@ -72,6 +72,9 @@ class Round:
     budget_s: float = 0.0
 
 
+SPLIT_MEMO_MAX = 100_000
+
+
 def is_comm(spec: KernelSpec) -> bool:
     return spec.is_collective
 
@@ -121,6 +124,7 @@ class Planner:
         self.rounds: list[Round | None] = []
         self.main_rounds = 0
         self.finishing: list[tuple[JobState, int]] = []  # (job, main round of its last segment)
+        self._splits: dict[tuple[int, int], tuple[KernelSpec, KernelSpec, KernelSpec]] = {}
 
     def get(self, i: int, now: float) -> Round | None:
         while len(self.rounds) <= i:
@@ -154,8 +158,9 @@ class Planner:
         while oldest.queue and is_comm(oldest.queue[0].spec) == comm:
             p = oldest.queue.popleft()
             rnd.main.append(Launch(p.spec, oldest.request_id, p.layer, -1 if p.spec.fraction == 1.0 else p.parent))
-        main_solo = sum(self._solo(x.spec) for x in rnd.main)
-        main_cls = max(rnd.main, key=lambda x: self._solo(x.spec)).spec.cls
+        solos = [self._solo(x.spec) for x in rnd.main]
+        main_solo = sum(solos)
+        main_cls = rnd.main[solos.index(max(solos))].spec.cls
         scalar = isinstance(self.contention, float)
         budget = main_solo * (self.contention if scalar else 1.0)
         rnd.budget_s = budget
@@ -204,10 +209,21 @@ class Planner:
             return None
         have = round(p.spec.fraction * self.split)  # eighths (for split 8) still queued
         for k in range(have - 1, 0, -1):
-            head, rest = splitter(p.spec, k / self.split)
+            head, rest = self._split(splitter, p.spec, k)
             if self._cost(head, main_cls, scalar) <= left:
                 return head, rest
         return None
+
+    def _split(self, splitter, spec: KernelSpec, k: int) -> tuple[KernelSpec, KernelSpec]:
+        """`splitter(spec, k / split)`, memoised: every layer splits the same spec objects the same
+        ways, so their pieces (and the cost model's cached times for them) are made once."""
+        key = (id(spec), k)
+        hit = self._splits.get(key)
+        if hit is None:
+            if len(self._splits) >= SPLIT_MEMO_MAX:
+                self._splits.clear()
+            hit = self._splits[key] = (*splitter(spec, k / self.split), spec)  # keeps spec alive: ids stay unique
+        return hit[0], hit[1]
 
 
 def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None) -> list[RankPolicy]:
