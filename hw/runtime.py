@@ -125,6 +125,9 @@ class TorchRuntime(RecordingRuntime):
         self.record_times.append((event, stream, t))
         return t
 
+    def _release(self, event: int) -> None:
+        self._events.pop(event, None)  # CUDA frees a destroyed event once the device has passed it
+
     def _wait(self, stream: int, event: int) -> float:
         t = self._clock()
         ev = self._events.get(event)

@@ -26,14 +26,14 @@ import simpy
 
 from sim.contention import ContentionTable
 from sim.errors import LigerSimError
+from sim.eventlog import CHUNK, COLUMNS, EventLog
 from sim.ir import Op, Schedule
 from sim.kernels import Kernel
 from sim.links import Topology
 from sim.runtime import PolicyGen, RecordingRuntime
 
 _KERNEL, _RECORD, _WAIT = 0, 1, 2
-EVENT_COLUMNS = ["rank", "stream", "kernel_id", "request_id", "layer", "kind", "name", "cls", "group",
-                 "parent", "fraction", "launch_s", "start_s", "end_s", "solo_s"]
+EVENT_COLUMNS = COLUMNS  # one row per completed kernel (sim.eventlog)
 
 
 class EventInstance:
@@ -87,7 +87,7 @@ class HostParams:
 
 @dataclass
 class SimResult:
-    events: list[tuple]
+    events: EventLog | list[tuple]
     schedule: Schedule
     sim_wall_s: float
     end_s: float
@@ -107,7 +107,8 @@ class Engine:
         self.streams: list[list[Stream]] = [[] for _ in range(world)]
         self.pending_coll: dict[tuple, list] = {}
         self.link_runs: dict[int, list[Run]] = {}
-        self.rows: list[tuple] = []
+        self.log = EventLog()
+        self.rows = self.log.rows  # appended to in the hot path; packed into columns as it grows
         self.ops: list[Op] | None = [] if record_ir else None
         self._work: list[Stream] = []
         # Symmetric tensor parallelism: every rank runs the same kernels at the same times, so
@@ -269,6 +270,8 @@ class Engine:
             spec = k.spec
             rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, spec.kind, spec.name, spec.cls,
                          k.group, k.parent, spec.fraction, launched, run.start, now, run.solo))
+        if len(rows) >= CHUNK:
+            self.log.pack()
         others: list[Run] = []
         for st in run.streams:
             lst = self.running[st.rank]
@@ -310,7 +313,7 @@ class Engine:
                     f"ranks: {sorted(self.pending_coll)[:3]}); every rank must issue its collectives in the "
                     "same order", field="schedule")
         sched = Schedule(self.world, self.ops or [], meta)
-        return SimResult(self.rows, sched, time.perf_counter() - wall, self.env.now, meta)
+        return SimResult(self.log, sched, time.perf_counter() - wall, self.env.now, meta)
 
     def _run_with_progress(self, horizon: float) -> None:
         from tqdm import tqdm
@@ -321,7 +324,7 @@ class Engine:
             while env.peek() != float("inf"):
                 env.run(until=env.now + step)
                 bar.n = round(min(env.now, horizon), 3)
-                bar.set_postfix_str(f"{len(self.rows):,} kernels", refresh=False)
+                bar.set_postfix_str(f"{len(self.log):,} kernels", refresh=False)
                 bar.refresh()
 
     def _host(self, rt: SimRankRuntime, gen: PolicyGen):
@@ -401,6 +404,9 @@ class SimRankRuntime(RecordingRuntime):
         t = self.host_t = self.host_t + self._launch_s
         self.engine.enqueue(self._streams[stream], (_RECORD, inst, t))
         return t
+
+    def _release(self, event: int) -> None:
+        self.events.pop(event, None)
 
     def _wait(self, stream: int, event: int) -> float:
         t = self.host_t = self.host_t + self._launch_s

@@ -30,6 +30,7 @@ class Runtime(Protocol):
     def sync(self, event: int) -> Op: ...
     def sleep_until(self, t: float) -> Op: ...
     def solo(self, kernel: Kernel) -> float: ...
+    def release(self, event: int) -> None: ...
 
 
 class RecordingRuntime:
@@ -90,6 +91,14 @@ class RecordingRuntime:
 
     def sync(self, event: int) -> Op:
         return self._rec(Op(self.rank, "sync", self.now(), event=event))
+
+    def release(self, event: int) -> None:
+        """The policy will neither wait nor sync on `event` again: the backend may forget it
+        (long runs create millions). Not an operation of the schedule: the IR does not hold it."""
+        self._release(event)
+
+    def _release(self, event: int) -> None:
+        """Backend hook: drop what is kept for `event` (default: nothing is kept)."""
 
     def sleep_until(self, t: float) -> Op:
         return self._rec(Op(self.rank, "sleep_until", self.now(), until=t))

@@ -12,6 +12,7 @@ from sim.contention import ContentionTable
 from sim.costs import ProfileCost, RooflineCost
 from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
 from sim.errors import LigerSimError
+from sim.eventlog import EventLog, group_label
 from sim.ir import Schedule
 from sim.jobs import Job
 from sim.links import build_topology
@@ -103,6 +104,7 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
                             field="policy.name")
     engine, _, rank_policies, ctx = prepare(scn, jobs, record_ir, file)
     engine.fold = fold_ranks
+    ctx.active_ranks = 1 if fold_ranks else engine.world
     horizon = max(j.arrival_s for j in jobs) if progress else None
     meta = run_meta(scn, jobs)
     if fold_ranks:
@@ -161,8 +163,12 @@ def jobs_from_events(rows: list[tuple], schedule: Schedule) -> list[Job]:
     return [Job(rid, t) for rid, t in sorted(arrival.items())]
 
 
-def events_frame(rows: list[tuple]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
-    labels = {g: "" if g is None else ",".join(map(str, g)) for g in set(df["group"])}
-    df["group"] = df["group"].map(labels)
+def events_frame(rows: EventLog | list[tuple]) -> pd.DataFrame:
+    """The events table of a run (the engine's `EventLog`, or rows as the hw backend returns them)."""
+    if isinstance(rows, EventLog) or not rows:
+        df = rows.frame() if isinstance(rows, EventLog) else EventLog().frame()
+    else:
+        df = pd.DataFrame.from_records(rows, columns=EVENT_COLUMNS)
+        labels = {g: group_label(g) for g in set(df["group"])}
+        df["group"] = df["group"].map(labels)
     return df.sort_values(["rank", "start_s", "stream", "kernel_id"], kind="stable").reset_index(drop=True)

@@ -228,3 +228,24 @@ def test_measured_launch_cost_per_kernel_name_paces_a_host_bound_stream():
     assert gaps == pytest.approx([40e-6, 5e-6, 70e-6] * 3)
     assert (ev["start_s"] == ev["launch_s"]).all()  # host-bound: each kernel starts when launched
     assert ev["end_s"].max() == pytest.approx(3 * 115e-6 + 1e-6)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_packed_event_rows_give_the_same_events_table(prog):
+    """Rows packed into typed columns every few kernels (long runs) make the same table as rows
+    kept as tuples."""
+    import sim.engine as engine_mod
+
+    res, ev = simulate(prog)
+    saved = engine_mod.CHUNK
+    engine_mod.CHUNK = 3
+    try:
+        packed_res, packed = simulate(prog)
+    finally:
+        engine_mod.CHUNK = saved
+    assert len(packed_res.events) == len(ev)
+    rows = list(res.events.rows) if not res.events._chunks else None
+    pd.testing.assert_frame_equal(packed, ev)
+    if rows is not None:
+        pd.testing.assert_frame_equal(events_frame(rows), ev)  # the hw backend's path: a list of tuples

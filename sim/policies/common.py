@@ -33,6 +33,9 @@ class PolicyContext:
     contention: object = None  # ContentionTable, for policies that budget with it
     serving: object = None  # the scenario's ServingSpec
     scheduler: object = None  # generative: the shared BatchScheduler (sim.serving)
+    # ranks this process simulates (1 when rank-folded); None: unknown, so state shared by all
+    # ranks (the interleaved planner's rounds) is never dropped
+    active_ranks: int | None = None
     _layers: dict = field(default_factory=dict)
     _steps: dict = field(default_factory=dict)
 

@@ -68,6 +68,7 @@ class Round:
     main: list[Launch] = field(default_factory=list)
     main_request: int = -1
     main_waits_sub: bool = False
+    main_last: bool = False  # the main segment ends its job (the host may forget the job's events)
     fills: list[Launch] = field(default_factory=list)
     budget_s: float = 0.0
 
@@ -121,15 +122,28 @@ class Planner:
         self.group = tuple(range(ctx.world))
         self.source = source or EncoderJobs(ctx)
         self.inflight: list[JobState] = []
-        self.rounds: list[Round | None] = []
+        self.rounds: deque[Round | None] = deque()  # planned rounds from index `_base` on
+        self._base = 0
+        self._pos: dict[int, int] = {}  # rank -> the last round it fetched
         self.main_rounds = 0
         self.finishing: list[tuple[JobState, int]] = []  # (job, main round of its last segment)
         self._splits: dict[tuple[int, int], tuple[KernelSpec, KernelSpec, KernelSpec]] = {}
 
-    def get(self, i: int, now: float) -> Round | None:
-        while len(self.rounds) <= i:
+    def get(self, i: int, now: float, rank: int = 0) -> Round | None:
+        """Round `i` (planned now if no rank has asked for it yet). Rounds every active rank has
+        fetched are dropped, so a long run does not keep millions of them."""
+        while self._base + len(self.rounds) <= i:
             self.rounds.append(self._plan(now))
-        return self.rounds[i]
+        rnd = self.rounds[i - self._base]
+        active = self.ctx.active_ranks
+        if active:
+            self._pos[rank] = i
+            if len(self._pos) >= active:
+                low = min(self._pos.values())
+                while self._base < low and len(self.rounds) > 1:
+                    self.rounds.popleft()
+                    self._base += 1
+        return rnd
 
     def _solo(self, spec: KernelSpec) -> float:
         return self.ctx.spec_solo(spec, self.group if spec.is_collective else None)
@@ -167,6 +181,7 @@ class Planner:
         if not oldest.queue:
             self.inflight.pop(0)
             self.finishing.append((oldest, self.main_rounds))
+            rnd.main_last = True
         self.main_rounds += 1
         self._fill(rnd, not comm, budget, main_cls, scalar)
         return rnd
@@ -237,23 +252,25 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
         rank = rt.rank
         started = end = None
         sub_mark: dict[int, int] = {}  # request -> event recorded after its last sub kernel
-        first_piece: dict[tuple[int, int], int] = {}  # (request, job-local index) -> kernel_id
+        first_piece: dict[int, dict[int, int]] = {}  # request -> job-local index -> kernel_id
         i = 0
 
         def launch(x: Launch, stream: int) -> None:
             k = Kernel(x.spec, rank, x.request_id, x.layer, group if x.spec.is_collective else None)
             if x.parent >= 0:
-                k.parent = first_piece.get((x.request_id, x.parent), -1)
+                pieces = first_piece.setdefault(x.request_id, {})
+                k.parent = pieces.get(x.parent, -1)
             rt.launch(k, stream)
             if x.parent >= 0 and k.parent < 0:
-                k.parent = first_piece[(x.request_id, x.parent)] = k.kernel_id
+                k.parent = first_piece[x.request_id][x.parent] = k.kernel_id
 
         pending = None
         while True:
             if pending is not None:
                 yield rt.sync(pending)
+                rt.release(pending)
                 pending = None
-            rnd = planner.get(i, rt.now())
+            rnd = planner.get(i, rt.now(), rank)
             i += 1
             if rnd is None:
                 return
@@ -272,13 +289,23 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
             started = pending = rt.new_event()
             rt.record(started, main)
             launch(rnd.main[-1], main)
+            if end is not None:
+                rt.release(end)  # waited on above; a later drain syncs on the new one
             end = rt.new_event()
             rt.record(end, main)
+            if rnd.main_last:  # the job is done launching: forget its marks
+                first_piece.pop(rnd.main_request, None)
+                done = sub_mark.pop(rnd.main_request, None)
+                if done is not None:
+                    rt.release(done)
             for j, x in enumerate(rnd.fills):
                 launch(x, sub)
                 nxt = rnd.fills[j + 1].request_id if j + 1 < len(rnd.fills) else None
                 if nxt != x.request_id:
+                    old = sub_mark.get(x.request_id)
                     ev = sub_mark[x.request_id] = rt.new_event()
                     rt.record(ev, sub)
+                    if old is not None:
+                        rt.release(old)
 
     return [run] * ctx.world
