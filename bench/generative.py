@@ -41,6 +41,7 @@ def main() -> None:
               f"{' (rank 0 only)' if args.fold_ranks else ''}; wall {wall:.1f} s (engine {run.result.sim_wall_s:.1f} s)"
               f" -> {n / run.result.sim_wall_s:,.0f} kernels/s in the engine; TTFT mean {s['ttft_mean_s'] * 1e3:.0f} ms,"
               f" TPOT mean {s['tpot_mean_s'] * 1e3:.1f} ms, {s['tokens_per_s']:,.0f} tokens/s", flush=True)
+        del run, req  # one policy's tables at a time: the next run starts from a clean slate
 
 
 if __name__ == "__main__":

@@ -267,9 +267,8 @@ class Engine:
         run.version += 1
         rows = self.rows
         for k, st, launched in zip(run.kernels, run.streams, run.launch):
-            spec = k.spec
-            rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, spec.kind, spec.name, spec.cls,
-                         k.group, k.parent, spec.fraction, launched, run.start, now, run.solo))
+            rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, k.spec, k.group, k.parent,
+                         launched, run.start, now, run.solo))  # layout: sim.eventlog
         if len(rows) >= CHUNK:
             self.log.pack()
         others: list[Run] = []
