@@ -73,3 +73,12 @@ def launch_steps(rt: Runtime, steps: list[Step], stream: int, request_id: int,
     for st in steps:
         spec = st.spec
         rt.launch(Kernel(spec, rank, request_id, st.layer, group if spec.is_collective else None), stream)
+
+
+def after(rt: Runtime, before: int, then: int) -> None:
+    """Stream `then` waits for everything launched so far on stream `before` (one event,
+    released once waited on): a send after the compute it carries, compute after its receive."""
+    ev = rt.new_event()
+    rt.record(ev, before)
+    rt.wait(then, ev)
+    rt.release(ev)

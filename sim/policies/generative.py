@@ -22,7 +22,7 @@ from collections import deque
 
 from sim.kernels import Kernel, collective
 from sim.layers import epilogue_kernels, prologue_kernels
-from sim.policies.common import PolicyContext, RankPolicy, Step, launch_steps
+from sim.policies.common import PolicyContext, RankPolicy, Step, after, launch_steps
 from sim.policies.interleaved import JobState, Pending, build_interleaved
 from sim.policies.pipeline import stages
 from sim.runtime import PolicyGen, Runtime
@@ -187,9 +187,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
             if nxt is None:
                 rt.record(back, compute)
             else:
-                done = rt.new_event()
-                rt.record(done, compute)
-                rt.wait(outbox, done)
+                after(rt, compute, outbox)
                 rt.launch(Kernel(collective("send", "send_activations", item.tokens * hidden * dtype), rt.rank,
                                  item.index, stage.layers.stop - 1, (rt.rank, nxt)), outbox)
                 rt.launch(Kernel(collective("recv", "recv_tokens", 4 * max(1, len(item.emits))), rt.rank,
@@ -214,14 +212,10 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
             nbytes = item.tokens * hidden * dtype
             rt.launch(Kernel(collective("recv", "recv_activations", nbytes), rt.rank, item.index,
                              stage.layers.start, (prev, rt.rank)), inbox)
-            arrived = rt.new_event()
-            rt.record(arrived, inbox)
-            rt.wait(compute, arrived)
+            after(rt, inbox, compute)
             launch_steps(rt, iteration_steps(ctx, tp, item, stage.layers, first=False, last=last),
                          compute, item.index, stage.ranks)
-            done = rt.new_event()
-            rt.record(done, compute)
-            rt.wait(outbox, done)
+            after(rt, compute, outbox)
             out = (collective("send", "send_tokens", 4 * max(1, len(item.emits))) if last
                    else collective("send", "send_activations", nbytes))
             rt.launch(Kernel(out, rt.rank, item.index, stage.layers.stop - 1, (rt.rank, to)), outbox)

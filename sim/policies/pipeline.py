@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.kernels import Kernel, collective
-from sim.policies.common import PolicyContext, RankPolicy, launch_steps
+from sim.policies.common import PolicyContext, RankPolicy, after, launch_steps
 from sim.runtime import PolicyGen, Runtime
 
 
@@ -95,15 +95,11 @@ def build_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
                         recv = collective("recv", "recv_activations", nbytes)
                         rt.launch(Kernel(recv, rt.rank, job.request_id, stage.layers.start,
                                          tuple(sorted((prev_rank, rt.rank)))), inbox)
-                        arrived = rt.new_event()
-                        rt.record(arrived, inbox)
-                        rt.wait(compute, arrived)
+                        after(rt, inbox, compute)
                     steps = ctx.steps(tp, mb, job.seq_len, stage.layers, first=first, last=last)
                     launch_steps(rt, steps, compute, job.request_id, group)
                     if next_rank is not None:
-                        computed = rt.new_event()
-                        rt.record(computed, compute)
-                        rt.wait(outbox, computed)
+                        after(rt, compute, outbox)
                         send = collective("send", "send_activations", nbytes)
                         rt.launch(Kernel(send, rt.rank, job.request_id, stage.layers.stop - 1,
                                          tuple(sorted((rt.rank, next_rank)))), outbox)
