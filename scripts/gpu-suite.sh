@@ -10,7 +10,9 @@
 #                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
 #                         $OUT/profiles/ even when the call's time limit interrupts it
 #   validate [SCN ...]    `ligersim validate` of each scenario (default: scenarios/validation/*.yaml
-#                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME
+#                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME,
+#                         starting none after STAGE_BUDGET_S (540) seconds; a folder without
+#                         summary.json was cut off: run it again
 #   hw                    issue 4: the GLM-130B encoder, 4 layers, TP 4 rank 0, 200 jobs, intra_op and
 #                         interleaved -> $OUT/hw/NAME (summary.json, requests.csv, events.parquet)
 #
@@ -72,10 +74,15 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
       done
     fi
     [ -f "$prof" ] || { echo "gpu-suite: $prof is missing: run the calibrate stage first" >&2; exit 2; }
+    deadline=$((SECONDS + ${STAGE_BUDGET_S:-540}))  # stop starting scenarios before the call's limit
     for s in "${scns[@]}"; do
       n=$(basename "$s" .yaml)
+      left=$((deadline - SECONDS))
+      if [ "$left" -lt 60 ]; then
+        echo "gpu-suite: time budget spent; $n and the rest are for the next call"; break
+      fi
       echo "== $n"
-      timeout 400 $L validate "$s" --profile "$prof" -o "$OUT/validation/$n" --device "$DEVICE" \
+      timeout "$left" $L validate "$s" --profile "$prof" -o "$OUT/validation/$n" --device "$DEVICE" \
         --timing "$TIMING" \
         || echo "gpu-suite: $n failed or timed out (rc $?)"
     done
