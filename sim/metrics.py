@@ -8,10 +8,16 @@ import pandas as pd
 from sim.jobs import Job
 
 
+def _spans(events: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
+    """Per request id ≥ 0: its first kernel's start and last kernel's end. Grouped over the whole
+    table, negatives dropped after (no filtered copy of a table of tens of millions of rows)."""
+    span = events.groupby("request_id").agg(**{first: ("start_s", "min"), last: ("end_s", "max")})
+    return span[span.index >= 0]
+
+
 def requests_frame(events: pd.DataFrame, jobs: list[Job]) -> pd.DataFrame:
     """One row per job: arrival, first kernel start, last kernel end, JCT = end − arrival."""
-    ev = events[events["request_id"] >= 0]
-    span = ev.groupby("request_id").agg(start_s=("start_s", "min"), end_s=("end_s", "max"))
+    span = _spans(events, "start_s", "end_s")
     arrivals = pd.DataFrame({"request_id": [j.request_id for j in jobs],
                              "arrival_s": [j.arrival_s for j in jobs]}).set_index("request_id")
     df = arrivals.join(span, how="left").reset_index()
@@ -90,8 +96,7 @@ def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wal
 def generative_requests_frame(events: pd.DataFrame, iterations: list[list], jobs: list[Job]) -> pd.DataFrame:
     """One row per request of generative serving: every output token is emitted when the
     iteration that produced it ends (its last kernel on any rank)."""
-    ev = events[events["request_id"] >= 0]
-    span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"))
+    span = _spans(events, "t0", "t1")
     it = pd.DataFrame(iterations, columns=["iteration", "group", "request_id", "tokens_in", "emits"])
     it = it.join(span, on="iteration")
     first = it.groupby("request_id")["t0"].min()
