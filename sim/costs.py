@@ -45,20 +45,26 @@ def cached(cache: dict, spec: KernelSpec, group: tuple[int, ...] | None,
     return hit[0]
 
 
+class CachedSolo:
+    """`solo` and `spec_solo` of a cost model, over its `_compute` and `_cache`."""
+
+    __slots__ = ()
+
+    def solo(self, kernel: Kernel) -> float:
+        return self.spec_solo(kernel.spec, kernel.group)
+
+    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
+        return cached(self._cache, spec, group, self._compute)  # type: ignore[attr-defined]
+
+
 @dataclass(slots=True)
-class RooflineCost:
+class RooflineCost(CachedSolo):
     peak_flops: float
     hbm_bw: float
     sms: int
     kernel_overhead_s: float
     topology: Topology
     _cache: dict = field(default_factory=dict)
-
-    def solo(self, kernel: Kernel) -> float:
-        return self.spec_solo(kernel.spec, kernel.group)
-
-    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
-        return cached(self._cache, spec, group, self._compute)
 
     def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
         if spec.is_collective:
@@ -84,7 +90,7 @@ class RooflineCost:
 
 
 @dataclass(slots=True)
-class ProfileCost:
+class ProfileCost(CachedSolo):
     """Solo durations from a calibrated profile (`sim.profile`): measured shapes exactly,
     log-space interpolation between them, the roofline (scaled by the nearest measured
     shape, with a one-time warning) outside; collectives from the link model, plus the
@@ -98,12 +104,6 @@ class ProfileCost:
     @property
     def topology(self) -> Topology:
         return self.roofline.topology
-
-    def solo(self, kernel: Kernel) -> float:
-        return self.spec_solo(kernel.spec, kernel.group)
-
-    def spec_solo(self, spec: KernelSpec, group: tuple[int, ...] | None = None) -> float:
-        return cached(self._cache, spec, group, self._compute)
 
     def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
         if spec.is_collective:

@@ -135,11 +135,14 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
     dtype, hidden = ctx.model.dtype_bytes, ctx.model.hidden
     skip = -1.0
 
-    def wait_for_decision(rt: Runtime, i: int) -> PolicyGen:
+    def next_decision(rt: Runtime, i: int):
+        """Decision i (an iteration, a time to sleep until, or None: the end), once the leader
+        has made it; a follower polls with backoff."""
         poll = POLL_S
         while len(decided) <= i:
             yield rt.sleep_until(rt.now() + poll)
             poll = min(2 * poll, POLL_MAX_S)
+        return decided[i]
 
     def decide(rt: Runtime, state: dict) -> PolicyGen:
         """The first stage's first rank: batch group g once its tokens are back."""
@@ -172,8 +175,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
         while True:
             if local == 0:
                 yield from decide(rt, state)
-            yield from wait_for_decision(rt, i)
-            item = decided[i]
+            item = yield from next_decision(rt, i)
             i += 1
             if item is None:
                 return
@@ -202,8 +204,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
         to = stage_list[0].ranks[local] if last else stage_list[stage.index + 1].ranks[local]
         i = 0
         while True:
-            yield from wait_for_decision(rt, i)
-            item = decided[i]
+            item = yield from next_decision(rt, i)
             i += 1
             if item is None:
                 return
