@@ -318,7 +318,7 @@ class Calibration:
                     lib.store.shape_of = {rid: (t.batch, t.seq)}.get
                     self._fill(lib, t, rid)
                     st = lib.store.states[rid]
-                    self._host_ops([(s, partial(lib.ops[s.name], lib, st, Kernel(s, 0, rid, 0)))
+                    self._host_ops([(s.name, partial(lib.ops[s.name], lib, st, Kernel(s, 0, rid, 0)))
                                     for s in prologue_kernels(t.model, t.tp, t.batch, t.seq)
                                     + layer_kernels(t.model, t.tp, t.batch, t.seq)
                                     + epilogue_kernels(t.model, t.tp, t.batch, t.seq)
@@ -357,7 +357,8 @@ class Calibration:
             layers.update({s.name: model.layers - 1 for s in epilogue_kernels(model, tp, 1, 1)})
             for spec in sh.specs():
                 _run_iteration_kernel(lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0)))
-            self._host_ops([(spec, partial(_run_iteration_kernel, lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0))))
+            self._host_ops([(spec.name, partial(_run_iteration_kernel, lib, st,
+                                                Kernel(spec, 0, i, layers.get(spec.name, 0))))
                             for spec in sh.specs() if spec.name in lib.ops])
             for spec in new:
                 k = Kernel(spec, 0, i, layers.get(spec.name, 0))
@@ -367,18 +368,25 @@ class Calibration:
             lib._gen_release(st)
         lib.generic._scratch.clear()
 
-    def _host_ops(self, calls: list[tuple[KernelSpec, Callable[[], None]]]) -> None:
-        """Host time of each op's call (its dispatch: CUDA launches return at once), a few
-        passes over the layer after it has run once; the GPU work is drained afterwards."""
-        if not self.s.host_ops or not calls:
-            return
-        for _ in range(self.s.host_op_reps):
-            for spec, fn in calls:
+    def _host_times(self, calls: list[tuple[str, Callable[[], None]]], reps: int) -> dict[str, list[float]]:
+        """Host time of each call (its dispatch: CUDA launches return at once), `reps` passes
+        over the calls in order; the GPU work is drained afterwards."""
+        out: dict[str, list[float]] = {}
+        for _ in range(reps):
+            for name, fn in calls:
                 t0 = time.perf_counter()
                 fn()
-                self._op_samples.setdefault(spec.name, []).append(time.perf_counter() - t0)
+                out.setdefault(name, []).append(time.perf_counter() - t0)
         if self.s.device == "cuda":
             self.torch.cuda.synchronize()
+        return out
+
+    def _host_ops(self, calls: list[tuple[str, Callable[[], None]]]) -> None:
+        """Samples of each named op's host dispatch, a few passes over a layer that has run once."""
+        if not self.s.host_ops or not calls:
+            return
+        for name, ts in self._host_times(calls, self.s.host_op_reps).items():
+            self._op_samples.setdefault(name, []).extend(ts)
 
     def _merge_host_ops(self) -> None:
         """Median host time per op into the profile (names already there are kept: a resumed run)."""
@@ -420,13 +428,7 @@ class Calibration:
         gen = GenericKernels(self._dev(), torch_dtype(self.s.device, 2), NoCollectives())
         k = Kernel(pointwise("elementwise", "tiny", 1024, 1, 1, 0.0), 0)
         kernel_s = float(np.median(self.timer.times(lambda: gen.run(k), reps=50)))
-        generic_host = []
-        for _ in range(50):
-            t0 = time.perf_counter()
-            gen.run(k)
-            generic_host.append(time.perf_counter() - t0)
-        if self.s.device == "cuda":
-            self.torch.cuda.synchronize()
+        generic_host = self._host_times([("tiny", lambda: gen.run(k))], 50)["tiny"]
         n = 200
         per_launch, per_record = [], []
         for _ in range(5):
@@ -501,11 +503,7 @@ class Calibration:
                 buf = torch.zeros(nbytes // 2, dtype=torch.float16, device=self._dev())
                 group = tuple(range(n))
                 ts = self.timer.times(lambda: comm.all_reduce(buf, group))  # noqa: B023
-                for _ in range(self.s.host_op_reps):
-                    t0 = time.perf_counter()
-                    comm.all_reduce(buf, group)
-                    self._op_samples.setdefault("all_reduce", []).append(time.perf_counter() - t0)
-                torch.cuda.synchronize()
+                self._host_ops([("all_reduce", lambda: comm.all_reduce(buf, group))])  # noqa: B023
                 ctas, copy, target = comm.launched[-1]
                 self.profile.emulated_collective.append({"interconnect": ic, "n": n, "nbytes": nbytes,
                                                          "target_s": target, "ctas": ctas, **stats(ts)})

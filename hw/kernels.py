@@ -38,6 +38,7 @@ from sim.kernels import Kernel
 from sim.layers import ModelShape, layer_kernels
 
 Op = Callable[["KernelLibrary", RequestState, Kernel], None]
+TOKEN_TRIPS = ("send_tokens", "recv_tokens")  # generative pipelines: sampled tokens back to stage 0, no activations
 
 
 class KernelLibrary:
@@ -71,8 +72,7 @@ class KernelLibrary:
         if self.gen is not None and k.request_id >= 0:
             self._run_generative(k)
             return
-        kind = k.spec.kind
-        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else k.spec.name)
+        op = self._op(k)
         if op is None or k.request_id < 0:
             self.generic.run(k)
             return
@@ -81,18 +81,19 @@ class KernelLibrary:
         if self._finished(st, k):
             self.store.release(k.request_id, self._fence())
 
+    def _op(self, k: Kernel) -> Op | None:
+        """The library's op for `k` (sends and receives by kind, the rest by name), if any."""
+        kind = k.spec.kind
+        return self.ops.get(kind if kind in ("send", "recv") else k.spec.name)
+
     def prepare(self, k: Kernel) -> None:
         """Create the state of `k`'s request (its input) or iteration (KV blocks, index tensors)
         if it has none yet. The runtime calls this before it starts timing `k`: that set-up is
         the host's and the input's work, not the kernel's."""
-        if k.request_id < 0 or k.request_id in self.store.states:
-            return
-        kind, name = k.spec.kind, k.spec.name
-        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else name)
-        if op is None:
+        if k.request_id < 0 or k.request_id in self.store.states or self._op(k) is None:
             return
         if self.gen is not None:
-            if name not in ("send_tokens", "recv_tokens"):
+            if k.spec.name not in TOKEN_TRIPS:
                 self._gen_state(k.request_id)
         else:
             self.store.get(k.request_id, self._tokens(k), self.input_name)
@@ -164,9 +165,8 @@ class KernelLibrary:
 
     def _run_generative(self, k: Kernel) -> None:
         """A kernel of iteration `k.request_id`: its state holds the iteration's token rows."""
-        kind, name = k.spec.kind, k.spec.name
-        op = self.ops.get("send" if kind == "send" else "recv" if kind == "recv" else name)
-        if op is None or name in ("send_tokens", "recv_tokens"):
+        op = self._op(k)
+        if op is None or k.spec.name in TOKEN_TRIPS:
             self.generic.run(k)  # the sampled tokens' trip back to the first stage carries no activations
             return
         st = self.store.states.get(k.request_id)
@@ -613,6 +613,11 @@ class GenericKernels:
         if key not in self._scratch:
             self._scratch[key] = torch.rand(shape, device=self.device, dtype=self.dtype) * 0.1
         return self._scratch[key]
+
+    def _op(self, k: Kernel) -> Op | None:
+        """The library's op for `k` (sends and receives by kind, the rest by name), if any."""
+        kind = k.spec.kind
+        return self.ops.get(kind if kind in ("send", "recv") else k.spec.name)
 
     def prepare(self, k: Kernel) -> None:
         """Nothing to set up: scratch tensors are made on first use (the runtime's hook)."""

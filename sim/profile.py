@@ -257,13 +257,18 @@ def families(kind: str, dims: dict[str, int], name: str = "") -> list[tuple]:
     return [("name", name), ()] if name else [()]
 
 
-def work(kind: str, flops: float, nbytes: float, dims: dict[str, int] | None = None) -> float:
-    """The axis times are interpolated along: FLOPs for compute kernels, bytes otherwise; for
-    decode attention the bytes of every sequence padded to the longest context (b × ctx_max),
-    which its time follows (`sim.kernels.decode_attention`)."""
+def padding(kind: str, dims: dict[str, int] | None) -> float:
+    """Decode attention's work padded to the longest context over its true work (b × ctx_max /
+    ctx), which its time follows (`sim.kernels.decode_attention`); 1 for every other kernel."""
     if kind == "decode_attention" and dims and dims.get("ctx_max") and dims.get("ctx"):
-        nbytes *= dims["b"] * dims["ctx_max"] / dims["ctx"]
-    return max(flops if kind in COMPUTE_KINDS else nbytes, 1.0)
+        return dims["b"] * dims["ctx_max"] / dims["ctx"]
+    return 1.0
+
+
+def work(kind: str, flops: float, nbytes: float, dims: dict[str, int] | None = None) -> float:
+    """The axis times are interpolated along: FLOPs for compute kernels, bytes otherwise (for
+    decode attention, padded: `padding`)."""
+    return max(flops if kind in COMPUTE_KINDS else nbytes * padding(kind, dims), 1.0)
 
 
 @dataclass(slots=True)
@@ -289,8 +294,7 @@ class MeasuredKernels:
                 if m.name:  # a named op also answers for its kind's anonymous shape
                     self.exact.setdefault((kind, *shape_key(kind, m.dims)), m.median_s)
                 x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
-                pad = work(kind, spec.flops, spec.bytes, spec.dims) / work(kind, spec.flops, spec.bytes)
-                r = math.log(m.median_s / max(roofline(spec) * pad, 1e-12))
+                r = math.log(m.median_s / max(roofline(spec) * padding(kind, spec.dims), 1e-12))
                 for fam in families(kind, m.dims, m.name):
                     points.setdefault((kind, *fam), {}).setdefault(x, []).append((math.log(m.median_s), r))
         for key, by_x in points.items():
@@ -333,8 +337,7 @@ class MeasuredKernels:
             warnings.warn(f"{self.profile.path}: {kind} {spec.name or ''} {_dims_str(spec.dims)} is outside the "
                           "measured range; using the roofline scaled by the nearest measured shape",
                           ProfileWarning, stacklevel=3)
-        pad = work(kind, spec.flops, spec.bytes, spec.dims) / work(kind, spec.flops, spec.bytes)
-        return self.roofline(spec) * pad * math.exp(fam.ratio[i])
+        return self.roofline(spec) * padding(kind, spec.dims) * math.exp(fam.ratio[i])
 
 
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:

@@ -35,6 +35,7 @@ from sim.kernels import Kernel
 from sim.outputs import _clean, run_tables, write_run
 
 MODES = ("closed_loop", "replay")
+NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
 RUN_META = "run_meta.json"
 GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list")
 
@@ -50,7 +51,6 @@ def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
         return measured_meta
     f = out / mode / RUN_META
     return json.loads(f.read_text()) if f.exists() else {}
-NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
 
 
 # ---------------------------------------------------------------------- predictions
