@@ -53,9 +53,12 @@ case "$stage" in
     python3 -c "import torch, triton, simpy, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'simpy', simpy.__version__, 'pydantic', pydantic.__version__, \
 torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
-    python3 -m pytest -q -p no:cacheprovider tests/test_hw_cuda.py 2>&1 | tee "$OUT/test_hw_cuda.log"
+    nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,persistence_mode --format=csv \
+      | tee -a "$OUT/gpu.csv"  # the card as found (read only)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_hw_cuda.py 2>&1 | tee "$OUT/test_hw_cuda.log"
     for t in events cupti; do  # both timers on one small run: which one is exact (issue 4)
-      $L hw run scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device cuda --timing $t -o "$OUT/check-$t"
+      timeout 120 $L hw run scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device cuda --timing $t \
+        -o "$OUT/check-$t" || echo "gpu-suite: check-$t failed (rc $?)"
     done
     ;;
   calibrate)
@@ -88,6 +91,7 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
     done
     ;;
   hw)
+    mkdir -p "$OUT/hw"
     for p in intra interleaved; do
       n=glm130b-4l-tp4-$p
       $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" --timing "$TIMING" -o "$OUT/hw/$n" || echo "gpu-suite: $n failed (rc $?)"
