@@ -49,6 +49,7 @@ class TorchRuntime(RecordingRuntime):
         self._prof = None
         self._cupti: dict[int, tuple[float, float, float]] | None = None
         self._offset_us = 0.0
+        self.t0 = time.perf_counter() if t0 is None else t0
         if self.timing == "cupti":
             from torch.profiler import ProfilerActivity, profile
 
@@ -56,7 +57,6 @@ class TorchRuntime(RecordingRuntime):
             self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             self._prof.__enter__()
             self.t0 += time.perf_counter() - t_prof  # CUPTI's start-up is not run time
-        self.t0 = time.perf_counter() if t0 is None else t0
         self._streams: list = []
         self._events: dict[int, object] = {}  # event id -> CUDA event, or host time on CPU
         self._kernels: list[tuple[Kernel, int, float, object, object]] = []

@@ -13,6 +13,7 @@
 #                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME,
 #                         starting none after STAGE_BUDGET_S (540) seconds; a folder without
 #                         summary.json was cut off: run it again
+#   hwhost                host microseconds per kernel of `hw run`, and a cProfile of where they go
 #   hw                    issue 4: the GLM-130B encoder, 4 layers, TP 4 rank 0, 200 jobs, intra_op and
 #                         interleaved -> $OUT/hw/NAME (summary.json, requests.csv, events.parquet)
 #
@@ -21,7 +22,7 @@
 # git); name `.whl` in the device call's `carry`. PROFILE defaults to the GPU's name (h100-sxm, h200);
 # a path ending in .yaml is used as is. DEVICE=cpu PYTHON=.venv/bin/python dry-runs a stage on CPU.
 set -uo pipefail
-stage=${1:?usage: scripts/gpu-suite.sh check|calibrate|validate|hw [ARGS]}
+stage=${1:?usage: scripts/gpu-suite.sh check|calibrate|validate|hw|hwhost [ARGS]}
 shift
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
@@ -100,6 +101,12 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
       python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u +%F; } \
       > "$OUT/hw/device.txt"
     ;;
+  hwhost)  # the hw executor's host cost per kernel, and where it goes (bench/hw_host.py)
+    $PY bench/hw_host.py scenarios/hw/glm130b-4l-tp4-intra.yaml scenarios/hw/glm130b-4l-tp4-interleaved.yaml \
+      --device "$DEVICE" --timing "$TIMING" -o "$OUT/hwhost"
+    $PY bench/hw_host.py scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device "$DEVICE" \
+      --timing "$TIMING" -o "$OUT/hwhost"
+    ;;
   *)
-    echo "gpu-suite: unknown stage $stage (check, calibrate, validate, hw)" >&2; exit 2 ;;
+    echo "gpu-suite: unknown stage $stage (check, calibrate, validate, hw, hwhost)" >&2; exit 2 ;;
 esac
