@@ -58,6 +58,7 @@ class TorchRuntime(RecordingRuntime):
             self._prof.__enter__()
             self.t0 += time.perf_counter() - t_prof  # CUPTI's start-up is not run time
         self._streams: list = []
+        self._current = None  # the stream made current by the last launch (CUDA)
         self._events: dict[int, object] = {}  # event id -> CUDA event, or host time on CPU
         self._kernels: list[tuple[Kernel, int, float, object, object]] = []
         self.record_times: list[tuple[int, int, float]] = []  # (event, stream, host time) of records
@@ -89,22 +90,27 @@ class TorchRuntime(RecordingRuntime):
         kernel.rank = self.rank
         if self.cuda:
             s = self._streams[stream]
-            with torch.cuda.stream(s):
-                # set-up (the request's input, the iteration's index tensors and KV blocks) goes on
-                # the kernel's stream, ahead of it (pool streams do not wait for the default one),
-                # and outside its timing
-                self.lib.prepare(kernel)
-                t = self._clock()
-                if self.timing == "cupti":
-                    with torch.profiler.record_function(f"{TAG}{len(self._kernels)}"):
-                        self.lib.run(kernel)
-                    self._kernels.append((kernel, stream, t, None, None))
-                else:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record(s)
+            if s is not self._current:
+                # the kernel's stream becomes current (and stays so until another is needed):
+                # `torch.cuda.stream(s)` as a context would cost 10-30 us of device-index lookups
+                # per launch, more than many of the kernels it brackets
+                torch.cuda.set_stream(s)
+                self._current = s
+            # set-up (the request's input, the iteration's index tensors and KV blocks) goes on
+            # the kernel's stream, ahead of it (pool streams do not wait for the default one),
+            # and outside its timing
+            self.lib.prepare(kernel)
+            t = self._clock()
+            if self.timing == "cupti":
+                with torch.profiler.record_function(f"{TAG}{len(self._kernels)}"):
                     self.lib.run(kernel)
-                    end.record(s)
-                    self._kernels.append((kernel, stream, t, start, end))
+                self._kernels.append((kernel, stream, t, None, None))
+            else:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(s)
+                self.lib.run(kernel)
+                end.record(s)
+                self._kernels.append((kernel, stream, t, start, end))
         else:
             self.lib.prepare(kernel)
             t = self._clock()
@@ -152,6 +158,9 @@ class TorchRuntime(RecordingRuntime):
 
     def finish(self) -> None:
         if self.cuda:
+            if self._current is not None:  # hand the default stream back to whatever runs next
+                torch.cuda.set_stream(torch.cuda.default_stream())
+                self._current = None
             torch.cuda.synchronize()
         if self._prof is not None:  # CUPTI: read when each op's device work ran
             prof, self._prof = self._prof, None

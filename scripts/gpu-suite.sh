@@ -93,9 +93,15 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
     ;;
   hw)
     mkdir -p "$OUT/hw"
-    for p in intra interleaved; do
-      n=glm130b-4l-tp4-$p
-      $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" --timing "$TIMING" -o "$OUT/hw/$n" || echo "gpu-suite: $n failed (rc $?)"
+    # wall-clock makespan and JCT under CUDA-event timing (no profiler on the host); CUPTI for
+    # the kernels' true busy and overlap fractions
+    for t in events cupti; do
+      [ "$DEVICE" = cpu ] && [ $t = cupti ] && continue
+      for p in intra interleaved; do
+        n=glm130b-4l-tp4-$p
+        $L hw run "scenarios/hw/$n.yaml" --device "$DEVICE" --timing $t -o "$OUT/hw/$n-$t" \
+          || echo "gpu-suite: $n ($t) failed (rc $?)"
+      done
     done
     { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
       python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; date -u +%F; } \

@@ -99,8 +99,8 @@ def test_cuda_streams_respect_event_waits(tmp_path):
 def test_fp16_masked_and_gqa_attention_match_the_math_backend():
     """The generative ops' SDPA calls (a bool-masked, GQA decode over padded contexts; a chunk
     behind its cached past with a bottom-right causal mask) on whatever backend torch picks on
-    this GPU (cuDNN first on Hopper in recent releases) against the math backend. If this fails,
-    LIGERSIM_NO_CUDNN_SDPA=1 turns cuDNN attention off for ligersim runs."""
+    this GPU (cuDNN first on Hopper in recent releases, which ligersim turns off unless
+    LIGERSIM_CUDNN_SDPA=1) against the math backend."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
