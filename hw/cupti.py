@@ -6,9 +6,10 @@ start event until the kernel is launched, and that host gap counts as kernel tim
 reports when each GPU kernel (and memcpy/memset) actually ran. `TorchRuntime(timing="cupti")`
 wraps each op's launch in a `record_function` range tagged `ligersim#N`; after the run the
 profiler's trace is read here: the CUDA runtime or driver calls made inside a range carry
-correlation ids, which name the device activities they launched, so op N ran from the first
-of its activities' starts to the last one's end. One op may launch several kernels (a norm is
-an add, a bias and a norm), and one with no device work (a no-op on this rank) gets none.
+correlation ids, which name the device activities they launched, so op N started with the
+first of its activities and lasted as long as they kept the GPU busy. One op may launch several
+kernels (a norm is an add, a bias and a norm), and one with no device work (a no-op on this
+rank) gets none.
 
 Host times: the profiler's clock differs from the runtime's (`perf_counter` since the run's
 origin) by an offset, estimated as the median difference between each range's start and the
@@ -28,9 +29,11 @@ LAUNCH_CATS = frozenset({"cuda_runtime", "cuda_driver"})
 DEVICE_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
 
 
-def op_intervals(events: list[dict]) -> dict[int, tuple[float, float, float]]:
-    """op index -> (its range's start, device start, device end), µs on the trace's clock,
-    for every tagged range that launched device work."""
+def op_intervals(events: list[dict]) -> dict[int, tuple[float, float, float, float]]:
+    """op index -> (its range's start, device start, device end, device busy), µs on the
+    trace's clock, for every tagged range that launched device work. Busy is the length of the
+    union of its activities: an op of several kernels whose host dispatch is slower than they
+    run leaves the GPU idle between them, and that gap is the host's, not the op's."""
     ranges = []
     launches: dict[object, list[tuple[float, int]]] = defaultdict(list)
     device: dict[int, list[float]] = {}
@@ -47,14 +50,26 @@ def op_intervals(events: list[dict]) -> dict[int, tuple[float, float, float]]:
             span[0], span[1] = min(span[0], ts), max(span[1], ts + float(e.get("dur", 0.0)))
     for calls in launches.values():
         calls.sort()
-    out: dict[int, tuple[float, float, float]] = {}
+    out: dict[int, tuple[float, float, float, float]] = {}
     for t0, t1, idx, tid in ranges:
         calls = launches.get(tid, [])
         lo, hi = bisect.bisect_left(calls, (t0, -1)), bisect.bisect_right(calls, (t1, 1 << 62))
-        spans = [device[c] for _, c in calls[lo:hi] if c in device]
+        spans = sorted(device[c] for _, c in calls[lo:hi] if c in device)
         if spans:
-            out[idx] = (t0, min(s[0] for s in spans), max(s[1] for s in spans))
+            out[idx] = (t0, spans[0][0], max(s[1] for s in spans), _union(spans))
     return out
+
+
+def _union(spans: list[list[float]]) -> float:
+    """Total length covered by sorted [start, end] spans."""
+    total, cur0, cur1 = 0.0, spans[0][0], spans[0][1]
+    for a, b in spans[1:]:
+        if a > cur1:
+            total += cur1 - cur0
+            cur0, cur1 = a, b
+        else:
+            cur1 = max(cur1, b)
+    return total + cur1 - cur0
 
 
 def host_offset_us(intervals: dict[int, tuple[float, float, float]], host_s: dict[int, float]) -> float:

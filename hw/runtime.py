@@ -47,7 +47,7 @@ class TorchRuntime(RecordingRuntime):
             raise ValueError(f"timing {timing!r}: expected one of {', '.join(TIMINGS)}")
         self.timing = timing if self.cuda else "host"
         self._prof = None
-        self._cupti: dict[int, tuple[float, float, float]] | None = None
+        self._cupti: dict[int, tuple[float, float, float, float]] | None = None
         self._offset_us = 0.0
         self.t0 = time.perf_counter() if t0 is None else t0
         if self.timing == "cupti":
@@ -183,7 +183,10 @@ class TorchRuntime(RecordingRuntime):
                 if iv is None:  # no device work on this rank: an instant after the stream's last
                     t_start = t_end = max(launched, last_end.get(sid, 0.0))
                 else:
-                    t_start, t_end = (iv[1] + self._offset_us) / 1e6, (iv[2] + self._offset_us) / 1e6
+                    # the op's device time from its first kernel's start: host gaps between
+                    # its kernels are not the op's (`hw.cupti.op_intervals`)
+                    t_start = (iv[1] + self._offset_us) / 1e6
+                    t_end = t_start + iv[3] / 1e6
                 last_end[sid] = max(last_end.get(sid, 0.0), t_end)
             elif self.cuda:
                 t_start = self._origin_host + self._origin.elapsed_time(start) / 1e3

@@ -16,19 +16,35 @@ from sim.errors import LigerSimError
 
 def validate(scenario: str | Path, profile: str | Path, out: str | Path, device: str = "cuda",
              jobs: int | None = None, measured: str | Path | None = None, emulate: bool | None = None,
-             channels: int = 16, progress: bool = False, timing: str = "events") -> dict:
-    """Measure (unless `measured` is given), predict, compare; returns the summary."""
+             channels: int = 16, progress: bool = False, timing: str = "events",
+             kernels: str | Path | None = None) -> dict:
+    """Measure (unless `measured` is given), predict, compare; returns the summary.
+
+    `timing="both"` (CUDA) measures the scenario twice: with CUDA events into `measured/`, whose
+    wall-clock makespan and request times are compared, and with CUPTI into `measured_cupti/`,
+    whose kernel times are compared. CUPTI times kernels exactly but its profiler slows the
+    host (on an H100 host-bound runs took ~30% longer); events leave the host alone but count
+    the GPU's idle wait for a launch as kernel time. `kernels` names such a second recorded run."""
     from sim.profile import load_profile
     from sim.validation import predict
 
     out = Path(out)
+    if timing in ("cupti", "both") and device == "cpu" and measured is None:
+        raise LigerSimError(f"--timing {timing} times CUDA kernels with CUPTI; on CPU use --timing events",
+                            field="--timing")
     load_profile(profile)  # a bad profile fails before minutes of GPU work, not after
     if measured is None:
         from hw.run import run_scenario
 
         measured = out / "measured"
-        run_scenario(scenario, measured, device=device, jobs=jobs, emulate=emulate, channels=channels, trace=False,
-                     timing=timing)
+        runs = [("events", measured), ("cupti", out / "measured_cupti")] if timing == "both" else [(timing, measured)]
+        for how, where in runs:
+            run_scenario(scenario, where, device=device, jobs=jobs, emulate=emulate, channels=channels, trace=False,
+                         timing=how)
+        if timing == "both":
+            kernels = out / "measured_cupti"
     elif not Path(measured).is_dir():
         raise LigerSimError("recorded run folder not found", file=str(measured), field="--measured")
-    return predict(measured, scenario, profile, out, progress=progress)
+    if kernels is not None and not Path(kernels).is_dir():
+        raise LigerSimError("recorded run folder not found", file=str(kernels), field="--kernels-from")
+    return predict(measured, scenario, profile, out, progress=progress, kernels=kernels)

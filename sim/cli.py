@@ -139,7 +139,7 @@ def _validate(args: argparse.Namespace) -> None:
     from hw.validate import validate
 
     s = validate(args.scenario, args.profile, args.output, args.device, args.jobs, args.measured, args.emulate,
-                 args.channels, progress=sys.stderr.isatty(), timing=args.timing)
+                 args.channels, progress=sys.stderr.isatty(), timing=args.timing, kernels=args.kernels_from)
     for mode in ("closed_loop", "replay"):
         if mode in s:
             m = s[mode]
@@ -221,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--emulate", action="store_true", default=None,
                     help="cuda: rank 0 of the group on one GPU (the default with fewer GPUs than ranks)")
     va.add_argument("--channels", type=int, default=16, help="CTAs of the emulated collective")
-    va.add_argument("--timing", choices=("events", "cupti"), default="events",
-                    help="cuda: how the measured run times kernels (CUDA events, or CUPTI via torch.profiler)")
+    va.add_argument("--timing", choices=("events", "cupti", "both"), default="events",
+                    help="cuda: how the measured run times kernels (CUDA events, CUPTI via torch.profiler, or "
+                         "both: request times from an events run, kernel times from a CUPTI run)")
+    va.add_argument("--kernels-from", default=None,
+                    help="with --measured: compare kernel times of this second recorded run (e.g. CUPTI-timed)")
     va.set_defaults(func=_validate)
 
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")

@@ -63,8 +63,9 @@ def _measured_files(measured: Path) -> dict:
 
 
 def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out: str | Path,
-            progress: bool = False) -> dict:
-    """Simulate the measured run closed-loop and as a replay with `profile`; then build the report."""
+            progress: bool = False, kernels: str | Path | None = None) -> dict:
+    """Simulate the measured run closed-loop and as a replay with `profile`; then build the report
+    (kernel times from `kernels`, a second recorded run of the scenario, when given)."""
     from sim.profile import EMULATED_OVERHEAD, load_profile
     from sim.scenario import load_scenario
     from sim.simulate import jobs_from_meta, make_engine, simulate
@@ -104,7 +105,8 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
         EMULATED_OVERHEAD.reset(token)
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
             "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
-            "measured_dir": str(measured), "emulated": emulated}
+            "measured_dir": str(measured), "emulated": emulated,
+            **({"kernels_dir": str(kernels)} if kernels is not None else {})}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return build_report(out, measured)
 
@@ -171,9 +173,14 @@ def _durations(ev: pd.DataFrame) -> pd.DataFrame:
     return ev
 
 
-def compare_kernels(measured: pd.DataFrame, predicted: pd.DataFrame, mode: str) -> pd.DataFrame:
+def compare_kernels(measured: pd.DataFrame, predicted: pd.DataFrame, mode: str,
+                    same_run: bool = True) -> pd.DataFrame:
+    """Kernel durations side by side. A replay executes the measured run's IR, so its kernels
+    match by id; otherwise (closed loop, or kernel times from another run of the scenario) by
+    what the kernel is: request, layer, name, piece and occurrence."""
     m, p = _durations(measured), _durations(predicted[predicted["rank"].isin(set(measured["rank"]))])
-    key = ["rank", "kernel_id"] if mode == "replay" else ["rank", "request_id", "layer", "name", "frac", "occ"]
+    by_id = mode == "replay" and same_run
+    key = ["rank", "kernel_id"] if by_id else ["rank", "request_id", "layer", "name", "frac", "occ"]
     cols = ["rank", "kernel_id", "request_id", "layer", "name", "kind", "cls", "frac", "occ", "dur_s"]
     j = m[cols].merge(p[key + ["dur_s"]], on=key, how="inner", suffixes=("_m", "_p"))
     out = pd.DataFrame({"mode": mode, "level": "kernel", "rank": j["rank"], "request_id": j["request_id"],
@@ -231,9 +238,11 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     """Compare `out/closed_loop` and `out/replay` with the measured run; write the report files."""
     out = Path(out)
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-    measured = Path(measured or meta.get("measured_dir") or out / "measured")
+    measured = Path(measured) if measured else _beside(out, meta.get("measured_dir"), "measured")
     hw = _measured_files(measured)
     m_ev = pd.read_parquet(measured / "events.parquet")
+    kernels_dir = _beside(out, meta["kernels_dir"], "measured_cupti") if meta.get("kernels_dir") else None
+    k_ev = pd.read_parquet(kernels_dir / "events.parquet") if kernels_dir else m_ev
     m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if (measured / "ir.jsonl").exists() else {}
     from sim.simulate import jobs_from_meta
 
@@ -244,7 +253,10 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     rows, summary = [], {"scenario": meta.get("scenario"), "policy": meta.get("policy"),
                          "device": hw.get("gpu") or hw.get("device"), "hw_mode": hw.get("mode"),
                          "date": hw.get("date"), "profile": meta.get("profile"),
-                         "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks)}
+                         "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks),
+                         "request_timing": hw.get("timing"),
+                         "kernel_timing": _measured_files(kernels_dir).get("timing") if kernels_dir
+                         else hw.get("timing")}
     for mode in MODES:
         d = out / mode
         if not (d / "events.parquet").exists():
@@ -252,10 +264,10 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
         p_ev = pd.read_parquet(d / "events.parquet")
         p_ev = p_ev[p_ev["rank"].isin(ranks)]
         p_req, p_sum = run_tables(p_ev, jobs, _mode_meta(out, mode, m_meta), mode, None)
-        k = compare_kernels(m_ev, p_ev, mode)
+        k = compare_kernels(k_ev, p_ev, mode, same_run=kernels_dir is None)
         r = compare_requests(m_req, p_req, mode)
         rows += [k, r]
-        summary[mode] = mode_summary(k, m_sum, p_sum, len(m_ev))
+        summary[mode] = mode_summary(k, m_sum, p_sum, len(k_ev))
         summary[mode]["by_kind"] = {kind: float(g["error"].abs().median())
                                     for kind, g in k.groupby("kind") if g["error"].notna().any()}
     if len(rows) == 0:
@@ -263,9 +275,17 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     table = pd.concat(rows, ignore_index=True)
     table.to_csv(out / "validation.csv", index=False)
     (out / "summary.json").write_text(json.dumps(_clean_deep(summary), indent=2) + "\n")
-    plot_validation(out, table, m_ev)
+    plot_validation(out, table, k_ev)
     (out / "report.md").write_text(report_markdown(summary, table))
     return summary
+
+
+def _beside(out: Path, recorded: str | None, default: str) -> Path:
+    """A recorded-run folder named in meta.json, or, when that path is gone (the report was
+    copied elsewhere, e.g. from the GPU machine into results/), the folder of that name in `out`."""
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return out / (Path(recorded).name if recorded else default)
 
 
 def _clean_deep(v):
@@ -287,6 +307,8 @@ def report_markdown(summary: dict, table: pd.DataFrame) -> str:
     lines = [f"# Validation: {summary.get('scenario')} ({summary.get('policy')})", "",
              f"- measured on: {summary.get('device')} (hw mode {summary.get('hw_mode')}, ranks "
              f"{summary.get('measured_ranks')}), {summary.get('date')}",
+             f"- timing: requests and makespan from a run timed with {summary.get('request_timing')}, kernels "
+             f"from a run timed with {summary.get('kernel_timing')}",
              f"- profile: {summary.get('profile')} (measured on {summary.get('profile_device')})", "",
              "Errors are (predicted − measured) / measured; kernel errors are medians and 90th percentiles of "
              "|error| over matched kernels.", "",
@@ -328,7 +350,9 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
         table = pd.read_csv(out / "validation.csv")
     if measured is None:
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-        measured = pd.read_parquet(Path(meta.get("measured_dir") or out / "measured") / "events.parquet")
+        d = meta.get("kernels_dir") or meta.get("measured_dir")
+        measured = pd.read_parquet(_beside(out, d, "measured_cupti" if meta.get("kernels_dir") else "measured")
+                                   / "events.parquet")
     k = table[table["level"] == "kernel"]
     paths = []
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
