@@ -83,7 +83,7 @@ class Settings:
     quick: bool = False
     warmup: int = 5
     reps: int = 30
-    flush_l2: bool = True
+    flush_l2: bool = True  # cleared unless `calibrate(cold_l2=True)`
     fractions: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     seq_points: int = 6  # sequence lengths per scenario, log-spaced over its range
     scenarios: list[str] = field(default_factory=list)
@@ -668,8 +668,16 @@ def _rel(p: str) -> str:
 
 
 def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenarios: list[str] | None = None,
-              fresh: bool = False, command: str | None = None, progress: bool = True) -> Profile:
-    """Measure and write `out`; returns the profile. Re-running resumes an interrupted run."""
+              fresh: bool = False, command: str | None = None, progress: bool = True,
+              cold_l2: bool = False) -> Profile:
+    """Measure and write `out`; returns the profile. Re-running resumes an interrupted run.
+
+    Kernels are timed warm by default: in `ligersim hw run` (and in a serving engine) an op reads
+    what the op before it just wrote, and the hw backend's weights are shared across layers, so
+    small operands sit in L2. `cold_l2` flushes L2 before every repetition instead (the time of a
+    first touch from HBM); on an H100, transposes that took 3-4 us inside `hw run` measured 17-21 us cold."""
     settings = Settings.make(device, quick, scenarios)
+    if cold_l2 is False:
+        settings.flush_l2 = False
     cmd = command or "ligersim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return Calibration(Path(out), settings, cmd, fresh, progress).run()

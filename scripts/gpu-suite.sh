@@ -108,10 +108,14 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
       > "$OUT/hw/device.txt"
     ;;
   hwhost)  # the hw executor's host cost per kernel, and where it goes (bench/hw_host.py)
-    $PY bench/hw_host.py scenarios/hw/glm130b-4l-tp4-intra.yaml scenarios/hw/glm130b-4l-tp4-interleaved.yaml \
-      --device "$DEVICE" --timing "$TIMING" -o "$OUT/hwhost"
-    $PY bench/hw_host.py scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device "$DEVICE" \
-      --timing "$TIMING" -o "$OUT/hwhost"
+    if [ $# -gt 0 ]; then
+      $PY bench/hw_host.py "$@" --device "$DEVICE" --timing "$TIMING" -o "$OUT/hwhost"
+    else
+      $PY bench/hw_host.py scenarios/hw/glm130b-4l-tp4-intra.yaml scenarios/hw/glm130b-4l-tp4-interleaved.yaml \
+        --device "$DEVICE" --timing "$TIMING" -o "$OUT/hwhost"
+      $PY bench/hw_host.py scenarios/validation/gen-intra-tp4-decode.yaml --jobs 8 --device "$DEVICE" \
+        --timing "$TIMING" -o "$OUT/hwhost"
+    fi
     ;;
   *)
     echo "gpu-suite: unknown stage $stage (check, calibrate, validate, hw, hwhost)" >&2; exit 2 ;;

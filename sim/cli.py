@@ -127,7 +127,7 @@ def _plot(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from hw.calibrate import calibrate
 
-    prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh)
+    prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scenario whose model shapes to measure (repeatable; default: scenarios/validation/*.yaml "
                           "on cuda, built-in tiny models on cpu)")
     cal.add_argument("--fresh", action="store_true", help="start over instead of resuming OUTPUT")
+    cal.add_argument("--cold-l2", action="store_true",
+                     help="flush L2 before each repetition (default: warm, as kernels run inside `hw run`)")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")
