@@ -91,6 +91,7 @@ class Settings:
     # an op is its dispatch; on CPU it would be the op's whole execution)
     host_ops: bool = True
     host_op_reps: int = 5
+    in_situ_jobs: int = 8  # jobs per scenario in the in-situ host measurement
 
     @classmethod
     def make(cls, device: str, quick: bool, scenarios: list[str] | None) -> Settings:
@@ -291,6 +292,7 @@ class Calibration:
             if self.s.device == "cuda":
                 self.emulated_collective()
                 self.contention()
+                self.host_in_situ()
             self.links()
         except KeyboardInterrupt:
             self.save(force=True)
@@ -495,6 +497,19 @@ class Calibration:
             out.append(h1 - (h0 + origin.elapsed_time(ev) / 1e3))
         return max(0.0, float(np.median(out)))
 
+    def host_in_situ(self) -> None:
+        """Host time per operation inside short `hw run`s of each scenario's policy
+        (`hw.host_in_situ`); policies already in the profile are kept (a resumed run)."""
+        from hw.host_in_situ import measure
+
+        todo = [p for p in self.s.scenarios if _policy_of(p) not in self.profile.host_in_situ]
+        if not todo:
+            return
+        print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
+        for pol, entry in measure(todo, self.s.device, jobs=self.s.in_situ_jobs).items():
+            self.profile.host_in_situ[pol] = entry
+        self.save(force=True)
+
     # ------------------------------------------------------------------ emulated collective
     def emulated_collective(self) -> None:
         from hw import spin
@@ -596,6 +611,12 @@ class Calibration:
         if nccl.is_dir():
             self.profile.links = links_section(nccl)
             self.profile.links["source"] = "profiles/nccl"
+
+
+def _policy_of(path: str) -> str:
+    import yaml
+
+    return ((yaml.safe_load(Path(path).read_text()) or {}).get("policy") or {}).get("name", "intra_op")
 
 
 def entry_key_of(kind: str, m: Measurement) -> tuple:

@@ -32,6 +32,7 @@ import bisect
 import contextvars
 import math
 import os
+import statistics
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -93,6 +94,9 @@ class Profile:
     status: str = "complete"
     path: str = "<profile>"
     host_ops: dict[str, float] = field(default_factory=dict)  # op name (or kind) -> host dispatch time, s
+    # policy -> {"launch": {op name: s}, "record_s": s, "wait_s": s, "runs": [...]}: host time per
+    # operation measured inside `hw run`s of the policy (`hw.host_in_situ`)
+    host_in_situ: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "status": self.status,
@@ -100,7 +104,20 @@ class Profile:
                 "host": self.host,
                 "kernels": {k: [m.to_dict() for m in v] for k, v in sorted(self.kernels.items())},
                 "contention": self.contention, "emulated_collective": self.emulated_collective,
-                "links": self.links, **({"host_ops": self.host_ops} if self.host_ops else {})}
+                "links": self.links, **({"host_ops": self.host_ops} if self.host_ops else {}),
+                **({"host_in_situ": self.host_in_situ} if self.host_in_situ else {})}
+
+    def host_params(self, policy: str, launch_s: float, sync_wakeup_s: float) -> tuple[float, float, dict[str, float]]:
+        """(cost of a record or wait, sync wake-up, launch cost per op name) for `policy`: the
+        in-situ measurements of that policy when the profile has them (the executor's Python
+        around each op, the policy's own bookkeeping included), else the runtime's cost per
+        launch plus each op's dispatch timed alone (`launch_costs`)."""
+        wake = self.host.get("sync_wakeup_s", sync_wakeup_s)
+        situ = self.host_in_situ.get(policy)
+        if situ and situ.get("launch"):
+            other = statistics.median([situ.get("record_s", launch_s), situ.get("wait_s", launch_s)])
+            return other, wake, {str(k): float(v) for k, v in situ["launch"].items()}
+        return self.host.get("launch_s", launch_s), wake, self.launch_costs()
 
     def launch_costs(self) -> dict[str, float]:
         """Host time to launch each measured op through the hw runtime: the runtime's own work
@@ -185,12 +202,19 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
     host_ops = d.get("host_ops") or {}
     if not isinstance(host_ops, dict) or not all(isinstance(v, int | float) and v >= 0 for v in host_ops.values()):
         raise LigerSimError("must map op names to host times ≥ 0 in seconds", file=file, field="host_ops")
+    situ = d.get("host_in_situ") or {}
+    for pol, v in situ.items() if isinstance(situ, dict) else [("?", None)]:
+        launch = v.get("launch") if isinstance(v, dict) else None
+        if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
+            raise LigerSimError("must map each policy to {launch: {op name: host seconds ≥ 0}, ...}", file=file,
+                                field=f"host_in_situ.{pol}")
     return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
                    host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
                    contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},
                    emulated_collective=list(d.get("emulated_collective") or []), links=dict(d.get("links") or {}),
                    settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file,
-                   host_ops={str(k): float(v) for k, v in host_ops.items()})
+                   host_ops={str(k): float(v) for k, v in host_ops.items()},
+                   host_in_situ={str(k): dict(v) for k, v in situ.items()})
 
 
 _CACHE: dict[tuple[str, float], Profile] = {}

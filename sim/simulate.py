@@ -47,8 +47,7 @@ def make_engine(scn: Scenario, record_ir: bool = True,
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
-            host = HostParams(prof.host.get("launch_s", host.launch_s),
-                              prof.host.get("sync_wakeup_s", host.sync_wakeup_s), prof.launch_costs())
+            host = HostParams(*prof.host_params(scn.policy.name, host.launch_s, host.sync_wakeup_s))
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 

@@ -152,3 +152,55 @@ def test_host_dispatch_of_every_named_op_is_recorded_and_drives_launch_costs(tmp
     engine, _ = make_engine(parse_scenario(data, str(tmp_path / "s.yaml")))
     assert engine.host.launch_by_name == pytest.approx(prof.launch_costs())
     assert engine.host.launch_by_name["decode_attention"] > prof.host["runtime_s"]
+
+
+def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
+    """`hw.host_in_situ`: a launch costs the host time until the rank's next operation, unless
+    that one blocks; a profile's in-situ entry for the scenario's policy drives the engine."""
+    import yaml
+
+    from hw.host_in_situ import measure, op_costs
+    from sim.ir import Op, Schedule
+    from sim.kernels import Kernel, pointwise
+    from sim.profile import save_profile
+
+    def k(name):
+        return Kernel(pointwise("elementwise", name, 64, 1, 1, 0.0), 0)
+
+    ops = [Op(0, "stream", 0.0, 0), Op(0, "launch", 1.0, 0, kernel=k("a")), Op(0, "launch", 1.5, 0, kernel=k("b")),
+           Op(0, "record", 1.75, 0, event=1), Op(0, "sync", 1.8, event=1), Op(0, "launch", 5.0, 0, kernel=k("a")),
+           Op(0, "wait", 5.25, 0, event=1), Op(0, "sleep_until", 6.0, until=9.0), Op(0, "launch", 9.0, 0, kernel=k("b"))]
+    got = op_costs(Schedule(1, ops, {}))
+    # b's first launch is followed by a record (non-blocking): 0.25; the record precedes a sync: skipped;
+    # the wait precedes a sleep: skipped; the last launch has no successor
+    assert got == {"a": [0.5, 0.25], "b": [0.25]}
+
+    scn = tmp_path / "s.yaml"
+    scn.write_text(yaml.safe_dump({**TINY, "policy": {"name": "interleaved"}}))
+    entry = measure([str(scn)], "cpu", jobs=3)["interleaved"]
+    assert entry["runs"] == ["s"] and entry["samples"] > 20
+    assert {"q_proj", "layernorm_1", "mlp_all_reduce"} <= set(entry["launch"])
+    assert all(t >= 0 for t in entry["launch"].values()) and entry["record_s"] >= 0
+
+    prof = a_profile_with_situ(entry)
+    path = save_profile(prof, tmp_path / "p.yaml")
+    assert load_profile(path).host_in_situ == prof.host_in_situ
+    other, wake, by_name = prof.host_params("interleaved", 1.0, 1.0)
+    assert by_name == entry["launch"] and wake == 7e-6
+    assert other == pytest.approx((entry["record_s"] + entry.get("wait_s", 1.0)) / 2)
+    # a policy without an in-situ entry: the profile's scalar launch cost and host_ops (none here)
+    assert prof.host_params("intra_op", 1.0, 1.0) == (4e-6, 7e-6, {})
+
+
+def a_profile_with_situ(entry):
+    from sim.profile import Profile
+
+    return Profile(device={"name": "Test GPU", "sms": 132}, date="2026-01-01", command="test",
+                   host={"launch_s": 4e-6, "sync_wakeup_s": 7e-6}, host_in_situ={"interleaved": entry})
+
+
+TINY = {"name": "tiny-situ", "seed": 5, "hardware": {"gpu": "H100-SXM", "count": 2, "interconnect": "nvswitch-h100"},
+        "model": {"preset": "liger-encoder", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+                  "layers": 2},
+        "workload": {"kind": "generate", "jobs": 6, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                     "seq_len": {"dist": "uniform", "low": 8, "high": 32}}}

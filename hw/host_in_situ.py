@@ -1,0 +1,80 @@
+"""Host time per operation measured inside `ligersim hw run`, for the simulator's host model.
+
+On the GPU, small kernels finish before Python has launched the next one, so the host sets
+the pace, and what it costs per op is the executor's whole loop around the op: the policy's
+bookkeeping, the runtime's events and streams, the op's torch calls, the next op's set-up.
+Timing an op's dispatch alone in a tight loop (`host_ops`) measured a third to a half of that
+on an H100 machine. So calibration also runs each scenario's policy for a few jobs (another
+seed than the scenario's) and reads the host time between consecutive operations of the
+recorded IR: a launch's cost is the time until the rank's next operation, unless that one
+blocks (a sync or a sleep until an arrival), whose wait is not the launch's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from sim import ir
+from sim.ir import BLOCKING
+
+
+def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
+    """Samples of host seconds per operation: launches by kernel name, "record" and "wait"."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for ops in schedule.by_rank():
+        for op, nxt in zip(ops, ops[1:]):
+            if op.op in BLOCKING or nxt.op in BLOCKING or op.op == "stream":
+                continue
+            name = op.kernel.spec.name if op.op == "launch" and op.kernel is not None else op.op
+            out[name].append(max(0.0, nxt.t - op.t))
+    return dict(out)
+
+
+def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
+    """The profile's entry for one policy: median launch time per op name, record and wait."""
+    launch = {k: statistics.median(v) for k, v in sorted(samples.items()) if k not in ("record", "wait") and v}
+    entry: dict = {"launch": launch, "samples": sum(len(v) for v in samples.values()), "runs": runs}
+    for k in ("record", "wait"):
+        if samples.get(k):
+            entry[f"{k}_s"] = statistics.median(samples[k])
+    return entry
+
+
+def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
+            work: Path | None = None) -> dict[str, dict]:
+    """Run each scenario's policy for `jobs` jobs on `device`; per policy, the summarised costs."""
+    import tempfile
+
+    import yaml
+
+    from hw.run import run_scenario
+
+    samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[str, list[str]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(work or tmp)
+        for path in scenarios:
+            d = yaml.safe_load(Path(path).read_text())
+            d["seed"] = int(d.get("seed", 0)) + seed_offset
+            d.setdefault("name", Path(path).stem)
+            wl = d.get("workload") or {}
+            if wl.get("kind") == "trace" and not Path(wl["path"]).is_absolute():  # relative to its scenario
+                cand = Path(path).parent / wl["path"]
+                wl["path"] = str(cand.resolve() if cand.exists() else Path(wl["path"]).resolve())
+            scn_file = base / f"{Path(path).stem}.yaml"
+            scn_file.write_text(yaml.safe_dump(d))
+            out = base / Path(path).stem
+            try:
+                run_scenario(scn_file, out, device=device, jobs=jobs, trace=False)
+            except Exception as e:  # one scenario's failure leaves the others' measurements
+                print(f"host in situ: {path}: {e}", file=sys.stderr)
+                continue
+            schedule = ir.load(out / "ir.jsonl")
+            policy = d.get("policy", {}).get("name", "intra_op")
+            for k, v in op_costs(schedule).items():
+                samples[policy][k].extend(v)
+            runs[policy].append(Path(path).stem)
+    return {pol: summarise(s, runs[pol]) for pol, s in samples.items()}
