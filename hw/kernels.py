@@ -147,8 +147,8 @@ class KernelLibrary:
         self.kv = PagedKV(comp.block, comp.capacity_tokens, self.nkv, self.d, self.device, self.dtype)
         self.rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
         if m.rope:
-            cos, sin = rope_tables(comp.max_len, 0, self.d)
-            self.rope_table = (cos.to(self.device, self.dtype), sin.to(self.device, self.dtype))
+            cos, sin = rope_tables(comp.max_len, 0, self.d, self.device)
+            self.rope_table = (cos.to(self.dtype), sin.to(self.dtype))
         self._token_lists: dict[int, np.ndarray] = {}
         self.collect = collect
         self.logits: list[tuple[list[tuple[int, int]], torch.Tensor]] = []
@@ -274,12 +274,18 @@ class KernelLibrary:
         return self._consts[key]
 
     def rope(self, seq: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("rope", seq, past)
-        if key not in self._consts:
-            cos, sin = rope_tables(seq, past, self.d)
-            self._consts[key] = torch.stack([cos, sin]).to(self.device, self.dtype)
-        t = self._consts[key]
-        return t[0], t[1]
+        """Rows past..past+seq of one cos/sin table, built on the device and doubled when a
+        longer position is asked for: no per-shape host-to-device copy (a pageable copy blocks
+        the host until the GPU has drained the stream; on an H100 this stalled the first layer
+        of every new sequence length by ~1 ms)."""
+        t = self._consts.get(("rope",))
+        if t is None or t.shape[1] < past + seq:
+            if t is not None:  # a kernel queued on another stream may still read the old table
+                self._consts[("rope", t.shape[1])] = t
+            n = max(past + seq, 2 * (0 if t is None else t.shape[1]), 256)
+            cos, sin = rope_tables(n, 0, self.d, self.device)
+            t = self._consts[("rope",)] = torch.stack([cos, sin]).to(self.dtype)
+        return t[0, past:past + seq], t[1, past:past + seq]
 
     # ------------------------------------------------------------------ communication
     def all_reduce(self, st: RequestState, k: Kernel, name: str) -> None:

@@ -119,6 +119,12 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)
         lib.comm.reserve(largest, plan.tp)
         lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), (0, 1))
+        # pinned host memory for every size of activation a pipeline stage sends or receives
+        sizes = {s.dims["nbytes"] for s in specs if s.kind in ("send", "recv")}
+        if plan.schedule is None and not plan.generative and plan.scenario.policy.name in ("inter_op", "hybrid"):
+            sizes |= {b * q * m.hidden * m.dtype_bytes for b, q in set(plan.shapes.values())}
+        if sizes:
+            lib.comm.reserve_host(sum(-(-n // 256) * 256 for n in sizes))
     torch.cuda.synchronize()
     lib.generic._scratch.clear()
 

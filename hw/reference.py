@@ -22,10 +22,11 @@ def _norm(m: ModelShape, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor | Non
     return F.layer_norm(x, (x.shape[-1],), g, b, LN_EPS)
 
 
-def rope_tables(seq: int, past: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [seq, d] of rotary embedding (rotate-half form, base 10000)."""
-    inv = 1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = torch.arange(past, past + seq, dtype=torch.float64)[:, None] * inv[None]
+def rope_tables(seq: int, past: int, d: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [seq, d] of rotary embedding (rotate-half form, base 10000), computed on `device`
+    (on a GPU no host-to-device copy, which would block the host until the stream drains)."""
+    inv = 1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+    ang = torch.arange(past, past + seq, dtype=torch.float64, device=device)[:, None] * inv[None]
     ang = torch.cat([ang, ang], dim=-1)
     return ang.cos().float(), ang.sin().float()
 
