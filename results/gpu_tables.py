@@ -35,26 +35,31 @@ def misses(mode: dict) -> list[str]:
 
 
 def validation_table(root: Path) -> str:
+    """One row per scenario; each error as closed loop / replay."""
     rows = []
     for f in sorted(root.glob("*/summary.json")):
         s = json.loads(f.read_text())
-        for mode in MODES:
-            m = s.get(mode)
-            if not m:
-                continue
-            miss = misses(m)
-            rows.append(f"| {f.parent.name} | {s.get('policy')} | {mode} | {_pct(m['kernel_err_median'], False)} | "
-                        f"{_pct(m['kernel_err_p90'], False)} | {_pct(m['makespan_err'])} | {_pct(m['jct_mean_err'])} | "
-                        f"{_pct(m.get('ttft_mean_err'))} | {_pct(m['throughput_err'])} | "
-                        f"{'yes' if not miss else 'no: ' + ', '.join(miss)} |")
+        modes = [s[m] for m in MODES if s.get(m)]
+        if not modes:
+            continue
+
+        def both(key, sign=True, modes=modes):
+            return " / ".join(_pct(m.get(key), sign) for m in modes)
+
+        miss = sorted({k for m in modes for k in misses(m)})
+        rows.append(f"| {f.parent.name} | {s.get('policy')} | {both('kernel_err_median', False)} | "
+                    f"{both('kernel_err_p90', False)} | {both('makespan_err')} | {both('jct_mean_err')} | "
+                    f"{both('ttft_mean_err') if 'ttft_mean_err' in modes[0] else '–'} | "
+                    f"{'yes' if not miss else 'no: ' + ', '.join(k.removesuffix('_err') for k in miss)} |")
     if not rows:
         return f"(no validation results under {root})"
     devices = sorted({json.loads(f.read_text()).get("device") or "?" for f in root.glob("*/summary.json")})
     dates = sorted({str(json.loads(f.read_text()).get("date", ""))[:10] for f in root.glob("*/summary.json")})
-    head = (f"Measured on {', '.join(devices)} ({', '.join(dates)}). Errors are (predicted − measured) / measured; "
-            "kernel errors are the median and 90th percentile of |error| over matched kernels.\n\n"
-            "| scenario | policy | mode | kernel \\|err\\| median | p90 | makespan | mean JCT | mean TTFT | "
-            "throughput | within 5% |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (f"Measured on {', '.join(devices)} ({', '.join(dates)}). Errors are (predicted − measured) / measured, "
+            "each as closed loop / replay; kernel errors are the median and 90th percentile of |error| over "
+            "matched kernels.\n\n"
+            "| scenario | policy | kernel \\|err\\| median | kernel p90 | makespan | mean JCT | mean TTFT | "
+            "within 5% |\n|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
@@ -68,13 +73,17 @@ def hw_table(root: Path) -> str:
         lines.append(f"| {name} | {s['policy']} | {s['completed']}/{s['jobs']} | {s['makespan_s']:.3f} | "
                      f"{s['throughput_jobs_s']:.1f} | {s['jct_mean_s'] * 1e3:.2f} | {s['jct_p90_s'] * 1e3:.2f} | "
                      f"{_pct(s.get('overlap_frac'), False)} |")
-    by_policy = {s["policy"]: s for s in runs.values()}
-    if {"intra_op", "interleaved"} <= set(by_policy):
-        a, b = by_policy["intra_op"], by_policy["interleaved"]
+    # compare like with like: runs whose names differ only in the policy (e.g. a -events suffix)
+    for name, b in runs.items():
+        if b["policy"] != "interleaved":
+            continue
+        a = runs.get(name.replace("interleaved", "intra"))
+        if a is None or a["policy"] != "intra_op":
+            continue
         lines.append("")
-        lines.append(f"interleaved vs intra_op: throughput {b['throughput_jobs_s'] / a['throughput_jobs_s'] - 1:+.1%}, "
-                     f"makespan {b['makespan_s'] / a['makespan_s'] - 1:+.1%}, mean JCT "
-                     f"{b['jct_mean_s'] / a['jct_mean_s'] - 1:+.1%}")
+        lines.append(f"{name} vs {name.replace('interleaved', 'intra')}: throughput "
+                     f"{b['throughput_jobs_s'] / a['throughput_jobs_s'] - 1:+.1%}, makespan "
+                     f"{b['makespan_s'] / a['makespan_s'] - 1:+.1%}, mean JCT {b['jct_mean_s'] / a['jct_mean_s'] - 1:+.1%}")
     device = (root / "device.txt").read_text().strip().replace("\n", "; ") if (root / "device.txt").exists() else ""
     return (f"Device: {device}\n\n" if device else "") + "\n".join(lines)
 

@@ -9,6 +9,7 @@ one line per operation.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,17 @@ def save(schedule: Schedule, path: str | Path) -> None:
 
 
 def load(path: str | Path) -> Schedule:
+    """Read an IR file; `NAME.gz` (gzip) is read as well, and stands in for a missing `NAME`
+    (committed recorded runs keep their IR compressed)."""
     path = Path(path)
+    gz = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
     try:
-        lines = path.read_text().splitlines()
+        if path.exists() and path.suffix != ".gz":
+            lines = path.read_text().splitlines()
+        else:
+            with gzip.open(gz, "rt") as f:
+                lines = f.read().splitlines()
+            path = gz
     except OSError as e:
         raise LigerSimError(f"cannot read the IR file ({e.strerror})", file=str(path)) from None
     if not lines:

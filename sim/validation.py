@@ -56,7 +56,7 @@ def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
 # ---------------------------------------------------------------------- predictions
 def _measured_files(measured: Path) -> dict:
     for name in NEEDED:
-        if not (measured / name).exists():
+        if not ((measured / name).exists() or (measured / f"{name}.gz").exists()):
             raise LigerSimError(f"no {name} here; record a run with `ligersim hw run`", file=str(measured))
     hw = json.loads((measured / "hw.json").read_text()) if (measured / "hw.json").exists() else {}
     return hw
@@ -243,7 +243,8 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     m_ev = pd.read_parquet(measured / "events.parquet")
     kernels_dir = _beside(out, meta["kernels_dir"], "measured_cupti") if meta.get("kernels_dir") else None
     k_ev = pd.read_parquet(kernels_dir / "events.parquet") if kernels_dir else m_ev
-    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if (measured / "ir.jsonl").exists() else {}
+    has_ir = (measured / "ir.jsonl").exists() or (measured / "ir.jsonl.gz").exists()
+    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if has_ir else {}
     from sim.simulate import jobs_from_meta
 
     jobs = jobs_from_meta(m_meta) or _jobs_from_requests(measured)
@@ -255,8 +256,7 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
                          "date": hw.get("date"), "profile": meta.get("profile"),
                          "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks),
                          "request_timing": hw.get("timing"),
-                         "kernel_timing": _measured_files(kernels_dir).get("timing") if kernels_dir
-                         else hw.get("timing")}
+                         "kernel_timing": _hw_info(kernels_dir).get("timing") if kernels_dir else hw.get("timing")}
     for mode in MODES:
         d = out / mode
         if not (d / "events.parquet").exists():
@@ -278,6 +278,19 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     plot_validation(out, table, k_ev)
     (out / "report.md").write_text(report_markdown(summary, table))
     return summary
+
+
+def read_table(out: Path) -> pd.DataFrame:
+    """A report's validation.csv (or validation.csv.gz, as committed reports keep it)."""
+    for name in ("validation.csv", "validation.csv.gz"):
+        if (Path(out) / name).exists():
+            return pd.read_csv(Path(out) / name)
+    raise LigerSimError("no validation.csv here; make one with `ligersim validate`", file=str(out))
+
+
+def _hw_info(run: Path) -> dict:
+    f = run / "hw.json"
+    return json.loads(f.read_text()) if f.exists() else {}
 
 
 def _beside(out: Path, recorded: str | None, default: str) -> Path:
@@ -347,7 +360,7 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
 
     out = Path(out)
     if table is None:
-        table = pd.read_csv(out / "validation.csv")
+        table = read_table(out)
     if measured is None:
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
         d = meta.get("kernels_dir") or meta.get("measured_dir")

@@ -170,13 +170,55 @@ def test_gpu_tables_from_recorded_results(tmp_path):
     spec.loader.exec_module(gt)
     predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "val" / "fixture")
     table = gt.validation_table(tmp_path / "val")
-    assert "| fixture |" in table and "| replay |" in table and "Measured on cpu" in table
+    assert "| fixture |" in table and "closed loop / replay" in table and "Measured on cpu" in table
     assert gt.misses({"kernel_err_median": 0.01, "makespan_err": -0.049, "jct_mean_err": 0.2}) == ["jct_mean_err"]
     hw = tmp_path / "hw"
-    for name, policy, thr in (("a", "intra_op", 500.0), ("b", "interleaved", 550.0)):
+    for name, policy, thr in (("run-intra", "intra_op", 500.0), ("run-interleaved", "interleaved", 550.0)):
         (hw / name).mkdir(parents=True)
         s = json.loads((FIX / "measured" / "summary.json").read_text())
         s.update(policy=policy, throughput_jobs_s=thr)
         (hw / name / "summary.json").write_text(json.dumps(s))
-    assert "interleaved vs intra_op: throughput +10.0%" in gt.hw_table(hw)
+    assert "run-interleaved vs run-intra: throughput +10.0%" in gt.hw_table(hw)
     assert "no validation results" in gt.validation_table(tmp_path / "none")
+
+
+def test_kernel_times_from_a_second_run_and_compressed_recorded_runs(tmp_path):
+    """`--kernels-from`: request measures from one recorded run, kernel times from another run of
+    the scenario, matched by what each kernel is; a report moved elsewhere finds its runs beside
+    it, and gzipped IRs and tables (as committed reports keep them) are read."""
+    import gzip
+
+    out = tmp_path / "report"
+    runs = out / "measured"
+    shutil.copytree(FIX / "measured", runs)
+    second = out / "measured_cupti"
+    shutil.copytree(FIX / "measured", second)
+    ev = pd.read_parquet(second / "events.parquet")
+    ev["end_s"] = ev["start_s"] + 2 * (ev["end_s"] - ev["start_s"])  # every kernel twice as long
+    ev = ev.sample(frac=1.0, random_state=0)  # rows in another order; kernel ids of another run
+    ev["kernel_id"] = ev["kernel_id"].to_numpy()[::-1]
+    ev.to_parquet(second / "events.parquet")
+    (second / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "cpu", "timing": "cupti"}))
+    base = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "plain")
+    s = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", out, kernels=second)
+    for mode in ("closed_loop", "replay"):
+        assert s[mode]["kernels_matched"] == 256
+        # the same predictions, against kernels twice as long
+        t0 = pd.read_csv(tmp_path / "plain" / "validation.csv").query("level == 'kernel' and mode == @mode")
+        t1 = pd.read_csv(out / "validation.csv").query("level == 'kernel' and mode == @mode")
+        assert t1["measured_s"].sum() == pytest.approx(2 * t0["measured_s"].sum())
+        assert sorted(t1["predicted_s"]) == pytest.approx(sorted(t0["predicted_s"]))
+        assert s[mode]["makespan_err"] == pytest.approx(base[mode]["makespan_err"])  # requests: first run
+    assert s["kernel_timing"] == "cupti"
+    # moved, with the IR and the table compressed
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    for f in (moved / "measured" / "ir.jsonl", moved / "validation.csv"):
+        with open(f, "rb") as a, gzip.open(f.with_name(f.name + ".gz"), "wb") as b:
+            b.write(a.read())
+        f.unlink()
+    shutil.rmtree(out)
+    assert ir.load(moved / "measured" / "ir.jsonl").meta == ir.load(FIX / "measured" / "ir.jsonl").meta
+    again = build_report(moved)
+    assert again["closed_loop"]["kernel_err_median"] == pytest.approx(s["closed_loop"]["kernel_err_median"])
+    assert main(["plot", "validation", str(moved)]) == 0
