@@ -65,6 +65,7 @@ def validation_table(root: Path) -> str:
 
 def hw_table(root: Path) -> str:
     runs = {f.parent.name: json.loads(f.read_text()) for f in sorted(root.glob("*/summary.json"))}
+    runs = {k: v for k, v in runs.items() if "completed" in v}  # measured runs, not validation reports
     if not runs:
         return f"(no measured runs under {root})"
     lines = ["| run | policy | jobs | makespan (s) | throughput (jobs/s) | mean JCT (ms) | p90 JCT (ms) | overlap |",

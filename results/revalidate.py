@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 def _gzip(path: Path) -> None:
     if path.exists():
-        with open(path, "rb") as src, gzip.open(path.with_name(path.name + ".gz"), "wb", compresslevel=9) as dst:
-            shutil.copyfileobj(src, dst)
+        with open(path, "rb") as src, open(path.with_name(path.name + ".gz"), "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=raw, mtime=0) as dst:
+            shutil.copyfileobj(src, dst)  # no name or time in the header: same input, same bytes
         path.unlink()
 
 
@@ -42,7 +43,10 @@ def main() -> None:
     for name in names:
         out = root / name
         kernels = out / "measured_cupti"
-        s = validate(ROOT / "scenarios" / "validation" / f"{name}.yaml", args.profile, out,
+        scn = ROOT / "scenarios" / "validation" / f"{name}.yaml"
+        if scn.is_relative_to(Path.cwd()):  # reports name their files relative to the checkout
+            scn = scn.relative_to(Path.cwd())
+        s = validate(scn, args.profile, out,
                      measured=out / "measured", kernels=kernels if kernels.is_dir() else None)
         for mode in ("closed_loop", "replay"):
             shutil.rmtree(out / mode, ignore_errors=True)
