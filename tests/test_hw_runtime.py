@@ -3,6 +3,8 @@ and collectives are honoured, as the recorded timestamps show."""
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -82,3 +84,35 @@ def test_all_reduce_spans_both_ranks(timed):
     assert c0["start_s"] < c1["start_s"]  # rank 0 arrived first ...
     assert c0["end_s"] >= c1["start_s"] and c1["end_s"] >= c0["start_s"]  # ... and finished only with rank 1
     assert c0["group"] == "0,1"
+
+
+@pytest.mark.parametrize("preset", ["liger-encoder", "llama2-7b"])
+def test_warm_up_runs_each_job_shape_through_the_ops_and_leaves_no_state(tmp_path, preset):
+    """`hw.launch.warm_ops` (run on CUDA before the clock starts): one job of every distinct shape
+    through the library's own ops, then nothing of it left: no request state, no extra shapes,
+    and the run afterwards still completes every job."""
+    import yaml
+
+    from hw.collectives import NoCollectives
+    from hw.launch import _run, _setup, warm_ops
+    from hw.run import Options, Source, build_plan
+
+    model = {"preset": preset, "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256, "layers": 2}
+    if preset.startswith("llama"):
+        model["vocab"] = 256
+    scn = {"name": "warm", "seed": 2, "hardware": {"gpu": "H100-SXM", "count": 1, "interconnect": "nvswitch-h100"},
+           "model": model,
+           "workload": {"kind": "generate", "jobs": 5, "arrival": {"process": "poisson", "rate": 1000}, "batch": 2,
+                        "seq_len": {"dist": "uniform", "low": 8, "high": 40}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    plan = build_plan(Source("scenario", str(path)))
+    shapes = dict(plan.shapes)
+    opts = Options(device="cpu")
+    lib = _setup(plan, 0, opts, NoCollectives())
+    taken = lib.pool.allocated_bytes
+    warm_ops(plan, 0, lib)
+    assert plan.shapes == shapes and not lib.store.states
+    assert lib.pool.allocated_bytes > taken  # buffers of every shape now exist
+    result = _run(plan, 0, opts, lib, time.perf_counter())
+    assert {r[3] for r in result.rows} == set(shapes)

@@ -74,11 +74,15 @@ def test_runs_headless_on_small_settings(path, tmp_path, monkeypatch):
     written = list((tmp_path / "out").rglob("*.png"))
     assert written and all(p.stat().st_size > 0 for p in written)
     assert not (NB_DIR / path.stem).exists(), "notebooks write their files to the scratch folder"
-    if path.stem.startswith("04"):  # with nothing committed it says so plainly
-        if not any(yaml.safe_load(p.read_text()).get("format") == "ligersim-profile"
-                   for p in (ROOT / "profiles").glob("*.yaml")):
+    if path.stem.startswith("04"):  # what is committed is shown; with nothing committed it says so plainly
+        if any(yaml.safe_load(p.read_text()).get("format") == "ligersim-profile"
+               for p in (ROOT / "profiles").glob("*.yaml")):
+            assert "Calibrated profiles" in _text(nb)
+        else:
             assert "No calibrated profile is committed yet" in _text(nb)
-        if not list((ROOT / "results" / "validation").glob("**/validation.csv")):
+        if list((ROOT / "results" / "validation").glob("**/validation.csv*")):
+            assert "Validation reports" in _text(nb)
+        else:
             assert "No validation report is committed yet" in _text(nb)
 
 
