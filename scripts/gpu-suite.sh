@@ -9,7 +9,7 @@
 #   calibrate             `ligersim calibrate` of the validation suite's shapes into
 #                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
 #                         $OUT/profiles/ even when the call's time limit interrupts it
-#   validate [SCN ...]    `ligersim validate` of each scenario (default: scenarios/validation/*.yaml
+#   validate [SCN ...]    `ligersim validate --timing $TIMING` (use TIMING=both) of each scenario (default: scenarios/validation/*.yaml
 #                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME,
 #                         starting none after STAGE_BUDGET_S (540) seconds; a folder without
 #                         summary.json was cut off: run it again
@@ -36,7 +36,7 @@ else
 fi
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the stages' logic on a machine without a GPU
-TIMING=${TIMING:-events}  # cuda kernel timing of the measured runs: events or cupti (hw/cupti.py)
+TIMING=${TIMING:-events}  # validate: events, cupti or both (hw/validate.py); hwhost: events or cupti
 [ "$DEVICE" = cpu ] && TIMING=events
 L="$PY -m sim.cli"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
