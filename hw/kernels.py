@@ -276,8 +276,8 @@ class KernelLibrary:
     def rope(self, seq: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows past..past+seq of one cos/sin table, built on the device and doubled when a
         longer position is asked for: no per-shape host-to-device copy (a pageable copy blocks
-        the host until the GPU has drained the stream; on an H100 this stalled the first layer
-        of every new sequence length by ~1 ms)."""
+        the host until the GPU has drained the stream; on an H100 RoPE's host time per op had a
+        median of 0.2 ms and a mean of 1 ms, the first layer of each new length stalling)."""
         t = self._consts.get(("rope",))
         if t is None or t.shape[1] < past + seq:
             if t is not None:  # a kernel queued on another stream may still read the old table
