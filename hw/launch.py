@@ -178,7 +178,7 @@ def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, ag
             logits = lib.collected_logits()
     if opts.device != "cpu":
         info["max_memory_allocated"] = torch.cuda.max_memory_allocated()
-    return RankResult(rank, rows, ops, info, logits)
+    return RankResult(rank, rows, ops, info, logits, rt.cupti_kernels())
 
 
 class _oom_guard:

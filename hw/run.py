@@ -115,6 +115,7 @@ class RankResult:
     ops: list[Op]
     info: dict = field(default_factory=dict)
     logits: dict | None = None  # generative with Options.logits: (request, position) -> this rank's shard
+    cupti: list[tuple] = field(default_factory=list)  # CUPTI runs: (rank, kernel_id, start, end, ready) per activity
 
 
 def build_plan(src: Source) -> Plan:
@@ -185,6 +186,13 @@ def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Option
             "host": platform.node(), "python": platform.python_version()}
     if opts.logits and plan.generative:
         info["logits"] = _save_logits(plan, results, out / "logits.pt")
+    activities = [a for r in results for a in r.cupti]
+    if activities:  # the device activities behind each op's CUPTI time (`hw.cupti.OpTiming`)
+        import pandas as pd
+
+        pd.DataFrame(activities, columns=["rank", "kernel_id", "start_s", "end_s", "ready_s"]).to_parquet(
+            out / "cupti_kernels.parquet", index=False)
+        info["cupti_kernels"] = "cupti_kernels.parquet: every device activity (start, end, launch call returned)"
     (out / "hw.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return summary
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hw.cupti import TAG, host_offset_us, load_trace, op_intervals
+from hw.cupti import TAG, OpTiming, host_offset_us, load_trace, op_intervals
 from hw.kernels import KernelLibrary
 from sim.ir import Op
 from sim.kernels import Kernel
@@ -47,7 +47,7 @@ class TorchRuntime(RecordingRuntime):
             raise ValueError(f"timing {timing!r}: expected one of {', '.join(TIMINGS)}")
         self.timing = timing if self.cuda else "host"
         self._prof = None
-        self._cupti: dict[int, tuple[float, float, float, float]] | None = None
+        self._cupti: dict[int, OpTiming] | None = None
         self._offset_us = 0.0
         self.t0 = time.perf_counter() if t0 is None else t0
         if self.timing == "cupti":
@@ -171,6 +171,16 @@ class TorchRuntime(RecordingRuntime):
                 self._cupti = op_intervals(load_trace(path))
             self._offset_us = host_offset_us(self._cupti, {i: k[2] for i, k in enumerate(self._kernels)})
 
+    def cupti_kernels(self) -> list[tuple]:
+        """CUPTI runs: every device activity of every op, (rank, kernel_id, start_s, end_s,
+        ready_s) on the run's clock, so other rules than `fed` can be applied afterwards."""
+        self.finish()
+        if self._cupti is None:
+            return []
+        off = self._offset_us
+        return [(self.rank, self._kernels[i][0].kernel_id, (a + off) / 1e6, (b + off) / 1e6, (r + off) / 1e6)
+                for i, iv in sorted(self._cupti.items()) for a, b, r in iv.kernels]
+
     # ------------------------------------------------------------------ results
     def rows(self) -> list[Row]:
         """One row per kernel, columns as `sim.engine.EVENT_COLUMNS`."""
@@ -185,8 +195,8 @@ class TorchRuntime(RecordingRuntime):
                 else:
                     # the op's device time from its first kernel's start: host gaps between
                     # its kernels are not the op's (`hw.cupti.op_intervals`)
-                    t_start = (iv[1] + self._offset_us) / 1e6
-                    t_end = t_start + iv[3] / 1e6
+                    t_start = (iv.start + self._offset_us) / 1e6
+                    t_end = t_start + iv.fed / 1e6
                 last_end[sid] = max(last_end.get(sid, 0.0), t_end)
             elif self.cuda:
                 t_start = self._origin_host + self._origin.elapsed_time(start) / 1e3

@@ -34,11 +34,24 @@ def test_ops_span_the_device_work_their_launch_calls_correlate_to():
         _ev("user_annotation", "aten::mm", 100.0, 300.0),
         _ev("cuda_runtime", "cudaLaunchKernel", 300.0, 1.0, correlation=12),
         _ev("kernel", "late", 310.0, 1.0, tid=7, correlation=12),
+        # op 3: its second kernel's launch call returned (409) after the first kernel ended (402):
+        # of the 8 us gap, 1 us (409 -> 410) is the GPU's, the rest the host's
+        _ev("user_annotation", f"{TAG}3", 390.0, 30.0),
+        _ev("cuda_runtime", "cudaLaunchKernel", 391.0, 1.0, correlation=13),
+        _ev("cuda_runtime", "cudaLaunchKernel", 408.0, 1.0, correlation=14),
+        _ev("kernel", "a", 400.0, 2.0, tid=7, correlation=13),
+        _ev("kernel", "b", 410.0, 2.0, tid=7, correlation=14),
     ]
     got = op_intervals(events)
-    # op 0's kernels leave a 1 us gap: busy 9 of its 10 us; op 1's memset and kernel touch
-    assert got == {0: (100.0, 130.0, 140.0, 9.0), 1: (120.0, 140.0, 191.0, 51.0)}
+    assert set(got) == {0, 1, 3}
+    # op 0's kernels leave a 1 us gap although the second was launched long before: busy 9 of its
+    # 10 us, and that gap is the GPU's own (fed 10); op 1's memset and kernel touch
+    assert (got[0].range_start, got[0].start, got[0].end, got[0].busy, got[0].fed) == (100.0, 130.0, 140.0, 9.0, 10.0)
+    assert (got[1].start, got[1].end, got[1].busy, got[1].fed) == (140.0, 191.0, 51.0, 51.0)
+    assert (got[3].busy, got[3].fed) == (4.0, 5.0)
+    assert got[3].kernels == ((400.0, 402.0, 392.0), (410.0, 412.0, 409.0))
     # the runtime read its clock 3 µs before each range opened; host seconds since the origin
+    got.pop(3)
     off = host_offset_us(got, {0: 97e-6 + 1.0, 1: 117e-6 + 1.0, 2: 5.0})
     assert off == pytest.approx(1e6 - 3.0)
     with pytest.raises(ValueError, match="no tagged op"):
@@ -50,3 +63,26 @@ def test_cupti_timing_on_cpu_is_a_clear_error(tmp_path, capsys):
     assert main(["hw", "run", "scenarios/tiny-cpu.yaml", "-o", str(tmp_path), "--device", "cpu",
                  "--timing", "cupti"]) == 2
     assert "--timing cupti times CUDA kernels" in capsys.readouterr().err
+
+
+def test_runtime_rows_take_each_ops_fed_time_and_keep_its_activities():
+    """A CUPTI-timed runtime's rows start at the op's first activity and last its `fed` time; its
+    activities are kept (on the run's clock) for `cupti_kernels.parquet`."""
+    torch = pytest.importorskip("torch")
+
+    from hw.collectives import NoCollectives
+    from hw.cupti import OpTiming
+    from hw.kernels import GenericKernels
+    from hw.runtime import TorchRuntime
+    from sim.kernels import Kernel, pointwise
+
+    rt = TorchRuntime(0, 1, lambda _k: 0.0, GenericKernels("cpu", torch.float32, NoCollectives()), "cpu")
+    k = Kernel(pointwise("elementwise", "norm", 64, 1, 1, 0.0), 0, 7, 0)
+    k.kernel_id = 5
+    rt._kernels = [(k, 0, 0.5, None, None)]
+    rt._cupti = {0: OpTiming(10.0, 20.0, 40.0, 15.0, 18.0, ((20.0, 30.0, 12.0), (35.0, 40.0, 33.0)))}
+    rt._offset_us = 1e6
+    (row,) = rt.rows()
+    assert row[12] == pytest.approx(1.00002) and row[13] == pytest.approx(1.00002 + 18e-6)
+    assert rt.cupti_kernels() == [(0, 5, pytest.approx(1.00002), pytest.approx(1.00003), pytest.approx(1.000012)),
+                                  (0, 5, pytest.approx(1.000035), pytest.approx(1.00004), pytest.approx(1.000033))]
