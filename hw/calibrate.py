@@ -616,7 +616,10 @@ class Calibration:
 def _policy_of(path: str) -> str:
     import yaml
 
-    return ((yaml.safe_load(Path(path).read_text()) or {}).get("policy") or {}).get("name", "intra_op")
+    from hw.host_in_situ import host_key
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    return host_key((d.get("policy") or {}).get("name", "intra_op"), (d.get("serving") or {}).get("mode") == "generative")
 
 
 def entry_key_of(kind: str, m: Measurement) -> tuple:

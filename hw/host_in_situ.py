@@ -33,10 +33,21 @@ def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
     return dict(out)
 
 
+def host_key(policy: str, generative: bool) -> str:
+    """The profile's key for a policy's host costs: generative serving runs other host code per
+    op (iterations, paged KV index tensors) than encoder and prefill jobs, so they are kept apart."""
+    return f"{policy}/generative" if generative else policy
+
+
 def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
-    """The profile's entry for one policy: median launch time per op name, record and wait."""
-    launch = {k: statistics.median(v) for k, v in sorted(samples.items()) if k not in ("record", "wait") and v}
-    entry: dict = {"launch": launch, "samples": sum(len(v) for v in samples.values()), "runs": runs}
+    """The profile's entry for one policy: median launch time per op name, record and wait, and
+    each op's sample count, mean and 90th percentile (`launch_stats`) for later analysis."""
+    ops = {k: v for k, v in sorted(samples.items()) if k not in ("record", "wait") and v}
+    launch = {k: statistics.median(v) for k, v in ops.items()}
+    stats = {k: [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
+             for k, v in ops.items()}
+    entry: dict = {"launch": launch, "launch_stats": stats, "samples": sum(len(v) for v in samples.values()),
+                   "runs": runs}
     for k in ("record", "wait"):
         if samples.get(k):
             entry[f"{k}_s"] = statistics.median(samples[k])
@@ -45,7 +56,7 @@ def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
 
 def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
             work: Path | None = None) -> dict[str, dict]:
-    """Run each scenario's policy for `jobs` jobs on `device`; per policy, the summarised costs."""
+    """Run each scenario's policy for `jobs` jobs on `device`; per `host_key`, the summarised costs."""
     import tempfile
 
     import yaml
@@ -73,7 +84,8 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 print(f"host in situ: {path}: {e}", file=sys.stderr)
                 continue
             schedule = ir.load(out / "ir.jsonl")
-            policy = d.get("policy", {}).get("name", "intra_op")
+            policy = host_key((d.get("policy") or {}).get("name", "intra_op"),
+                              (d.get("serving") or {}).get("mode") == "generative")
             for k, v in op_costs(schedule).items():
                 samples[policy][k].extend(v)
             runs[policy].append(Path(path).stem)

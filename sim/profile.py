@@ -108,12 +108,15 @@ class Profile:
                 **({"host_in_situ": self.host_in_situ} if self.host_in_situ else {})}
 
     def host_params(self, policy: str, launch_s: float, sync_wakeup_s: float) -> tuple[float, float, dict[str, float]]:
-        """(cost of a record or wait, sync wake-up, launch cost per op name) for `policy`: the
-        in-situ measurements of that policy when the profile has them (the executor's Python
-        around each op, the policy's own bookkeeping included), else the runtime's cost per
-        launch plus each op's dispatch timed alone (`launch_costs`)."""
+        """(cost of a record or wait, sync wake-up, launch cost per op name) for `policy`, a
+        `hw.host_in_situ.host_key` such as "interleaved" or "intra_op/generative".
+
+        These are the in-situ measurements of that key when the profile has them (the executor's
+        Python around each op, the policy's own bookkeeping included; a generative key falls back
+        to its policy's entry), else the runtime's cost per launch plus each op's dispatch timed
+        alone (`launch_costs`)."""
         wake = self.host.get("sync_wakeup_s", sync_wakeup_s)
-        situ = self.host_in_situ.get(policy)
+        situ = self.host_in_situ.get(policy) or self.host_in_situ.get(policy.split("/")[0])
         if situ and situ.get("launch"):
             other = statistics.median([situ.get("record_s", launch_s), situ.get("wait_s", launch_s)])
             return other, wake, {str(k): float(v) for k, v in situ["launch"].items()}

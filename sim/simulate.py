@@ -47,7 +47,8 @@ def make_engine(scn: Scenario, record_ir: bool = True,
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
-            host = HostParams(*prof.host_params(scn.policy.name, host.launch_s, host.sync_wakeup_s))
+            key = scn.policy.name + ("/generative" if scn.serving.mode == "generative" else "")
+            host = HostParams(*prof.host_params(key, host.launch_s, host.sync_wakeup_s))
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 

@@ -181,6 +181,8 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     assert entry["runs"] == ["s"] and entry["samples"] > 20
     assert {"q_proj", "layernorm_1", "mlp_all_reduce"} <= set(entry["launch"])
     assert all(t >= 0 for t in entry["launch"].values()) and entry["record_s"] >= 0
+    n, mean, p90 = entry["launch_stats"]["q_proj"]
+    assert n >= 6 and mean > 0 and p90 >= entry["launch"]["q_proj"] * 0.5
 
     prof = a_profile_with_situ(entry)
     path = save_profile(prof, tmp_path / "p.yaml")
@@ -188,6 +190,8 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     other, wake, by_name = prof.host_params("interleaved", 1.0, 1.0)
     assert by_name == entry["launch"] and wake == 7e-6
     assert other == pytest.approx((entry["record_s"] + entry.get("wait_s", 1.0)) / 2)
+    # generative serving has its own key, falling back to its policy's entry when it was not measured
+    assert prof.host_params("interleaved/generative", 1.0, 1.0)[2] == entry["launch"]
     # a policy without an in-situ entry: the profile's scalar launch cost and host_ops (none here)
     assert prof.host_params("intra_op", 1.0, 1.0) == (4e-6, 7e-6, {})
 
