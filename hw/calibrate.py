@@ -500,9 +500,13 @@ class Calibration:
     def host_in_situ(self) -> None:
         """Host time per operation inside short `hw run`s of each scenario's policy
         (`hw.host_in_situ`); policies already in the profile are kept (a resumed run)."""
-        from hw.host_in_situ import measure
+        import yaml
 
-        todo = [p for p in self.s.scenarios if _policy_of(p) not in self.profile.host_in_situ]
+        from hw.host_in_situ import measure
+        from sim.profile import host_key_of
+
+        todo = [p for p in self.s.scenarios
+                if host_key_of(yaml.safe_load(Path(p).read_text()) or {}) not in self.profile.host_in_situ]
         if not todo:
             return
         print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
@@ -611,15 +615,6 @@ class Calibration:
         if nccl.is_dir():
             self.profile.links = links_section(nccl)
             self.profile.links["source"] = "profiles/nccl"
-
-
-def _policy_of(path: str) -> str:
-    import yaml
-
-    from hw.host_in_situ import host_key
-
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    return host_key((d.get("policy") or {}).get("name", "intra_op"), (d.get("serving") or {}).get("mode") == "generative")
 
 
 def entry_key_of(kind: str, m: Measurement) -> tuple:

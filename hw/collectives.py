@@ -157,18 +157,17 @@ class EmulatedCollectives:
         buf = self._pinned.get(n)
         if buf is None or buf.dtype != t.dtype:
             nbytes = -(-n * t.element_size() // 256) * 256
-            if self._arena is None or self._arena_used + nbytes > self._arena.numel():
-                self._arena = torch.empty(max(nbytes, 2 * (0 if self._arena is None else self._arena.numel())),
-                                          dtype=torch.uint8, pin_memory=True)
-                self._arena_used = 0
+            size = 0 if self._arena is None else self._arena.numel()
+            if self._arena_used + nbytes > size:  # a new arena (buffers already cut keep the old one)
+                self.reserve_host(max(nbytes, 2 * size))
             raw = self._arena[self._arena_used:self._arena_used + nbytes]
             self._arena_used += nbytes
             buf = self._pinned[n] = raw[:n * t.element_size()].view(t.dtype)
         return buf
 
     def reserve_host(self, nbytes: int) -> None:
-        """Pin host memory for sends and receives of up to `nbytes` in all, before the clock starts."""
-        if self._arena is None or self._arena.numel() < nbytes:
+        """Pin host memory for sends and receives of up to `nbytes` in all (before the clock starts)."""
+        if self._arena is None or self._arena.numel() - self._arena_used < nbytes:
             self._arena = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             self._arena_used = 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sim import ir
 from sim.ir import BLOCKING
+from sim.profile import host_key_of
 
 
 def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
@@ -31,12 +32,6 @@ def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
             name = op.kernel.spec.name if op.op == "launch" and op.kernel is not None else op.op
             out[name].append(max(0.0, nxt.t - op.t))
     return dict(out)
-
-
-def host_key(policy: str, generative: bool) -> str:
-    """The profile's key for a policy's host costs: generative serving runs other host code per
-    op (iterations, paged KV index tensors) than encoder and prefill jobs, so they are kept apart."""
-    return f"{policy}/generative" if generative else policy
 
 
 def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
@@ -56,7 +51,8 @@ def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
 
 def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
             work: Path | None = None) -> dict[str, dict]:
-    """Run each scenario's policy for `jobs` jobs on `device`; per `host_key`, the summarised costs."""
+    """Run each scenario's policy for `jobs` jobs on `device`; per `sim.profile.host_key`, the
+    summarised costs."""
     import tempfile
 
     import yaml
@@ -84,8 +80,7 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 print(f"host in situ: {path}: {e}", file=sys.stderr)
                 continue
             schedule = ir.load(out / "ir.jsonl")
-            policy = host_key((d.get("policy") or {}).get("name", "intra_op"),
-                              (d.get("serving") or {}).get("mode") == "generative")
+            policy = host_key_of(d)
             for k, v in op_costs(schedule).items():
                 samples[policy][k].extend(v)
             runs[policy].append(Path(path).stem)

@@ -126,7 +126,9 @@ def warm_ops(plan: Plan, rank: int, lib: KernelLibrary) -> None:
 
 
 def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
-    """Run each distinct compute kernel once (cuBLAS heuristics, allocator) before the clock starts."""
+    """Before the clock starts: each distinct compute kernel of a replay or a generative iteration
+    once (cuBLAS heuristics, allocator; live encoder and prefill jobs go through `warm_ops`), the
+    emulated collective's scratch and compile, and pinned memory for pipeline sends."""
     m = plan.scenario.model.shape()
     if plan.schedule is not None:
         specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]
@@ -139,8 +141,9 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         specs.append(collective("all_reduce", "largest", tokens * m.hidden * m.dtype_bytes))
     else:
         specs = [s for b, q in set(plan.shapes.values()) for s in layer_kernels(m, plan.tp, b, q)]
+    live_jobs = plan.schedule is None and not plan.generative  # `warm_ops` runs these shapes through the ops
     seen = set()
-    for spec in specs:
+    for spec in [] if live_jobs else specs:
         key = (spec.kind, tuple(sorted(spec.dims.items())))
         if spec.is_collective or key in seen:
             continue
@@ -152,7 +155,7 @@ def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), (0, 1))
         # pinned host memory for every size of activation a pipeline stage sends or receives
         sizes = {s.dims["nbytes"] for s in specs if s.kind in ("send", "recv")}
-        if plan.schedule is None and not plan.generative and plan.scenario.policy.name in ("inter_op", "hybrid"):
+        if live_jobs and plan.scenario.policy.name in ("inter_op", "hybrid"):
             sizes |= {b * q * m.hidden * m.dtype_bytes for b, q in set(plan.shapes.values())}
         if sizes:
             lib.comm.reserve_host(sum(-(-n // 256) * 256 for n in sizes))

@@ -94,7 +94,7 @@ class Profile:
     status: str = "complete"
     path: str = "<profile>"
     host_ops: dict[str, float] = field(default_factory=dict)  # op name (or kind) -> host dispatch time, s
-    # policy -> {"launch": {op name: s}, "record_s": s, "wait_s": s, "runs": [...]}: host time per
+    # host_key -> {"launch": {op name: s}, "record_s": s, "wait_s": s, "runs": [...]}: host time per
     # operation measured inside `hw run`s of the policy (`hw.host_in_situ`)
     host_in_situ: dict[str, dict] = field(default_factory=dict)
 
@@ -109,7 +109,7 @@ class Profile:
 
     def host_params(self, policy: str, launch_s: float, sync_wakeup_s: float) -> tuple[float, float, dict[str, float]]:
         """(cost of a record or wait, sync wake-up, launch cost per op name) for `policy`, a
-        `hw.host_in_situ.host_key` such as "interleaved" or "intra_op/generative".
+        `host_key` such as "interleaved" or "intra_op/generative".
 
         These are the in-situ measurements of that key when the profile has them (the executor's
         Python around each op, the policy's own bookkeeping included; a generative key falls back
@@ -141,6 +141,18 @@ class Profile:
         """Median of (measured − target) of the emulated collective: its launch and tail cost."""
         diffs = sorted(e["median_s"] - e["target_s"] for e in self.emulated_collective)
         return max(0.0, diffs[len(diffs) // 2]) if diffs else 0.0
+
+
+def host_key(policy: str, generative: bool) -> str:
+    """A profile's key for a policy's in-situ host costs: generative serving runs other host code
+    per op (iterations, paged KV index tensors) than encoder and prefill jobs, so they are kept apart."""
+    return f"{policy}/generative" if generative else policy
+
+
+def host_key_of(scenario: dict) -> str:
+    """`host_key` of a scenario's raw (YAML) dict, before it is parsed."""
+    return host_key((scenario.get("policy") or {}).get("name", "intra_op"),
+                    (scenario.get("serving") or {}).get("mode") == "generative")
 
 
 def _need(d: dict, key: str, file: str, where: str, kind: type | tuple = (int, float)) -> Any:
@@ -206,7 +218,9 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
     if not isinstance(host_ops, dict) or not all(isinstance(v, int | float) and v >= 0 for v in host_ops.values()):
         raise LigerSimError("must map op names to host times ≥ 0 in seconds", file=file, field="host_ops")
     situ = d.get("host_in_situ") or {}
-    for pol, v in situ.items() if isinstance(situ, dict) else [("?", None)]:
+    if not isinstance(situ, dict):
+        raise LigerSimError("must map policies to their in-situ host costs", file=file, field="host_in_situ")
+    for pol, v in situ.items():
         launch = v.get("launch") if isinstance(v, dict) else None
         if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
             raise LigerSimError("must map each policy to {launch: {op name: host seconds ≥ 0}, ...}", file=file,

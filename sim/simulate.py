@@ -41,13 +41,13 @@ def make_engine(scn: Scenario, record_ir: bool = True,
     pairs = [(p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs]
     host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
     if hw.profile:
-        from sim.profile import profile_cost
+        from sim.profile import host_key, profile_cost
 
         cost, prof = profile_cost(hw.profile, cost, scn, collective_overhead_s)
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
-            key = scn.policy.name + ("/generative" if scn.serving.mode == "generative" else "")
+            key = host_key(scn.policy.name, scn.serving.mode == "generative")
             host = HostParams(*prof.host_params(key, host.launch_s, host.sync_wakeup_s))
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 

@@ -54,12 +54,16 @@ def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- predictions
+def _has(run: Path, name: str) -> bool:
+    """A recorded run's file, or its gzipped copy (as committed reports keep the IR)."""
+    return (run / name).exists() or (run / f"{name}.gz").exists()
+
+
 def _measured_files(measured: Path) -> dict:
     for name in NEEDED:
-        if not ((measured / name).exists() or (measured / f"{name}.gz").exists()):
+        if not _has(measured, name):
             raise LigerSimError(f"no {name} here; record a run with `ligersim hw run`", file=str(measured))
-    hw = json.loads((measured / "hw.json").read_text()) if (measured / "hw.json").exists() else {}
-    return hw
+    return _hw_info(measured)
 
 
 def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out: str | Path,
@@ -243,8 +247,7 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     m_ev = pd.read_parquet(measured / "events.parquet")
     kernels_dir = _beside(out, meta["kernels_dir"], "measured_cupti") if meta.get("kernels_dir") else None
     k_ev = pd.read_parquet(kernels_dir / "events.parquet") if kernels_dir else m_ev
-    has_ir = (measured / "ir.jsonl").exists() or (measured / "ir.jsonl.gz").exists()
-    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if has_ir else {}
+    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if _has(measured, "ir.jsonl") else {}
     from sim.simulate import jobs_from_meta
 
     jobs = jobs_from_meta(m_meta) or _jobs_from_requests(measured)
