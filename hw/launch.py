@@ -12,10 +12,12 @@ All ranks share one wall-clock origin; rank 0 gathers rows and IR and writes the
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,10 +31,9 @@ from hw.memory import oom_message
 from hw.run import Options, Plan, RankResult, Source, build_plan, write_outputs
 from hw.runtime import TorchRuntime, drive
 from hw.torchenv import torch_dtype
+from hw.warm import warm_ops, warm_up
 from hw.weights import Shard
 from sim.errors import LigerSimError
-from sim.kernels import Kernel, collective
-from sim.layers import epilogue_kernels, iteration_layer, layer_kernels, prologue_kernels
 
 
 def choose_mode(world: int, opts: Options) -> str:
@@ -90,77 +91,9 @@ def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLib
     if plan.generative:
         lib.kv.reserve(plan.kv_layers(rank))
     if opts.device != "cpu":
-        _warm_up(plan, rank, lib)
+        warm_up(plan, rank, lib)
         warm_ops(plan, rank, lib)
     return lib
-
-
-def warm_ops(plan: Plan, rank: int, lib: KernelLibrary) -> None:
-    """Run one job of each distinct shape through the library's own ops before the clock starts.
-
-    The first use of a kernel in a process (its module loaded, a library's heuristics, the
-    allocator growing) cost single ops 40-80 ms once each on an H100 machine, a fifth of a short
-    run; a serving engine pays that at start-up, not on its first requests. Collectives, sends and
-    receives are left out: they need their peers (the emulated collective is warmed by `_warm_up`).
-    Generative plans run a typical iteration in `_warm_up` instead."""
-    if plan.generative or not plan.shapes:
-        return
-    m = plan.scenario.model.shape()
-    rid = max(plan.shapes) + 1  # request ids no job uses
-    for b, q in sorted(set(plan.shapes.values())):
-        plan.shapes[rid] = (b, q)
-        kernels = ([Kernel(s, rank, rid, -1) for s in prologue_kernels(m, plan.tp, b, q)]
-                   + [Kernel(s, rank, rid, 0) for s in layer_kernels(m, plan.tp, b, q)]
-                   + [Kernel(s, rank, rid, m.layers) for s in epilogue_kernels(m, plan.tp, b, q)])
-        try:
-            for k in kernels:
-                if not (k.spec.is_collective or k.spec.kind in ("send", "recv")):
-                    lib.prepare(k)
-                    lib.run(k)
-        finally:
-            lib.store.release(rid, None)
-            del plan.shapes[rid]
-        rid += 1
-    if lib.device != "cpu":
-        torch.cuda.synchronize()
-
-
-def _warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
-    """Before the clock starts: each distinct compute kernel of a replay or a generative iteration
-    once (cuBLAS heuristics, allocator; live encoder and prefill jobs go through `warm_ops`), the
-    emulated collective's scratch and compile, and pinned memory for pipeline sends."""
-    m = plan.scenario.model.shape()
-    if plan.schedule is not None:
-        specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]
-    elif plan.generative:  # a typical iteration: one prompt beside a few decodes
-        prompts = sorted(plan.composition.prompt.values())
-        p = min(prompts[len(prompts) // 2], plan.scenario.serving.max_batch_tokens)
-        specs = (prologue_kernels(m, plan.tp, 1, p + 4) + iteration_layer(m, plan.tp, [(p, 0)], [p + 1] * 4)
-                 + epilogue_kernels(m, plan.tp, 5, 1))
-        tokens = plan.scenario.serving.max_batch_tokens
-        specs.append(collective("all_reduce", "largest", tokens * m.hidden * m.dtype_bytes))
-    else:
-        specs = [s for b, q in set(plan.shapes.values()) for s in layer_kernels(m, plan.tp, b, q)]
-    live_jobs = plan.schedule is None and not plan.generative  # `warm_ops` runs these shapes through the ops
-    seen = set()
-    for spec in [] if live_jobs else specs:
-        key = (spec.kind, tuple(sorted(spec.dims.items())))
-        if spec.is_collective or key in seen:
-            continue
-        seen.add(key)
-        lib.generic.run(Kernel(spec, rank))
-    if isinstance(lib.comm, EmulatedCollectives):  # size the scratch, compile the Triton kernel
-        largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)
-        lib.comm.reserve(largest, plan.tp)
-        lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), (0, 1))
-        # pinned host memory for every size of activation a pipeline stage sends or receives
-        sizes = {s.dims["nbytes"] for s in specs if s.kind in ("send", "recv")}
-        if live_jobs and plan.scenario.policy.name in ("inter_op", "hybrid"):
-            sizes |= {b * q * m.hidden * m.dtype_bytes for b, q in set(plan.shapes.values())}
-        if sizes:
-            lib.comm.reserve_host(sum(-(-n // 256) * 256 for n in sizes))
-    torch.cuda.synchronize()
-    lib.generic._scratch.clear()
 
 
 def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, agree=None) -> RankResult:
@@ -168,7 +101,8 @@ def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, ag
     rt = TorchRuntime(rank, plan.world, plan.solo, lib, "cpu" if opts.device == "cpu" else "cuda", t0, ops, agree,
                       timing=opts.timing)
     wall = time.perf_counter()
-    drive(plan.policies[rank](rt), rt)
+    with quiet_gc():
+        drive(plan.policies[rank](rt), rt)
     rows = rt.rows()
     info = {"rank": rank, "wall_s": time.perf_counter() - wall, "activation_bytes": lib.pool.allocated_bytes}
     logits = None
@@ -182,6 +116,24 @@ def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, ag
     if opts.device != "cpu":
         info["max_memory_allocated"] = torch.cuda.max_memory_allocated()
     return RankResult(rank, rows, ops, info, logits, rt.cupti_kernels())
+
+
+@contextmanager
+def quiet_gc():
+    """No cyclic garbage collection while the clock runs. A collection of the older generations
+    walks every live object (the growing IR, the rows), a pause of milliseconds at moments the
+    simulator cannot know; benchmark harnesses and serving engines freeze the heap built at
+    start-up for the same reason. Reference counting still frees nearly everything."""
+    gc.collect()
+    gc.freeze()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+        gc.unfreeze()
 
 
 class _oom_guard:

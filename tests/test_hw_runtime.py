@@ -88,13 +88,14 @@ def test_all_reduce_spans_both_ranks(timed):
 
 @pytest.mark.parametrize("preset", ["liger-encoder", "llama2-7b"])
 def test_warm_up_runs_each_job_shape_through_the_ops_and_leaves_no_state(tmp_path, preset):
-    """`hw.launch.warm_ops` (run on CUDA before the clock starts): one job of every distinct shape
+    """`hw.warm.warm_ops` (run on CUDA before the clock starts): one job of every distinct shape
     through the library's own ops, then nothing of it left: no request state, no extra shapes,
     and the run afterwards still completes every job."""
     import yaml
 
     from hw.collectives import NoCollectives
-    from hw.launch import _run, _setup, warm_ops
+    from hw.launch import _run, _setup
+    from hw.warm import warm_ops
     from hw.run import Options, Source, build_plan
 
     model = {"preset": preset, "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256, "layers": 2}
@@ -116,3 +117,66 @@ def test_warm_up_runs_each_job_shape_through_the_ops_and_leaves_no_state(tmp_pat
     assert lib.pool.allocated_bytes > taken  # buffers of every shape now exist
     result = _run(plan, 0, opts, lib, time.perf_counter())
     assert {r[3] for r in result.rows} == set(shapes)
+
+
+def test_warm_up_of_an_interleaved_plan_runs_every_piece_through_the_ops(tmp_path):
+    """Before the clock, an interleaved plan's GEMMs run once as each piece its planner can cut
+    (35 spans of eighths per GEMM and job shape), on the warm job's buffers, which are then gone."""
+    import yaml
+
+    from hw.collectives import NoCollectives
+    from hw.launch import _run, _setup
+    from hw.run import Options, Source, build_plan
+    from hw.warm import warm_ops
+    from sim.layers import layer_kernels
+
+    model = {"preset": "llama2-7b", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+             "layers": 2, "vocab": 256}
+    scn = {"name": "warm", "seed": 3, "hardware": {"gpu": "H100-SXM", "count": 1, "interconnect": "nvswitch-h100"},
+           "model": model, "policy": {"name": "interleaved"},
+           "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                        "seq_len": {"dist": "uniform", "low": 8, "high": 40}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    plan = build_plan(Source("scenario", str(path)))
+    opts = Options(device="cpu")
+    lib = _setup(plan, 0, opts, NoCollectives())
+    ran = []
+    run = lib.run
+    lib.run = lambda k: (ran.append(k), run(k))[1]
+    warm_ops(plan, 0, lib)
+    lib.run = run
+    shapes = set(plan.shapes.values())
+    gemms = sum(s.kind == "gemm" for s in layer_kernels(plan.scenario.model.shape(), 1, 1, 8))
+    pieces = [k for k in ran if k.spec.fraction < 1]
+    assert len(pieces) == 35 * gemms * len(shapes)
+    assert not lib.store.states
+    result = _run(plan, 0, opts, lib, time.perf_counter())
+    assert {r[3] for r in result.rows} == set(plan.shapes)
+
+
+def test_generative_gemm_warm_up_sweeps_row_counts_through_the_models_weights(monkeypatch):
+    """A generative run's GEMM shapes follow its batching, so the warm-up sweeps row counts
+    (1-16, powers of two and midpoints, the budget itself) for each weight of the layer."""
+    from hw import warm
+    from hw.collectives import NoCollectives
+    from hw.kernels import KernelLibrary
+    from hw.weights import Shard
+    from sim.layers import iteration_layer
+    from sim.scenario import ModelSpec
+
+    assert warm.row_sweep(100) == [*range(1, 17), 24, 32, 48, 64, 96, 100]
+    assert warm.row_sweep(3) == [1, 2, 3]
+    m = ModelSpec(preset="llama2-7b", hidden=128, heads=2, kv_heads=2, head_dim=64, ffn=256, layers=1,
+                  vocab=256).shape()
+    lib = KernelLibrary(m, Shard(1, 0), "cpu", torch.float32, NoCollectives())
+    specs = iteration_layer(m, 1, [(20, 0)], [21, 30])
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b, out: (calls.append((a.shape, b.data_ptr())), mm(a, b, out=out)))
+    warm.warm_gemm_sizes(lib, specs, 100)
+    weights = {w.data_ptr() for w in lib.w.values()}
+    cols = {(s.dims["k"], s.dims["n"]) for s in specs if s.kind == "gemm"}
+    assert len(calls) == len(cols) * len(warm.row_sweep(100))
+    assert all(ptr in weights for _, ptr in calls)
+    assert {a[0] for a, _ in calls} == set(warm.row_sweep(100))

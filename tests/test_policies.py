@@ -128,6 +128,36 @@ def test_decomposed_pieces_add_up_to_the_gemm():
         assert all(a[0] + a[1] == b[0] for a, b in zip(cols, cols[1:]))
 
 
+@pytest.mark.parametrize("split_collectives", [False, True])
+def test_every_launched_piece_is_one_the_hw_warm_up_runs(split_collectives):
+    """`possible_pieces` (what the hw executor launches once before its clock) holds every piece
+    the planner cut in a run, dims and offsets included, and nothing it cannot cut."""
+    from sim.layers import layer_kernels
+    from sim.policies.interleaved import possible_pieces
+
+    d = tiny("interleaved", split_collectives=split_collectives)
+    if split_collectives:  # comm-bound PCIe: all-reduces are split too
+        d["model"] = {"preset": "liger-encoder", "layers": 2}
+        d["workload"]["arrival"]["rate"] = 3000.0
+    else:
+        d = fast_links(d)
+    scn = parse_scenario(d)
+    js = load_jobs(scn, None, None)
+    r = simulate(scn, js)
+    shapes = {j.request_id: (j.batch, j.seq_len) for j in js}
+    m = scn.model.shape()
+    launched = [o.kernel for o in r.result.schedule.ops if o.op == "launch" and o.kernel.spec.fraction < 1]
+    assert {k.spec.kind for k in launched} == ({"gemm", "all_reduce"} if split_collectives else {"gemm"})
+    warm: dict[tuple, set] = {}
+    for k in launched:
+        key = (shapes[k.request_id], k.spec.name)
+        if key not in warm:
+            whole = next(s for s in layer_kernels(m, scn.tp(), *shapes[k.request_id]) if s.name == k.spec.name)
+            warm[key] = {tuple(sorted(p.dims.items())) for p in possible_pieces(whole, 8, split_collectives)}
+            assert len(warm[key]) == 35  # spans [a/8, b/8) but the whole
+        assert tuple(sorted(k.spec.dims.items())) in warm[key]
+
+
 def test_split_one_disables_decomposition():
     r, _ = run(fast_links(tiny("interleaved", split=1)))
     assert (r.events["fraction"] == 1.0).all()

@@ -27,6 +27,7 @@ to reach a round plans it at its host time).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sim.kernels import Kernel, KernelSpec, split_collective, split_gemm
@@ -116,9 +117,7 @@ class Planner:
                  split_collectives: bool = False, source=None):
         self.ctx = ctx
         self.depth, self.split, self.contention = depth, split, contention
-        self.splitters = {"gemm": split_gemm}
-        if split_collectives:
-            self.splitters["all_reduce"] = split_collective
+        self.splitters = splitters(split_collectives)
         self.group = tuple(range(ctx.world))
         self.source = source or EncoderJobs(ctx)
         self.inflight: list[JobState] = []
@@ -239,6 +238,33 @@ class Planner:
                 self._splits.clear()
             hit = self._splits[key] = (*splitter(spec, k / self.split), spec)  # keeps spec alive: ids stay unique
         return hit[0], hit[1]
+
+
+def splitters(split_collectives: bool) -> dict[str, Callable[[KernelSpec, float], tuple[KernelSpec, KernelSpec]]]:
+    """Which kernel kinds the planner may split, and how: GEMMs along N (Liger), all-reduces
+    along their payload when `split_collectives` is on."""
+    out = {"gemm": split_gemm}
+    if split_collectives:
+        out["all_reduce"] = split_collective
+    return out
+
+
+def possible_pieces(spec: KernelSpec, split: int, split_collectives: bool = False) -> list[KernelSpec]:
+    """Every piece the planner can cut from the whole kernel `spec`: the span [a/split, b/split)
+    of its columns (or payload) for 0 <= a < b <= split, the whole excluded. Heads are always
+    cut from the front of what is left, so any such span can occur. The hw executor launches
+    each of them once before its clock starts: a piece's GEMM reads a strided slice of the
+    weight, which can make cuBLAS load a kernel the whole GEMM never used."""
+    cut = splitters(split_collectives).get(spec.kind)
+    if split <= 1 or cut is None:
+        return []
+    out = []
+    for a in range(split):
+        rest = spec if a == 0 else cut(spec, a / split)[1]
+        for b in range(a + 1, split + 1):
+            if (a, b) != (0, split):
+                out.append(rest if b == split else cut(rest, (b - a) / split)[0])
+    return out
 
 
 def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None) -> list[RankPolicy]:
