@@ -188,10 +188,15 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     path = save_profile(prof, tmp_path / "p.yaml")
     assert load_profile(path).host_in_situ == prof.host_in_situ
     other, wake, by_name = prof.host_params("interleaved", 1.0, 1.0)
-    assert by_name == entry["launch"] and wake == 7e-6
+    # each op's mean: a host-bound run lasts the sum of its ops' costs
+    assert by_name == {k: v[1] for k, v in entry["launch_stats"].items()} and wake == 7e-6
+    assert by_name != entry["launch"]
     assert other == pytest.approx((entry["record_s"] + entry.get("wait_s", 1.0)) / 2)
     # generative serving has its own key, falling back to its policy's entry when it was not measured
-    assert prof.host_params("interleaved/generative", 1.0, 1.0)[2] == entry["launch"]
+    assert prof.host_params("interleaved/generative", 1.0, 1.0)[2] == by_name
+    # a profile without the statistics (as the first H100 profile): the medians
+    bare = a_profile_with_situ({k: v for k, v in entry.items() if k != "launch_stats"})
+    assert bare.host_params("interleaved", 1.0, 1.0)[2] == entry["launch"]
     # a policy without an in-situ entry: the profile's scalar launch cost and host_ops (none here)
     assert prof.host_params("intra_op", 1.0, 1.0) == (4e-6, 7e-6, {})
 
