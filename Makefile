@@ -43,6 +43,8 @@ device-wheels:
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(DEVICE_WHEELS)
+	# the device gets a copy of the tree without .git: tell its results which commit they ran
+	git rev-parse --short=12 HEAD > .whl/CODE && { git diff --quiet HEAD || echo "+changes"; } | tr -d '\n' >> .whl/CODE || true
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

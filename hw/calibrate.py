@@ -50,6 +50,7 @@ from sim.profile import (
     save_profile,
     shape_key,
 )
+from sim.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_EVERY_S = 5.0
@@ -272,13 +273,14 @@ class Calibration:
                 raise LigerSimError(f"holds a profile of {old.device.get('name')}, not of this {device['name']}; "
                                     "pass --fresh to overwrite it or choose another -o", file=str(self.out))
             old.status, old.command = "partial", command
+            old.settings["code"] = code_version()
             return old
         return Profile(device=device, date=time.strftime("%Y-%m-%d"), command=command, status="partial",
                        settings={"warmup": self.s.warmup, "reps": self.s.reps, "flush_l2": self.s.flush_l2,
                                  "quick": self.s.quick, "fractions_of_8": list(self.s.fractions),
                                  "scenarios": [_rel(p) for p in self.s.scenarios] or ["<builtin tiny>"],
                                  "timer": "cuda events" if self.s.device == "cuda" else "perf_counter",
-                                 "profile_version": PROFILE_VERSION})
+                                 "profile_version": PROFILE_VERSION, "code": code_version()})
 
     def save(self, force: bool = False) -> None:
         if force or time.monotonic() - self._saved > SAVE_EVERY_S:

@@ -34,6 +34,7 @@ from hw.torchenv import torch_dtype
 from hw.warm import warm_ops, warm_up
 from hw.weights import Shard
 from sim.errors import LigerSimError
+from sim.provenance import code_version
 
 
 def choose_mode(world: int, opts: Options) -> str:
@@ -165,7 +166,7 @@ class _oom_guard:
 def _info(plan: Plan, opts: Options, mode: str) -> dict:
     info = {"backend": "hw", "mode": mode, "device": opts.device, "torch": torch.__version__,
             "world": plan.world, "tp": plan.tp, "executed_ranks": 1 if mode in ("single", "emulate") else plan.world,
-            "timing": opts.timing if opts.device != "cpu" else "host"}
+            "timing": opts.timing if opts.device != "cpu" else "host", "code": code_version()}
     if opts.device != "cpu":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=props.name, gpu_memory=props.total_memory, sms=props.multi_processor_count,

@@ -12,6 +12,8 @@ DEST=${OUT:-}
 export OUT=out/gpu
 mkdir -p "$OUT"
 budget=${CALL_BUDGET_S:-550}
+# which commit this is (the device's copy has no .git; `make device-wheels` writes .whl/CODE)
+[ -z "${LIGERSIM_CODE:-}" ] && [ -s .whl/CODE ] && export LIGERSIM_CODE=$(tr -d '\n' < .whl/CODE)
 pack() {
   [ -n "$DEST" ] || return 0
   tar -czf /tmp/gpu.tar.gz out/gpu profiles/*.yaml 2>/dev/null

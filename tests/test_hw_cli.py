@@ -13,6 +13,7 @@ import yaml
 from hw import cli
 from hw.torchenv import check_device, require_torch
 from sim.errors import LigerSimError
+from sim.provenance import ROOT, code_version
 
 ONE_GPU = {"name": "one", "hardware": {"gpu": "A100-SXM", "count": 1, "interconnect": "nvswitch-a100"},
            "model": {"preset": "liger-encoder", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64,
@@ -96,7 +97,22 @@ def test_single_rank_run_from_the_command_line(tmp_path, scenario, capsys):
     assert cli.main(["hw", "run", str(scenario), "-o", str(out), "--device", "cpu"]) == 0
     assert "3/3 jobs" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["completed"] == 3 and json.loads((out / "hw.json").read_text())["mode"] == "single"
+    info = json.loads((out / "hw.json").read_text())
+    assert summary["completed"] == 3 and info["mode"] == "single"
+    assert info["code"] == code_version()  # which commit ran it
     # and its IR replays
     assert cli.main(["hw", "replay", str(out / "ir.jsonl"), "-o", str(tmp_path / "re"), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "re" / "summary.json").read_text())["kernels"] == summary["kernels"]
+
+
+def test_code_version_names_the_commit_or_what_the_environment_says(tmp_path, monkeypatch):
+    """Results record the code that made them; a tree copied without .git is told through
+    LIGERSIM_CODE, and an unknown one says so (None) instead of guessing."""
+    monkeypatch.delenv("LIGERSIM_CODE", raising=False)
+    assert code_version(tmp_path) is None
+    if (ROOT / ".git").exists():
+        here = code_version()
+        assert here and len(here.split("+")[0]) == 12
+    monkeypatch.setenv("LIGERSIM_CODE", "abc123")
+    assert code_version(tmp_path) == "abc123"
+
