@@ -18,20 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from sim import ir
-from sim.ir import BLOCKING
+from sim.host_gaps import op_costs
 from sim.profile import host_key_of
-
-
-def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
-    """Samples of host seconds per operation: launches by kernel name, "record" and "wait"."""
-    out: dict[str, list[float]] = defaultdict(list)
-    for ops in schedule.by_rank():
-        for op, nxt in zip(ops, ops[1:]):
-            if op.op in BLOCKING or nxt.op in BLOCKING or op.op == "stream":
-                continue
-            name = op.kernel.spec.name if op.op == "launch" and op.kernel is not None else op.op
-            out[name].append(max(0.0, nxt.t - op.t))
-    return dict(out)
 
 
 def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:

@@ -93,12 +93,12 @@ class RooflineCost(CachedSolo):
 class ProfileCost(CachedSolo):
     """Solo durations from a calibrated profile (`sim.profile`): measured shapes exactly,
     log-space interpolation between them, the roofline (scaled by the nearest measured
-    shape, with a one-time warning) outside; collectives from the link model, plus the
-    emulated collective's measured overhead when the run being predicted emulated them."""
+    shape, with a one-time warning) outside; collectives from the link model, or, when the run
+    being predicted emulated them on one GPU, what calibration measured the emulation to last."""
 
     roofline: RooflineCost
     measured: object  # sim.profile.MeasuredKernels (typed loosely: sim.profile imports this module's users)
-    collective_overhead_s: float = 0.0
+    emulation: object | None = None  # sim.profile.EmulatedTimes, when predicting an emulated run
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -108,5 +108,7 @@ class ProfileCost(CachedSolo):
     def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
         if spec.is_collective:
             base = self.roofline.spec_solo(spec, group)
-            return base + self.collective_overhead_s if base > 0 else 0.0
+            if self.emulation is None or spec.kind != "all_reduce" or not group:
+                return base
+            return self.emulation.time(base, len(group))  # type: ignore[attr-defined]
         return self.measured.estimate(spec)  # type: ignore[attr-defined]

@@ -148,6 +148,51 @@ class Profile:
         diffs = sorted(e["median_s"] - e["target_s"] for e in self.emulated_collective)
         return max(0.0, diffs[len(diffs) // 2]) if diffs else 0.0
 
+    def emulated_times(self, interconnect: str) -> EmulatedTimes:
+        """`EmulatedTimes` from this profile's measurements of the emulated all-reduce on
+        `interconnect` (all of them when none was taken on it)."""
+        rows = [e for e in self.emulated_collective if e.get("interconnect") == interconnect] or \
+            list(self.emulated_collective)
+        by_n: dict[int, dict[float, list[float]]] = {}
+        for e in rows:
+            if e["target_s"] > 0 and e["median_s"] > 0:
+                by_n.setdefault(int(e["n"]), {}).setdefault(float(e["target_s"]), []).append(float(e["median_s"]))
+        points = {n: tuple((t, statistics.fmean(ms)) for t, ms in sorted(v.items())) for n, v in by_n.items()}
+        return EmulatedTimes(points, self.emulation_overhead_s())
+
+
+@dataclass(frozen=True)
+class EmulatedTimes:
+    """How long the single-GPU emulated all-reduce (`hw.collectives.EmulatedCollectives`) lasts for a
+    link-model time `target_s`, read off calibration's measurements of it.
+
+    The emulation copies a ring all-reduce's bytes through HBM, then spins until the target has
+    passed. A small one ends a launch-and-tail overhead after its target (~4 us on an H100); a large
+    one is still copying when its target passes: on an H100 a 32 MB all-reduce over 8 ranks measured
+    239 us for a 182 us target, and validation of TP 8 runs predicted such all-reduces 20% short with
+    a constant overhead. So between measured targets of the group size the measured time is
+    interpolated (as measured / target, in log target); below them the smallest one's excess is
+    added, above them the largest one's ratio applies; a group size never measured gets the
+    median overhead."""
+
+    points: dict[int, tuple[tuple[float, float], ...]]  # group size -> (target s, measured s), by target
+    overhead_s: float
+
+    def time(self, target_s: float, n: int) -> float:
+        if target_s <= 0:
+            return 0.0
+        pts = self.points.get(n)
+        if not pts:
+            return target_s + self.overhead_s
+        if target_s <= pts[0][0]:
+            return target_s + pts[0][1] - pts[0][0]
+        if target_s >= pts[-1][0]:
+            return target_s * pts[-1][1] / pts[-1][0]
+        i = bisect.bisect_right([t for t, _ in pts], target_s)
+        (t0, m0), (t1, m1) = pts[i - 1], pts[i]
+        w = math.log(target_s / t0) / math.log(t1 / t0)
+        return target_s * ((m0 / t0) * (1 - w) + (m1 / t1) * w)
+
 
 def host_key(policy: str, generative: bool) -> str:
     """A profile's key for a policy's in-situ host costs: generative serving runs other host code
@@ -466,7 +511,7 @@ def links_section(directory: str | Path) -> dict:
             "send/recv T = alpha + S/B", "topologies": topo}
 
 
-def profile_cost(path: str | Path, roofline, scn, collective_overhead_s: float = 0.0):
+def profile_cost(path: str | Path, roofline, scn):
     """(ProfileCost, Profile) for a scenario: the profile loaded, every kind it needs checked."""
     from sim.costs import ProfileCost
 
@@ -484,12 +529,13 @@ def profile_cost(path: str | Path, roofline, scn, collective_overhead_s: float =
     if measured is None or measured.profile is not prof:  # one per profile and GPU: warnings stay one-time
         measured = _MEASURED[key] = MeasuredKernels(prof, roofline.spec_solo)
     measured.require(kinds_needed(scn.model.shape(), scn.tp(), scn.pp()))
-    return ProfileCost(roofline, measured, collective_overhead_s or EMULATED_OVERHEAD.get()), prof
+    emulation = prof.emulated_times(scn.hardware.interconnect.name) if EMULATED.get() else None
+    return ProfileCost(roofline, measured, emulation), prof
 
 
 # Set by validation while it predicts a run whose collectives were emulated on one GPU: the
-# emulated kernel lasts the link model's time plus its own launch and tail (measured).
-EMULATED_OVERHEAD: contextvars.ContextVar[float] = contextvars.ContextVar("emulated_overhead", default=0.0)
+# emulated kernel lasts what calibration measured it to last (`EmulatedTimes`), not the link model's time.
+EMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("emulated", default=False)
 
 
 _WARNED: set[tuple] = set()

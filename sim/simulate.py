@@ -30,8 +30,7 @@ class Run:
     events: pd.DataFrame
 
 
-def make_engine(scn: Scenario, record_ir: bool = True,
-                collective_overhead_s: float = 0.0) -> tuple[Engine, RooflineCost | ProfileCost]:
+def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, RooflineCost | ProfileCost]:
     """The engine and cost model of a scenario; with `hardware.profile`, measured kernel costs,
     and the profile's host costs and contention table unless the scenario sets its own."""
     hw = scn.hardware
@@ -43,7 +42,7 @@ def make_engine(scn: Scenario, record_ir: bool = True,
     if hw.profile:
         from sim.profile import host_key, profile_cost
 
-        cost, prof = profile_cost(hw.profile, cost, scn, collective_overhead_s)
+        cost, prof = profile_cost(hw.profile, cost, scn)
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:

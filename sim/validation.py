@@ -10,7 +10,8 @@ compares kernels and requests and writes:
 
     validation.csv   one row per kernel and per request and mode: measured, predicted, error
     summary.json     per mode: kernel_err_median, kernel_err_p90 (of |error|), makespan_err,
-                     jct_mean_err, throughput_err (signed, relative: (predicted − measured) / measured)
+                     jct_mean_err, throughput_err (signed, relative: (predicted − measured) / measured);
+                     `host`: where the measured run's host time went (`sim.host_gaps.host_breakdown`)
     report.md        device, date, profile, tables
     scatter.png, error_cdf.png, timelines.png
 
@@ -30,6 +31,7 @@ import pandas as pd
 
 from sim import ir
 from sim.errors import LigerSimError
+from sim.host_gaps import host_breakdown
 from sim.jobs import Job
 from sim.kernels import Kernel
 from sim.outputs import _clean, run_tables, write_run
@@ -70,7 +72,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
             progress: bool = False, kernels: str | Path | None = None) -> dict:
     """Simulate the measured run closed-loop and as a replay with `profile`; then build the report
     (kernel times from `kernels`, a second recorded run of the scenario, when given)."""
-    from sim.profile import EMULATED_OVERHEAD, load_profile
+    from sim.profile import EMULATED, load_profile
     from sim.scenario import load_scenario
     from sim.simulate import jobs_from_meta, make_engine, simulate
 
@@ -82,7 +84,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     schedule = ir.load(measured / "ir.jsonl")
     jobs = jobs_from_meta(schedule.meta) or _jobs_from_requests(measured)
     emulated = hw.get("mode") == "emulate"
-    token = EMULATED_OVERHEAD.set(prof.emulation_overhead_s() if emulated else 0.0)
+    token = EMULATED.set(emulated)
     try:
         run = simulate(scn, jobs, record_ir=False, file=str(scenario), progress=progress)
         write_run(out / "closed_loop", run.events, jobs, None, scn.policy.name, run.result.sim_wall_s,
@@ -106,7 +108,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
         write_run(out / "replay", events_frame(result.events), jobs, None, f"replay:{scn.policy.name}",
                   result.sim_wall_s, {"scenario": scn.name, "meta": schedule.meta}, trace=False)
     finally:
-        EMULATED_OVERHEAD.reset(token)
+        EMULATED.reset(token)
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
             "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
             "measured_dir": str(measured), "emulated": emulated,
@@ -247,7 +249,8 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     m_ev = pd.read_parquet(measured / "events.parquet")
     kernels_dir = _beside(out, meta["kernels_dir"], "measured_cupti") if meta.get("kernels_dir") else None
     k_ev = pd.read_parquet(kernels_dir / "events.parquet") if kernels_dir else m_ev
-    m_meta = _run_meta(ir.load(measured / "ir.jsonl").meta) if _has(measured, "ir.jsonl") else {}
+    m_ir = ir.load(measured / "ir.jsonl") if _has(measured, "ir.jsonl") else None
+    m_meta = _run_meta(m_ir.meta) if m_ir is not None else {}
     from sim.simulate import jobs_from_meta
 
     jobs = jobs_from_meta(m_meta) or _jobs_from_requests(measured)
@@ -273,6 +276,9 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
         summary[mode] = mode_summary(k, m_sum, p_sum, len(k_ev))
         summary[mode]["by_kind"] = {kind: float(g["error"].abs().median())
                                     for kind, g in k.groupby("kind") if g["error"].notna().any()}
+    if m_ir is not None:  # the host time of the run whose IR is here (the events-timed one)
+        summary["host"] = {**host_breakdown(m_ir, rank=min(summary["measured_ranks"], default=0)),
+                           "makespan_s": m_sum.get("makespan_s")}
     if len(rows) == 0:
         raise LigerSimError("no closed_loop/ or replay/ predictions here; run `ligersim validate`", file=str(out))
     table = pd.concat(rows, ignore_index=True)
@@ -351,9 +357,50 @@ def report_markdown(summary: dict, table: pd.DataFrame) -> str:
         for r in worst.itertuples():
             lines.append(f"| {r.mode} | {int(r.rank)} | {int(r.request_id)} | {int(r.layer)} | {r.name} | {1e6 * r.measured_s:.1f} | "
                          f"{1e6 * r.predicted_s:.1f} | {_pct(r.error)} |")
+    lines += host_markdown(summary.get("host"))
     lines += ["", "![predicted vs measured](scatter.png)", "![error CDF](error_cdf.png)",
               "![timelines](timelines.png)", ""]
     return "\n".join(lines)
+
+
+def host_markdown(host: dict | None) -> list[str]:
+    """The report's section on the measured run's host time (none without its IR): how much of it
+    first uses of kernel shapes and long stalls take, and what per-op-name models account for."""
+    if not host or not host.get("gaps_n"):
+        return []
+    total = host["total_s"]
+
+    def row(what: str, n, s) -> str:
+        share = _pct(s / total, False) if total > 0 and s is not None else "–"
+        return f"| {what} | {'' if n is None else n} | {'–' if s is None else f'{1e3 * s:.1f}'} | {share} |"
+
+    ms = f"{1e3 * host['stall_threshold_s']:g} ms"
+    lines = ["", "## Host time of the measured run", "",
+             f"Rank {host['rank']}'s host gaps in the IR of the events-timed run: the time from each operation "
+             "to the rank's next one, leaving out blocking waits and stream declarations "
+             "(`sim.host_gaps`). A first use is the first launch of a kernel shape (name and dims) in the "
+             f"run; {host['shapes_n']} shapes were launched.", "",
+             "| host gaps | count | ms | ÷ total |", "|---|---|---|---|",
+             row("total", host["gaps_n"], total),
+             row("first uses of a kernel shape", host["first_use_n"], host["first_use_s"]),
+             row(f"gaps ≥ {ms}", host["stalls_n"], host["stalls_s"]),
+             row(f"gaps ≥ {ms} that are first uses", host["stall_first_use_n"], host["stall_first_use_s"]),
+             row("repeat uses", host["gaps_n"] - host["first_use_n"], host["repeat_s"]),
+             row("n × median per op name", None, host["n_median_s"]),
+             row("n × median per op name, repeat uses only", None, host["repeat_n_median_s"]),
+             row("makespan of the run, for scale", None, host.get("makespan_s"))]
+    mk = host.get("makespan_s")
+    if mk and math.isfinite(mk) and mk > 0:
+        lines += ["", f"The host gaps add up to {_pct(total / mk, False)} of the makespan."]
+    if host["top_stalls"]:
+        lines += ["", f"Most stall time (gaps ≥ {ms}) by op: " + ", ".join(
+            f"{t['op']} {1e3 * t['s']:.1f} ms ({_count(t['n'], 'gap')}, {_count(t['first_use_n'], 'first use')})"
+            for t in host["top_stalls"]) + "."]
+    return lines
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.DataFrame | None = None) -> list[Path]:

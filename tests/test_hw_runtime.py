@@ -95,8 +95,8 @@ def test_warm_up_runs_each_job_shape_through_the_ops_and_leaves_no_state(tmp_pat
 
     from hw.collectives import NoCollectives
     from hw.launch import _run, _setup
-    from hw.warm import warm_ops
     from hw.run import Options, Source, build_plan
+    from hw.warm import warm_ops
 
     model = {"preset": preset, "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256, "layers": 2}
     if preset.startswith("llama"):

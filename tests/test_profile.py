@@ -16,6 +16,7 @@ from sim.links import build_topology
 from sim.presets import INTERCONNECTS
 from sim.profile import (
     PROFILE_VERSION,
+    EmulatedTimes,
     MeasuredKernels,
     Measurement,
     Profile,
@@ -141,7 +142,7 @@ def test_kind_absent_from_the_profile_is_an_error():
 
 def test_profile_cost_keeps_the_cost_interface_and_caches():
     roof = roofline()
-    cost = ProfileCost(roof, MeasuredKernels(a_profile(), roof.spec_solo), collective_overhead_s=3e-6)
+    cost = ProfileCost(roof, MeasuredKernels(a_profile(), roof.spec_solo), EmulatedTimes({}, 3e-6))
     spec = K.gemm("g", 64, 1024, 1024)
     assert cost.solo(K.Kernel(spec, 0)) == cost.spec_solo(spec) == pytest.approx(2e-5)
     ar = K.collective("all_reduce", "ar", 1 << 20)
@@ -212,3 +213,29 @@ def test_host_op_costs_round_trip_and_give_launch_costs(tmp_path):
     with pytest.raises(LigerSimError, match="host_ops"):
         load_profile(tmp_path / "bad.yaml")
     assert a_profile().launch_costs() == {}  # none measured: the scalar launch cost applies
+
+
+def test_emulated_all_reduce_lasts_what_calibration_measured_it_to_last():
+    """Small emulated all-reduces end an overhead after their link-model target; large ones are
+    still copying through HBM when it passes (H100: 239 us for a 182 us target). Between measured
+    targets of a group size, measured/target is interpolated in log target; below, the smallest
+    one's excess is added; above, the largest one's ratio applies; an unmeasured group size gets
+    the median overhead."""
+    rows = [{"interconnect": "nvswitch-h100", "n": 8, "nbytes": b, "target_s": t, "median_s": m}
+            for b, t, m in ((1 << 20, 20e-6, 24e-6), (8 << 20, 60e-6, 66e-6), (32 << 20, 180e-6, 240e-6))]
+    rows.append({"interconnect": "pcie4", "n": 8, "nbytes": 1 << 20, "target_s": 20e-6, "median_s": 90e-6})
+    prof = Profile(device={"name": "Test GPU", "sms": 132}, date="2026-01-01", command="test",
+                   emulated_collective=rows)
+    em = prof.emulated_times("nvswitch-h100")
+    for _, t, m in ((0, 20e-6, 24e-6), (0, 60e-6, 66e-6), (0, 180e-6, 240e-6)):
+        assert em.time(t, 8) == pytest.approx(m)
+    assert em.time(10e-6, 8) == pytest.approx(14e-6)  # below: + the smallest one's 4 us
+    assert em.time(360e-6, 8) == pytest.approx(480e-6)  # above: x 240/180
+    mid = em.time(math.sqrt(60e-6 * 180e-6), 8) / math.sqrt(60e-6 * 180e-6)
+    assert mid == pytest.approx((66 / 60 + 240 / 180) / 2)  # halfway in log target
+    assert 100e-6 * 66 / 60 < em.time(100e-6, 8) < 100e-6 * 240 / 180
+    assert em.time(50e-6, 4) == pytest.approx(50e-6 + prof.emulation_overhead_s())
+    assert em.time(0.0, 8) == 0.0
+    # another interconnect's measurements are not this one's; one never measured uses them all
+    assert prof.emulated_times("pcie4").time(20e-6, 8) == pytest.approx(90e-6)
+    assert prof.emulated_times("nvlink-v100").time(20e-6, 8) == pytest.approx((24e-6 + 90e-6) / 2)

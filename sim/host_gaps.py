@@ -1,0 +1,113 @@
+"""Host time between a recorded run's operations: what each op cost the host, and where it went.
+
+On the GPU, small kernels finish before Python has launched the next one, so the host sets the
+pace. A recorded IR stamps every operation with the host time it was issued at, so an op's host
+cost is the time until the rank's next operation, unless either op blocks (a sync, a sleep until
+an arrival: that wait is not the op's) or the op only declares a stream.
+
+Those gaps have two parts that a per-op-name cost model treats alike: *first uses*, the first
+launch of a kernel shape in a process (CUDA's lazy kernel loading, library warm-up: often
+milliseconds), and the steady cost of repeat uses. `host_breakdown` separates them, to show how
+much of the host time a median-per-op model (what `hw.host_in_situ` calibrates) can account for.
+No torch here: `hw.host_in_situ` measures with it, the validation report reads recorded runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator
+
+from sim import ir
+from sim.ir import BLOCKING
+from sim.kernels import KernelSpec
+
+
+def gaps(ops: list[ir.Op]) -> Iterator[tuple[ir.Op, float]]:
+    """One rank's ops, each with its host gap (seconds to the next op), in order; ops whose gap
+    is not theirs (a blocking op on either side, a stream declaration, the last op) are left out."""
+    for op, nxt in zip(ops, ops[1:]):
+        if op.op in BLOCKING or nxt.op in BLOCKING or op.op == "stream":
+            continue
+        yield op, max(0.0, nxt.t - op.t)
+
+
+def op_name(op: ir.Op) -> str:
+    """What host costs are keyed by: a launch by its kernel's name, any other op by its kind."""
+    return op.kernel.spec.name if op.op == "launch" and op.kernel is not None else op.op
+
+
+def shape_key(spec: KernelSpec) -> tuple:
+    """A kernel shape, as a process compiles or loads it once: name and dims."""
+    return spec.name, tuple(sorted(spec.dims.items()))
+
+
+def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
+    """Samples of host seconds per operation: launches by kernel name, "record" and "wait"."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for ops in schedule.by_rank():
+        for op, gap in gaps(ops):
+            out[op_name(op)].append(gap)
+    return dict(out)
+
+
+def first_uses(ops: list[ir.Op]) -> set[int]:
+    """Indices into `ops` of the launches that use a kernel shape for the first time (per rank:
+    each rank of a run is its own process)."""
+    seen: set[tuple] = set()
+    out: set[int] = set()
+    for i, op in enumerate(ops):
+        if op.op == "launch" and op.kernel is not None:
+            key = shape_key(op.kernel.spec)
+            if key not in seen:
+                seen.add(key)
+                out.add(i)
+    return out
+
+
+def host_breakdown(schedule: ir.Schedule, stall_s: float = 1e-3, rank: int = 0, top: int = 5) -> dict:
+    """Where rank `rank`'s host gaps went, in seconds: all of them (`total_s`, `gaps_n`), first
+    uses of a kernel shape (`first_use_n`/`_s`; `shapes_n` shapes were launched in all), gaps of
+    at least `stall_s` (`stalls_n`/`_s`, `stall_first_use_n`/`_s` of them first uses), and what
+    per-op-name medians account for: n × median (`n_median_s`; `repeat_n_median_s` over the repeat
+    uses, whose sum is `repeat_s`). `top_stalls`: the `top` op names with the most stall seconds."""
+    ops = schedule.by_rank()[rank] if rank < schedule.world else []
+    first = first_uses(ops)
+    index = {id(op): i for i, op in enumerate(ops)}
+    samples: dict[str, list[float]] = defaultdict(list)
+    repeat: dict[str, list[float]] = defaultdict(list)
+    stalls: dict[str, list] = defaultdict(lambda: [0, 0.0, 0])  # name -> [n, seconds, first uses]
+    total = first_s = stall_s_sum = stall_first_s = 0.0
+    n = first_n = stall_n = stall_first_n = 0
+    for op, gap in gaps(ops):
+        name = op_name(op)
+        is_first = index[id(op)] in first
+        samples[name].append(gap)
+        n += 1
+        total += gap
+        if is_first:
+            first_n += 1
+            first_s += gap
+        else:
+            repeat[name].append(gap)
+        if gap >= stall_s:
+            s = stalls[name]
+            s[0] += 1
+            s[1] += gap
+            s[2] += is_first
+            stall_n += 1
+            stall_s_sum += gap
+            if is_first:
+                stall_first_n += 1
+                stall_first_s += gap
+    top_stalls = sorted(stalls.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top]
+    return {
+        "rank": rank, "stall_threshold_s": stall_s, "gaps_n": n, "total_s": total,
+        "shapes_n": len(first), "first_use_n": first_n, "first_use_s": first_s,
+        "stalls_n": stall_n, "stalls_s": stall_s_sum,
+        "stall_first_use_n": stall_first_n, "stall_first_use_s": stall_first_s,
+        "n_median_s": sum(len(v) * statistics.median(v) for v in samples.values()),
+        "repeat_n_median_s": sum(len(v) * statistics.median(v) for v in repeat.values()),
+        "repeat_s": total - first_s,
+        "top_stalls": [{"op": k, "n": v[0], "s": v[1], "first_use_n": v[2]} for k, v in top_stalls],
+    }

@@ -1,0 +1,129 @@
+"""`sim.host_gaps`: a recorded run's host gaps, split into first uses of kernel shapes and
+stalls, and the validation report's section on them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sim.host_gaps import host_breakdown, op_costs
+from sim.ir import Op, Schedule
+from sim.kernels import Kernel, KernelSpec, pointwise
+from sim.validation import build_report, report_markdown
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "validation"
+
+
+def k(name: str, elems: int = 64, rank: int = 0) -> Kernel:
+    return Kernel(pointwise("elementwise", name, elems, 1, 1, 0.0), rank)
+
+
+def g(dims: dict[str, int]) -> Kernel:
+    return Kernel(KernelSpec("gemm", "g", dims, 1.0, 1.0), 0)
+
+
+def schedule() -> Schedule:
+    """Rank 0's gaps (seconds), in binary fractions so that the sums are exact:
+    a 0.5 (first use), b 0.25 (first), [record, sync: blocking], a 0.25, wait 0.75, a of other
+    dims 0.125 (first), [b before a sleep], c 1.0 (first), a 0.5, record 0.125, g 0.5 (first),
+    g with its dims in another order 0.25 (the same shape), b last (no successor)."""
+    ops = [Op(0, "stream", 0.0, 0),
+           Op(0, "launch", 1.0, 0, kernel=k("a")),
+           Op(0, "launch", 1.5, 0, kernel=k("b")),
+           Op(0, "record", 1.75, 0, event=1),
+           Op(0, "sync", 1.8, event=1),
+           Op(0, "launch", 5.0, 0, kernel=k("a")),
+           Op(0, "wait", 5.25, 0, event=1),
+           Op(0, "launch", 6.0, 0, kernel=k("a", 128)),
+           Op(0, "launch", 6.125, 0, kernel=k("b")),
+           Op(0, "sleep_until", 6.5, until=9.0),
+           Op(0, "launch", 9.0, 0, kernel=k("c")),
+           Op(0, "launch", 10.0, 0, kernel=k("a")),
+           Op(0, "record", 10.5, 0, event=2),
+           Op(0, "launch", 10.625, 0, kernel=g({"m": 8, "n": 16, "k": 32})),
+           Op(0, "launch", 11.125, 0, kernel=g({"k": 32, "n": 16, "m": 8})),
+           Op(0, "launch", 11.375, 0, kernel=k("b"))]
+    # rank 1 is its own process: its first launch of `a` is a first use there
+    ops += [Op(1, "launch", t, 0, kernel=k("a", rank=1)) for t in (0.0, 0.5, 0.75)]
+    return Schedule(2, ops, {})
+
+
+def test_op_costs_skip_blocking_ops_and_stream_declarations():
+    got = op_costs(schedule())
+    assert got == {"a": [0.5, 0.25, 0.125, 0.5, 0.5, 0.25], "b": [0.25], "wait": [0.75], "c": [1.0],
+                   "record": [0.125], "g": [0.5, 0.25]}
+
+
+def test_host_breakdown_separates_first_uses_and_stalls():
+    b = host_breakdown(schedule(), stall_s=0.3, top=3)
+    assert {k: v for k, v in b.items() if k != "top_stalls"} == {
+        "rank": 0, "stall_threshold_s": 0.3, "gaps_n": 10, "total_s": 4.25,
+        "shapes_n": 5, "first_use_n": 5, "first_use_s": 0.5 + 0.25 + 0.125 + 1.0 + 0.5,
+        "stalls_n": 5, "stalls_s": 0.5 + 0.75 + 1.0 + 0.5 + 0.5,
+        "stall_first_use_n": 3, "stall_first_use_s": 0.5 + 1.0 + 0.5,
+        # medians: a [0.5, 0.25, 0.125, 0.5] 0.375, g [0.5, 0.25] 0.375; the others one sample each
+        "n_median_s": 4 * 0.375 + 0.25 + 0.75 + 1.0 + 0.125 + 2 * 0.375,
+        # repeat uses: a [0.25, 0.5], wait, record, g [0.25]
+        "repeat_n_median_s": 2 * 0.375 + 0.75 + 0.125 + 0.25,
+        "repeat_s": 4.25 - (0.5 + 0.25 + 0.125 + 1.0 + 0.5),
+    }
+    # ties in stall seconds go by name
+    assert b["top_stalls"] == [{"op": "a", "n": 2, "s": 1.0, "first_use_n": 1},
+                               {"op": "c", "n": 1, "s": 1.0, "first_use_n": 1},
+                               {"op": "wait", "n": 1, "s": 0.75, "first_use_n": 0}]
+
+
+def test_host_breakdown_per_rank_and_threshold():
+    r1 = host_breakdown(schedule(), stall_s=0.5, rank=1)
+    assert (r1["gaps_n"], r1["total_s"], r1["shapes_n"], r1["first_use_n"], r1["first_use_s"]) == (2, 0.75, 1, 1, 0.5)
+    assert (r1["stalls_n"], r1["stall_first_use_n"]) == (1, 1)  # a gap equal to the threshold is a stall
+    high = host_breakdown(schedule(), stall_s=2.0)
+    assert high["stalls_n"] == high["stalls_s"] == 0 and high["top_stalls"] == []
+    empty = host_breakdown(Schedule(1, [], {}))
+    assert empty["gaps_n"] == 0 and empty["total_s"] == 0.0 and empty["n_median_s"] == 0
+
+
+def test_sim_host_gaps_is_torch_free_and_hw_keeps_op_costs():
+    code = ("import sys, sim.host_gaps, sim.validation; "
+            "assert not {'torch', 'hw'} & set(sys.modules), sorted(m for m in sys.modules if m in ('torch', 'hw'))")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    pytest.importorskip("torch")
+    from hw.host_in_situ import op_costs as hw_op_costs
+
+    assert hw_op_costs is op_costs
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_report_on_the_recorded_run_has_its_host_section(tmp_path, gz):
+    """build_report on the recorded CPU run (its own events standing in for a replay, so no
+    simulation is needed), with the IR as recorded or gzipped as committed reports keep it."""
+    measured = tmp_path / "measured"
+    shutil.copytree(FIX / "measured", measured)
+    if gz:
+        ir_file = measured / "ir.jsonl"
+        with open(ir_file, "rb") as src, gzip.open(measured / "ir.jsonl.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        ir_file.unlink()
+    out = tmp_path / "v"
+    (out / "replay").mkdir(parents=True)
+    shutil.copy(measured / "events.parquet", out / "replay" / "events.parquet")
+    s = build_report(out, measured)
+    host = s["host"]
+    assert host["rank"] == 0 and host["gaps_n"] > 0 and host["shapes_n"] > 0
+    assert 0 < host["first_use_s"] <= host["total_s"] and host["stall_first_use_n"] <= host["stalls_n"]
+    assert host["first_use_s"] + host["repeat_s"] == pytest.approx(host["total_s"])
+    assert host["makespan_s"] == pytest.approx(json.loads((FIX / "measured" / "summary.json").read_text())["makespan_s"])
+    assert json.loads((out / "summary.json").read_text())["host"]["gaps_n"] == host["gaps_n"]
+    md = (out / "report.md").read_text()
+    assert "## Host time of the measured run" in md and f"| total | {host['gaps_n']} |" in md
+    assert "| replay | " in md  # the rest of the report is still there
+    # without the host breakdown (a run without its IR) the section is left out
+    table = pd.read_csv(out / "validation.csv")
+    assert "Host time" not in report_markdown({k: v for k, v in s.items() if k != "host"}, table)
