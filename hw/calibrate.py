@@ -23,6 +23,7 @@ re-running with the same output skips every measurement already in it.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import shlex
@@ -85,6 +86,7 @@ class Settings:
     warmup: int = 5
     reps: int = 30
     flush_l2: bool = True  # cleared unless `calibrate(cold_l2=True)`
+    timer: str = "events"  # CUDA kernels: "events" around each repetition, or "cupti" (`Timer`)
     fractions: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     seq_points: int = 6  # sequence lengths per scenario, log-spaced over its range
     scenarios: list[str] = field(default_factory=list)
@@ -190,11 +192,19 @@ HOST_PER_REP_S = 30e-6  # the flush and two event records around each repetition
 
 
 class Timer:
-    """Median of repeated timings after warm-up: CUDA events per launch, or perf_counter."""
+    """Median of repeated timings after warm-up: CUDA events per launch, CUPTI, or perf_counter.
+
+    CUDA events time the stream from one record to the next, which includes the GPU's latency to
+    start the kernel after the first event and to record the second: on an H100 an empty kernel
+    measured 4.0 us, and the validation runs' single small kernels (softmax, transposes, SiLU) ran
+    1.5-3 us shorter under CUPTI than the events-timed profile said. `timer="cupti"` times each
+    repetition as validation's CUPTI runs time an op (`hw.cupti.rep_times`): its kernels' busy time
+    plus the gaps the GPU itself leaves between them."""
 
     def __init__(self, torch, settings: Settings):
         self.torch, self.s = torch, settings
         self.cuda = settings.device == "cuda"
+        self.cupti = self.cuda and settings.timer == "cupti"
         self._flush = None
         if self.cuda and settings.flush_l2:
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20) or (64 << 20)
@@ -221,27 +231,65 @@ class Timer:
         gate_s = reps * (min(host[1:]) + HOST_PER_REP_S) + 200e-6
         for _ in range(4):
             torch.cuda.synchronize()
-            torch.cuda._sleep(int(gate_s * GATE_HZ))
-            opened = torch.cuda.Event()
-            opened.record()
-            pairs = []
-            for _ in range(reps):
-                if self._flush is not None:
-                    self._flush.zero_()
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                pairs.append((a, b))
-            held = not opened.query()  # still sleeping once everything was enqueued
-            torch.cuda.synchronize()
+            if self.cupti:
+                held, out = self._cupti_reps(fn, reps, gate_s)
+            else:
+                held, out = self._event_reps(fn, reps, gate_s)
             if held:
                 break
             gate_s *= 4
         else:
             print(f"ligersim: the host could not enqueue {reps} repetitions inside a {gate_s:.4f} s gate; "
                   "these timings include host dispatch", file=sys.stderr)
-        return [a.elapsed_time(b) / 1e3 for a, b in pairs]
+        return out
+
+    def _gate(self, gate_s: float):
+        """Hold the GPU for `gate_s` with a sleeping kernel; the returned event says whether it
+        still sleeps."""
+        self.torch.cuda._sleep(int(gate_s * GATE_HZ))
+        opened = self.torch.cuda.Event()
+        opened.record()
+        return opened
+
+    def _event_reps(self, fn: Callable[[], None], reps: int, gate_s: float) -> tuple[bool, list[float]]:
+        torch = self.torch
+        opened = self._gate(gate_s)
+        pairs = []
+        for _ in range(reps):
+            if self._flush is not None:
+                self._flush.zero_()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            pairs.append((a, b))
+        held = not opened.query()  # still sleeping once everything was enqueued
+        torch.cuda.synchronize()
+        return held, [a.elapsed_time(b) / 1e3 for a, b in pairs]
+
+    def _cupti_reps(self, fn: Callable[[], None], reps: int, gate_s: float) -> tuple[bool, list[float]]:
+        """The repetitions under torch.profiler, each in a `ligersim#i` range (`hw.cupti`)."""
+        import tempfile
+
+        from torch.autograd.profiler import record_function
+        from torch.profiler import ProfilerActivity, profile
+
+        from hw.cupti import TAG, load_trace, rep_times
+
+        torch = self.torch
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            opened = self._gate(gate_s)
+            for i in range(reps):
+                if self._flush is not None:
+                    self._flush.zero_()
+                with record_function(f"{TAG}{i}"):
+                    fn()
+            held = not opened.query()
+            torch.cuda.synchronize()
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "trace.json"
+            prof.export_chrome_trace(str(path))
+            return held, rep_times(load_trace(path), reps)
 
 
 def stats(ts: list[float]) -> dict:
@@ -260,6 +308,8 @@ class Calibration:
             self.torch.set_num_threads(1)
         self.out, self.s, self.progress = out, settings, progress
         self.timer = Timer(self.torch, settings)
+        # contention compares a kernel alone with it beside another, both timed with events
+        self.events_timer = Timer(self.torch, dataclasses.replace(settings, timer="events"))
         self.profile = self._start(command, fresh)
         self.done = {entry_key_of(kind, m) for kind, ms in self.profile.kernels.items() for m in ms}
         self._saved = time.monotonic()
@@ -272,6 +322,10 @@ class Calibration:
             if old.device.get("name") != device["name"]:
                 raise LigerSimError(f"holds a profile of {old.device.get('name')}, not of this {device['name']}; "
                                     "pass --fresh to overwrite it or choose another -o", file=str(self.out))
+            timer = "cupti" if self.s.timer == "cupti" and self.s.device == "cuda" else None
+            if timer and old.settings.get("timer") != timer or not timer and old.settings.get("timer") == "cupti":
+                raise LigerSimError(f"holds kernels timed with {old.settings.get('timer')}, not {self.s.timer}; "
+                                    "pass --fresh to start over or choose another -o", file=str(self.out))
             old.status, old.command = "partial", command
             old.settings["code"] = code_version()
             return old
@@ -279,7 +333,8 @@ class Calibration:
                        settings={"warmup": self.s.warmup, "reps": self.s.reps, "flush_l2": self.s.flush_l2,
                                  "quick": self.s.quick, "fractions_of_8": list(self.s.fractions),
                                  "scenarios": [_rel(p) for p in self.s.scenarios] or ["<builtin tiny>"],
-                                 "timer": "cuda events" if self.s.device == "cuda" else "perf_counter",
+                                 "timer": ("cupti" if self.s.timer == "cupti" else "cuda events")
+                                 if self.s.device == "cuda" else "perf_counter",
                                  "profile_version": PROFILE_VERSION, "code": code_version()})
 
     def save(self, force: bool = False) -> None:
@@ -569,7 +624,7 @@ class Calibration:
             for v, o, p, first, size in todo:
                 for c in (v, o):
                     if (c, size) not in solo:
-                        solo[(c, size)] = float(np.median(self.timer.times(classes[c][size], reps=10)))
+                        solo[(c, size)] = float(np.median(self.events_timer.times(classes[c][size], reps=10)))
                 together = self._together(classes[v][size], classes[o][size], solo[(v, size)], solo[(o, size)], p,
                                           first)
                 meas.append({"victim": v, "other": o, "priority": p, "first": first, "size": size,
@@ -690,7 +745,7 @@ def _rel(p: str) -> str:
 
 def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenarios: list[str] | None = None,
               fresh: bool = False, command: str | None = None, progress: bool = True,
-              cold_l2: bool = False) -> Profile:
+              cold_l2: bool = False, timer: str = "events") -> Profile:
     """Measure and write `out`; returns the profile. Re-running resumes an interrupted run.
 
     Kernels are timed warm by default: in `ligersim hw run` (and in a serving engine) an op reads
@@ -698,8 +753,14 @@ def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenar
     small operands sit in L2. `cold_l2` flushes L2 before every repetition instead (the time of a
     first touch from HBM). On an H100, small ops measured 15-35% slower cold (bias+transpose 16-19 us
     against 12-14 us warm), and the validation suite's median kernel errors for small-kernel
-    scenarios fell from 26-64% with a cold profile to 6-22% with a warm one."""
+    scenarios fell from 26-64% with a cold profile to 6-22% with a warm one.
+
+    `timer` "cupti" times kernels as validation's CUPTI runs do (`Timer` says why it matters for
+    kernels of a few microseconds); "events" (the default) needs no profiler."""
+    if timer not in ("events", "cupti"):
+        raise LigerSimError(f"--timer {timer!r}: expected events or cupti")
     settings = Settings.make(device, quick, scenarios)
+    settings.timer = timer
     if cold_l2 is False:
         settings.flush_l2 = False
     cmd = command or "ligersim " + " ".join(shlex.quote(a) for a in sys.argv[1:])

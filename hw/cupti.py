@@ -95,6 +95,16 @@ def _busy_and_fed(spans: list[tuple[float, float, float]]) -> tuple[float, float
     return busy, busy + gpu_gaps
 
 
+def rep_times(events: list[dict], reps: int) -> list[float]:
+    """Seconds of each of `reps` repetitions tagged `ligersim#0..reps-1` (calibration's CUPTI timer):
+    its device work as a fed GPU runs it (`OpTiming.fed`), as validation's CUPTI runs time an op."""
+    ops = op_intervals(events)
+    missing = [i for i in range(reps) if i not in ops]
+    if missing:
+        raise ValueError(f"CUPTI saw no device work for {len(missing)} of {reps} repetitions (first: {missing[0]})")
+    return [ops[i].fed / 1e6 for i in range(reps)]
+
+
 def host_offset_us(intervals: dict[int, OpTiming], host_s: dict[int, float]) -> float:
     """Runtime host time (µs) minus trace time: the median over ops of host launch time minus
     range start (the range opens right after the runtime reads its clock)."""

@@ -127,7 +127,8 @@ def _plot(args: argparse.Namespace) -> None:
 def _calibrate(args: argparse.Namespace) -> None:
     from hw.calibrate import calibrate
 
-    prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2)
+    prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2,
+                     timer=args.timer)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--fresh", action="store_true", help="start over instead of resuming OUTPUT")
     cal.add_argument("--cold-l2", action="store_true",
                      help="flush L2 before each repetition (default: warm, as kernels run inside `hw run`)")
+    cal.add_argument("--timer", choices=("events", "cupti"), default="events",
+                     help="how CUDA kernels are timed: CUDA events around each repetition, or CUPTI as "
+                          "`validate --timing cupti` times them (small kernels: events add the GPU's start latency)")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")

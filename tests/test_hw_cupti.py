@@ -86,3 +86,44 @@ def test_runtime_rows_take_each_ops_fed_time_and_keep_its_activities():
     assert row[12] == pytest.approx(1.00002) and row[13] == pytest.approx(1.00002 + 18e-6)
     assert rt.cupti_kernels() == [(0, 5, pytest.approx(1.00002), pytest.approx(1.00003), pytest.approx(1.000012)),
                                   (0, 5, pytest.approx(1.000035), pytest.approx(1.00004), pytest.approx(1.000033))]
+
+
+def test_calibration_reps_are_timed_as_validation_times_an_op():
+    """`rep_times`: calibration's CUPTI timer reads each gated repetition like validation reads an
+    op: busy time plus the GPU's own gaps (all of them, since gated launches return first)."""
+    from hw.cupti import rep_times
+
+    events = [_ev("kernel", "sleep", 0.0, 500.0, tid=7, correlation=1),  # the gate: in no range
+              _ev("cuda_runtime", "cudaLaunchKernel", 1.0, 1.0, correlation=1)]
+    for i in range(3):  # each rep: two kernels 1 us apart, launched long before the GPU reached them
+        t = 10.0 * i + 20.0
+        events += [_ev("user_annotation", f"{TAG}{i}", t, 5.0),
+                   _ev("cuda_runtime", "cudaLaunchKernel", t + 1.0, 1.0, correlation=10 + 2 * i),
+                   _ev("cuda_runtime", "cudaLaunchKernel", t + 3.0, 1.0, correlation=11 + 2 * i),
+                   _ev("kernel", "a", 500.0 + 8.0 * i, 3.0, tid=7, correlation=10 + 2 * i),
+                   _ev("kernel", "b", 504.0 + 8.0 * i, 2.0, tid=7, correlation=11 + 2 * i)]
+    assert rep_times(events, 3) == pytest.approx([6e-6] * 3)
+    with pytest.raises(ValueError, match="no device work for 1 of 4 repetitions"):
+        rep_times(events, 4)
+
+
+def test_calibrate_timer_is_checked_and_not_mixed_on_resume(tmp_path):
+    """--timer takes events or cupti; a profile begun with one timer is not resumed with another."""
+    import yaml
+
+    from hw.calibrate import calibrate
+    from sim.errors import LigerSimError
+
+    with pytest.raises(LigerSimError, match="--timer 'clock'"):
+        calibrate(tmp_path / "p.yaml", device="cpu", timer="clock")
+    with pytest.raises(SystemExit):
+        main(["calibrate", "-o", str(tmp_path / "p.yaml"), "--timer", "clock"])
+    torch = pytest.importorskip("torch")
+    from hw.calibrate import device_info
+
+    out = tmp_path / "cupti.yaml"
+    device = device_info(torch, "cpu")
+    out.write_text(yaml.safe_dump({"format": "ligersim-profile", "version": 1, "status": "partial", "device": device,
+                                   "date": "2026-11-22", "command": "x", "settings": {"timer": "cupti"}}))
+    with pytest.raises(LigerSimError, match="holds kernels timed with cupti, not events"):
+        calibrate(out, device="cpu", progress=False)
