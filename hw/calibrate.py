@@ -195,8 +195,8 @@ class Timer:
     """Median of repeated timings after warm-up: CUDA events per launch, CUPTI, or perf_counter.
 
     CUDA events time the stream from one record to the next, which includes the GPU's latency to
-    start the kernel after the first event and to record the second: on an H100 an empty kernel
-    measured 4.0 us, and the validation runs' single small kernels (softmax, transposes, SiLU) ran
+    start the kernel after the first event and to record the second: on an H100 a 1,024-element multiply
+    measured 4.0 us, and the validation runs' single small kernels (softmax, transposes, small batched GEMMs) ran
     1.5-3 us shorter under CUPTI than the events-timed profile said. `timer="cupti"` times each
     repetition as validation's CUPTI runs time an op (`hw.cupti.rep_times`): its kernels' busy time
     plus the gaps the GPU itself leaves between them."""

@@ -1,0 +1,60 @@
+"""Where a validation run's makespan error lives: the simulator given the measured run's own host costs.
+
+A diagnostic, not a prediction. For each committed report under `results/validation/NAME/`, this
+re-predicts the measured run with the committed profile, except that the scenario's in-situ host
+costs are replaced by those of the measured run itself (`hw.host_in_situ.summarise` of its IR: per-op
+medians and means, which the simulator charges). If the simulator then comes close to the measured
+makespan, its scheduling of host and GPU work is right and the error is in the host costs it was
+given; if not, the model's structure is wrong. Nothing is written under `results/`.
+
+Run: `.venv/bin/python results/host_oracle.py [NAME ...]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import yaml
+
+    from hw.host_in_situ import summarise
+    from sim import ir
+    from sim.host_gaps import op_costs
+    from sim.profile import host_key_of
+    from sim.validation import predict
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", help="report folders (default: all)")
+    ap.add_argument("--profile", default=str(ROOT / "profiles" / "h100-sxm.yaml"))
+    ap.add_argument("--root", default=str(ROOT / "results" / "validation"))
+    args = ap.parse_args()
+    root = Path(args.root)
+    names = args.names or sorted(p.parent.name for p in root.glob("*/measured"))
+    base = yaml.safe_load(Path(args.profile).read_text())
+    print(f"{'scenario':36s} {'makespan':>9s} {'mean JCT':>9s}   (closed loop, with the run's own host costs)")
+    for name in names:
+        out = root / name
+        scn_path = ROOT / "scenarios" / "validation" / f"{name}.yaml"
+        key = host_key_of(yaml.safe_load(scn_path.read_text()))
+        costs = op_costs(ir.load(out / "measured" / "ir.jsonl"))
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            (tmp / "profile.yaml").write_text(yaml.safe_dump({**base, "host_in_situ": {key: summarise(costs, [name])}}))
+            shutil.copytree(out / "measured", tmp / "measured")
+            kernels = out / "measured_cupti"
+            s = predict(tmp / "measured", scn_path, tmp / "profile.yaml", tmp / "out",
+                        kernels=kernels if kernels.is_dir() else None)
+        c = s["closed_loop"]
+        print(f"{name:36s} {c['makespan_err']:+9.1%} {c['jct_mean_err']:+9.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
