@@ -9,8 +9,8 @@
 #   calibrate             `ligersim calibrate` of the validation suite's shapes into
 #                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
 #                         $OUT/profiles/ even when the call's time limit interrupts it
-#   validate [SCN ...]    `ligersim validate --timing $TIMING` (use TIMING=both) of each scenario (default: scenarios/validation/*.yaml
-#                         that have no results/validation/NAME/summary.json yet) -> $OUT/validation/NAME,
+#   validate [SCN ...|all]  `ligersim validate --timing $TIMING` (use TIMING=both) of each scenario (default: scenarios/validation/*.yaml
+#                         that have no results/validation/NAME/summary.json yet; `all`: every one) -> $OUT/validation/NAME,
 #                         starting none after STAGE_BUDGET_S (540) seconds; a folder without
 #                         summary.json was cut off: run it again
 #   hwhost                host microseconds per kernel of `hw run`, and a cProfile of where they go
@@ -71,7 +71,9 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
     ;;
   validate)
     scns=("$@")
-    if [ ${#scns[@]} -eq 0 ]; then
+    if [ "${scns[*]:-}" = all ]; then
+      scns=(scenarios/validation/*.yaml)
+    elif [ ${#scns[@]} -eq 0 ]; then
       for s in scenarios/validation/*.yaml; do
         n=$(basename "$s" .yaml)
         [ -f "results/validation/$n/summary.json" ] || scns+=("$s")
