@@ -1,7 +1,7 @@
 """Per-request activation state: the named buffers kernels read and write.
 
 A request's kernels pass data through named buffers (`q`, `scores`, `attn`, ...), reused
-by every layer of that request. Buffers come from a pool keyed by shape, so a run holds
+by every layer of that request. Buffers come from a pool of size classes, so a run holds
 buffers for the requests in flight, not for every request. On the GPU a buffer released
 by a finished request carries an event recorded after that request's last kernel; the
 stream that takes it next waits for that event, so reuse never races the old reader.
@@ -9,6 +9,7 @@ stream that takes it next waits for that event, so reuse never races the old rea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,27 +40,56 @@ class RequestState:
 
 
 class BufferPool:
-    """Buffers allocated once per shape and handed out again after their last use."""
+    """Buffers handed out again after their last use, by size class.
+
+    A buffer is a view of a flat allocation rounded up to a size class (eight per power of two, so
+    at most 12.5% over), and any shape of that class can reuse it. Keyed by exact shape, a
+    generative run, whose iterations each batch another number of tokens, kept a new set of
+    buffers for every token count it met: memory grew with the run, and each new count allocated
+    inside the timed loop."""
 
     def __init__(self, device: str, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
-        self._free: dict[Shape, list[tuple[torch.Tensor, object | None]]] = {}
+        self._free: dict[int, list[tuple[torch.Tensor, object | None]]] = {}
         self.allocated_bytes = 0
 
     def take(self, shape: Shape) -> torch.Tensor:
-        free = self._free.get(shape)
+        n = math.prod(shape)
+        size = size_class(n)
+        free = self._free.get(size)
         if free:
-            buf, fence = free.pop()
+            raw, fence = free.pop()
             if fence is not None and not fence.query():  # type: ignore[attr-defined]
                 torch.cuda.current_stream().wait_event(fence)  # type: ignore[arg-type]
-            return buf
-        buf = torch.empty(shape, device=self.device, dtype=self.dtype)
-        self.allocated_bytes += buf.numel() * buf.element_size()
-        return buf
+        else:
+            raw = torch.empty(size, device=self.device, dtype=self.dtype)
+            self.allocated_bytes += raw.numel() * raw.element_size()
+        return raw[:n].view(shape)
 
     def give(self, bufs: list[torch.Tensor], fence: object | None) -> None:
         for buf in bufs:
-            self._free.setdefault(tuple(buf.shape), []).append((buf, fence))
+            raw = buf if buf._base is None else buf._base
+            if raw.is_contiguous() and raw.dtype == self.dtype:  # a tensor made elsewhere joins the class it fills
+                self._free.setdefault(class_below(raw.numel()), []).append((raw.view(-1), fence))
+
+
+def size_class(n: int) -> int:
+    """The smallest size class holding `n` elements: n itself up to 16, then eight classes per
+    power of two (for 2^k < n <= 2^(k+1), multiples of 2^(k+1) / 16)."""
+    if n <= 16:
+        return max(n, 1)
+    step = (1 << (n - 1).bit_length()) // 16
+    return -(-n // step) * step
+
+
+def class_below(n: int) -> int:
+    """The largest size class of at most `n` elements (`n` itself when it is one)."""
+    c = size_class(n)
+    if c == n or n <= 16:
+        return c
+    step = (1 << (n - 1).bit_length()) // 16
+    below = n // step * step
+    return below if size_class(below) == below else size_class(below) - step
 
 
 class ActivationStore:
