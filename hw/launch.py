@@ -103,9 +103,11 @@ def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, ag
                       timing=opts.timing)
     wall = time.perf_counter()
     with quiet_gc():
-        drive(plan.policies[rank](rt), rt)
+        completed = drive(plan.policies[rank](rt), rt)
     rows = rt.rows()
     info = {"rank": rank, "wall_s": time.perf_counter() - wall, "activation_bytes": lib.pool.allocated_bytes}
+    if not completed:
+        info["interrupted"] = True
     logits = None
     if plan.generative:
         kv = lib.kv

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,8 +181,12 @@ def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Option
     schedule = Schedule(plan.world, [op for r in results for op in r.ops], plan.meta)
     jobs = plan.jobs if plan.jobs is not None else jobs_from_events(rows, plan.schedule or schedule)
     events = events_frame(rows)
-    summary = write_run(out, events, jobs, schedule, plan.policy_name, None, {"scenario": plan.scenario.name},
-                        trace=opts.trace)
+    interrupted = any(r.info.get("interrupted") for r in results)
+    summary = write_run(out, events, jobs, schedule, plan.policy_name, None,
+                        {"scenario": plan.scenario.name, "interrupted": interrupted}, trace=opts.trace)
+    if interrupted:
+        print(f"ligersim: interrupted; wrote the {len(events):,} kernels completed so far to {out}/",
+              file=sys.stderr)
     info = {**info, "ranks": [r.info for r in results], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": platform.node(), "python": platform.python_version()}
     if opts.logits and plan.generative:

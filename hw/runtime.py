@@ -209,13 +209,21 @@ class TorchRuntime(RecordingRuntime):
         return out
 
 
-def drive(policy: PolicyGen, rt: TorchRuntime) -> None:
-    """Run one rank's policy generator on this host thread until it returns."""
-    for op in policy:
-        if op.op == "sync":
-            rt.block_on(op.event)
-        elif op.op == "sleep_until":
-            rt.sleep_to(op.until)
-        else:  # pragma: no cover - policies only yield blocking operations
-            raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
+def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
+    """Run one rank's policy generator on this host thread until it returns; False when Ctrl-C
+    stopped it first. Either way what was launched is finished and timed, so an interrupted run
+    still writes the kernels and jobs it completed."""
+    try:
+        for op in policy:
+            if op.op == "sync":
+                rt.block_on(op.event)
+            elif op.op == "sleep_until":
+                rt.sleep_to(op.until)
+            else:  # pragma: no cover - policies only yield blocking operations
+                raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
+    except KeyboardInterrupt:
+        policy.close()
+        rt.finish()
+        return False
     rt.finish()
+    return True

@@ -116,3 +116,26 @@ def test_code_version_names_the_commit_or_what_the_environment_says(tmp_path, mo
     monkeypatch.setenv("LIGERSIM_CODE", "abc123")
     assert code_version(tmp_path) == "abc123"
 
+
+
+def test_ctrl_c_in_a_run_writes_what_completed(tmp_path, scenario, monkeypatch, capsys):
+    """Ctrl-C during `hw run`: the kernels already launched finish and are timed, and the outputs
+    hold the jobs completed so far, flagged interrupted (as the simulator does)."""
+    pytest.importorskip("torch")
+    from hw.runtime import TorchRuntime
+
+    sleep_to, calls = TorchRuntime.sleep_to, []
+
+    def interrupt_on_the_third_arrival(self, until):
+        calls.append(until)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return sleep_to(self, until)
+
+    monkeypatch.setattr(TorchRuntime, "sleep_to", interrupt_on_the_third_arrival)
+    out = tmp_path / "out"
+    assert cli.main(["hw", "run", str(scenario), "-o", str(out), "--device", "cpu"]) == 0
+    assert "interrupted; wrote the" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and 1 <= summary["completed"] < 3
+    assert json.loads((out / "hw.json").read_text())["ranks"][0]["interrupted"] is True
