@@ -77,6 +77,44 @@ def _run_pieces(lib: KernelLibrary, k: Kernel, split: int, split_collectives: bo
             st.cursor.pop((k.layer, piece.name), None)  # the next piece starts a fresh cover
 
 
+def warm_iterations(plan: Plan, rank: int, lib: KernelLibrary, points: int = 2) -> int:
+    """Synthetic iterations spanning a generative plan's workload (`hw.calibrate_iterations`:
+    decode batches of 1, 2, 4... sequences at short and long contexts, prompts alone and several
+    at once, budget-sized chunks behind cached pasts) through the library's own ops: norms with
+    their weights, RoPE, paged prefill and decode attention with their gathers and masks, the KV
+    writes, the LM head. Their kernels are the ones the run will launch, where the generic
+    kernels `warm_up` runs are not. Iterations needing more KV blocks than the run's pool holds,
+    or positions past its longest request, are skipped. Returns how many ran; each leaves nothing behind (its blocks freed, its state
+    released)."""
+    from hw.calibrate import _run_iteration_kernel
+    from hw.calibrate_iterations import SyntheticComposition, iteration_shapes
+
+    if not plan.generative or not plan.jobs:
+        return 0
+    m, block, longest = plan.scenario.model.shape(), lib.kv.block, lib.gen.max_len
+    shapes = [sh for sh in iteration_shapes(plan.scenario, plan.jobs, points)
+              if sum(-(-(c + p) // block) for c, p in sh.prefills) + sum(-(-c // block) for c in sh.decodes)
+              <= len(lib.kv.free)  # the run's pool, not grown for this
+              and max([c + p for c, p in sh.prefills] + list(sh.decodes)) <= longest]  # its RoPE table's rows
+    if not shapes:
+        return 0
+    layer = plan.kv_layers(rank)[0]
+    real, lib.gen = lib.gen, SyntheticComposition(shapes)
+    try:
+        for i, sh in enumerate(shapes):
+            st = lib._gen_state(i)
+            at = {s.name: -1 for s in prologue_kernels(m, plan.tp, 1, sh.tokens)}
+            at.update({s.name: m.layers - 1 for s in epilogue_kernels(m, plan.tp, 1, 1)})
+            for spec in sh.specs():
+                _run_iteration_kernel(lib, st, Kernel(spec, rank, i, at.get(spec.name, layer)))
+            lib._gen_release(st)
+    finally:
+        lib.gen = real
+    if lib.device != "cpu":
+        torch.cuda.synchronize()
+    return len(shapes)
+
+
 def warm_gemm_sizes(lib: KernelLibrary, specs: list[KernelSpec], max_rows: int) -> None:
     """The model's GEMMs over a sweep of row counts up to `max_rows`, through its own weights.
 
@@ -137,6 +175,7 @@ def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         lib.generic.run(Kernel(spec, rank))
     if plan.generative:
         warm_gemm_sizes(lib, specs, plan.scenario.serving.max_batch_tokens)
+        warm_iterations(plan, rank, lib)
     if isinstance(lib.comm, EmulatedCollectives):  # size the scratch, compile the Triton kernel
         largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)
         lib.comm.reserve(largest, plan.tp)

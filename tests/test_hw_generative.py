@@ -246,3 +246,30 @@ def test_cuda_interleaved_generative_replay_runs_emulated(tmp_path):
     assert info["mode"] == "emulate" and info["logits"].startswith("not written")  # one of 4 vocabulary shards
     hw_req = pd.read_csv(tmp_path / "hw" / "requests.csv")
     assert (hw_req["tokens"] == hw_req["output_tokens"]).all()
+
+
+def test_warm_iterations_run_the_generative_ops_and_leave_the_run_unchanged(tmp_path):
+    """Before the clock (on CUDA), synthetic iterations spanning the workload run through the
+    library's own generative ops. Afterwards no state, no KV block and no token list is left, and
+    the live run still reproduces the unbatched reference's logits."""
+    from hw.collectives import NoCollectives
+    from hw.launch import _run, _setup
+    from hw.run import Options, Source, build_plan
+    from hw.warm import warm_iterations
+
+    d = scenario(count=1)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(d))
+    plan = build_plan(Source("scenario", str(path)))
+    opts = Options(device="cpu", logits=True)
+    lib = _setup(plan, 0, opts, NoCollectives())
+    ran = []
+    op = lib.ops["decode_attention"]
+    lib.ops["decode_attention"] = lambda lib_, st, k: (ran.append(k.spec.dims["b"]), op(lib_, st, k))
+    n = warm_iterations(plan, 0, lib)
+    lib.ops["decode_attention"] = op
+    assert n > 3 and len(set(ran)) > 1  # several decode batch sizes went through the real op
+    assert not lib.store.states and len(lib.kv.free) == lib.kv.blocks and not lib._token_lists
+    assert lib.gen is plan.composition
+    result = _run(plan, 0, opts, lib, __import__("time").perf_counter())
+    assert result.logits
