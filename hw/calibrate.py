@@ -205,6 +205,7 @@ class Timer:
         self.torch, self.s = torch, settings
         self.cuda = settings.device == "cuda"
         self.cupti = self.cuda and settings.timer == "cupti"
+        self.last_gaps: list[float] = []  # CUPTI: gaps between the last measurement's repetitions
         self._flush = None
         if self.cuda and settings.flush_l2:
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20) or (64 << 20)
@@ -297,7 +298,8 @@ class Timer:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "trace.json"
             prof.export_chrome_trace(str(path))
-            return held, rep_times(load_trace(path), reps)
+            out, self.last_gaps = rep_times(load_trace(path), reps)
+            return held, out
 
 
 def stats(ts: list[float]) -> dict:
@@ -518,6 +520,7 @@ class Calibration:
         gen = GenericKernels(self._dev(), torch_dtype(self.s.device, 2), NoCollectives())
         k = Kernel(pointwise("elementwise", "tiny", 1024, 1, 1, 0.0), 0)
         kernel_s = float(np.median(self.timer.times(lambda: gen.run(k), reps=50)))
+        gaps = self.timer.last_gaps if self.timer.cupti else []  # back-to-back tiny kernels
         generic_host = self._host_times([("tiny", lambda: gen.run(k))], 50)["tiny"]
         n = 200
         per_launch, per_record = [], []
@@ -539,6 +542,7 @@ class Calibration:
         generic_op = float(np.median(generic_host)) if self.s.device == "cuda" else 0.0
         self.profile.host = {"launch_s": launch, "record_s": float(np.median(per_record)),
                              "sync_wakeup_s": self._wakeup(), "tiny_kernel_s": kernel_s,
+                             **({"kernel_gap_s": float(np.median(gaps))} if gaps else {}),
                              # the runtime's own work per launch, beside the op's dispatch (host_ops)
                              "generic_op_s": generic_op, "runtime_s": max(0.0, launch - generic_op)}
         self.save(force=True)

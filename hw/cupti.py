@@ -95,14 +95,20 @@ def _busy_and_fed(spans: list[tuple[float, float, float]]) -> tuple[float, float
     return busy, busy + gpu_gaps
 
 
-def rep_times(events: list[dict], reps: int) -> list[float]:
+def rep_times(events: list[dict], reps: int) -> tuple[list[float], list[float]]:
     """Seconds of each of `reps` repetitions tagged `ligersim#0..reps-1` (calibration's CUPTI timer):
-    its device work as a fed GPU runs it (`OpTiming.fed`), as validation's CUPTI runs time an op."""
+    its device work as a fed GPU runs it (`OpTiming.fed`), as validation's CUPTI runs time an op;
+    and the gaps between consecutive repetitions whose next one was already launched when the
+    previous ended (all of them, behind calibration's gate): the GPU's own time from one kernel's
+    end to the next queued kernel's start, which CUPTI's kernel times leave out."""
     ops = op_intervals(events)
     missing = [i for i in range(reps) if i not in ops]
     if missing:
         raise ValueError(f"CUPTI saw no device work for {len(missing)} of {reps} repetitions (first: {missing[0]})")
-    return [ops[i].fed / 1e6 for i in range(reps)]
+    pairs = [(ops[i], ops[i + 1]) for i in range(reps - 1)]
+    gaps = [(b.start - a.end) / 1e6 for a, b in pairs
+            if b.start >= a.end and max(r for _, _, r in b.kernels) <= a.end]
+    return [ops[i].fed / 1e6 for i in range(reps)], gaps
 
 
 def host_offset_us(intervals: dict[int, OpTiming], host_s: dict[int, float]) -> float:

@@ -49,13 +49,14 @@ class EventInstance:
 
 
 class Stream:
-    __slots__ = ("rank", "sid", "priority", "queue", "busy", "wake_at")
+    __slots__ = ("rank", "sid", "priority", "queue", "busy", "wake_at", "last_end")
 
     def __init__(self, rank: int, sid: int, priority: int):
         self.rank, self.sid, self.priority = rank, sid, priority
         self.queue: deque = deque()
         self.busy: Run | None = None
         self.wake_at = -1.0
+        self.last_end = -1.0  # when the stream's last kernel ended
 
 
 class Run:
@@ -83,6 +84,10 @@ class HostParams:
     sync_wakeup_s: float
     # measured launch time per kernel name (or kind), from a profile; others take launch_s
     launch_by_name: dict[str, float] = field(default_factory=dict)
+    # the GPU's own time between a kernel's end and the start of the next one already queued on
+    # its stream (a profile's `host.kernel_gap_s`, measured with CUPTI); kernel times timed with
+    # CUPTI exclude it, where CUDA events include it
+    kernel_gap_s: float = 0.0
 
 
 @dataclass
@@ -136,12 +141,14 @@ class Engine:
     def _advance(self, s: Stream) -> None:
         now = self.env.now
         q = s.queue
+        gap = self.host.kernel_gap_s
         while s.busy is None and q:
             code, payload, ready = q[0]
-            if ready > now:
-                if s.wake_at != ready:
-                    s.wake_at = ready
-                    self.env.timeout(ready - now).callbacks.append(lambda _e, s=s: self._wake(s))
+            at = s.last_end + gap if gap and code == _KERNEL and s.last_end + gap > ready else ready
+            if at > now:
+                if s.wake_at != at:
+                    s.wake_at = at
+                    self.env.timeout(at - now).callbacks.append(lambda _e, s=s: self._wake(s))
                 return
             if code == _KERNEL:
                 q.popleft()
@@ -277,6 +284,7 @@ class Engine:
             lst.remove(run)
             others.extend(lst)
             st.busy = None
+            st.last_end = now
             self._work.append(st)
         for link in run.links:
             lst = self.link_runs[link]

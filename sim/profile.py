@@ -262,7 +262,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if not float(_need(p, "slowdown", file, where)) >= 1.0:
             raise LigerSimError("slowdown must be ≥ 1", file=file, field=f"{where}.slowdown")
     host = d.get("host") or {}
-    for key in ("launch_s", "sync_wakeup_s"):
+    for key in ("launch_s", "sync_wakeup_s", "kernel_gap_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
             raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
     host_ops = d.get("host_ops") or {}

@@ -48,6 +48,8 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
         if "host" not in hw.model_fields_set:
             key = host_key(scn.policy.name, scn.serving.mode == "generative")
             host = HostParams(*prof.host_params(key, host.launch_s, host.sync_wakeup_s))
+        # belongs with the profile's kernel times (which exclude it when timed with CUPTI)
+        host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0)
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 

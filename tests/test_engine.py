@@ -230,6 +230,31 @@ def test_measured_launch_cost_per_kernel_name_paces_a_host_bound_stream():
     assert ev["end_s"].max() == pytest.approx(3 * 115e-6 + 1e-6)
 
 
+def test_kernel_gap_separates_queued_kernels_only():
+    """`kernel_gap_s` (a CUPTI-timed profile's GPU gap): a kernel already queued behind another
+    starts that long after it ends; one launched after the stream went idle starts at its launch."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+    host = HostParams(1e-6, 0.0, kernel_gap_s=2e-6)
+    eng = Engine(1, lambda k: 10e-6, ContentionTable([]), topo, host)
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        for _ in range(3):  # launched 1 us apart: queued behind 10 us kernels
+            rt.launch(Kernel(KernelSpec("elementwise", "e", {"elems": 8}, 0.0, 16.0), 0, 0, 0), s)
+        yield rt.sleep_until(100e-6)  # the stream has long gone idle
+        rt.launch(Kernel(KernelSpec("elementwise", "e", {"elems": 8}, 0.0, 16.0), 0, 0, 0), s)
+
+    ev = events_frame(eng.run([policy]).events).sort_values("kernel_id")
+    assert ev["start_s"].tolist() == pytest.approx([1e-6, 13e-6, 25e-6, 101e-6])
+    assert ev["launch_s"].tolist() == pytest.approx([1e-6, 2e-6, 3e-6, 101e-6])  # launches are the host's
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs())
 def test_packed_event_rows_give_the_same_events_table(prog):

@@ -90,7 +90,8 @@ def test_runtime_rows_take_each_ops_fed_time_and_keep_its_activities():
 
 def test_calibration_reps_are_timed_as_validation_times_an_op():
     """`rep_times`: calibration's CUPTI timer reads each gated repetition like validation reads an
-    op: busy time plus the GPU's own gaps (all of them, since gated launches return first)."""
+    op: busy time plus the GPU's own gaps (all of them, since gated launches return first); and
+    the GPU's gap from one repetition to the next, where the next had been launched in time."""
     from hw.cupti import rep_times
 
     events = [_ev("kernel", "sleep", 0.0, 500.0, tid=7, correlation=1),  # the gate: in no range
@@ -102,9 +103,17 @@ def test_calibration_reps_are_timed_as_validation_times_an_op():
                    _ev("cuda_runtime", "cudaLaunchKernel", t + 3.0, 1.0, correlation=11 + 2 * i),
                    _ev("kernel", "a", 500.0 + 8.0 * i, 3.0, tid=7, correlation=10 + 2 * i),
                    _ev("kernel", "b", 504.0 + 8.0 * i, 2.0, tid=7, correlation=11 + 2 * i)]
-    assert rep_times(events, 3) == pytest.approx([6e-6] * 3)
+    times, gaps = rep_times(events, 3)
+    assert times == pytest.approx([6e-6] * 3)
+    assert gaps == pytest.approx([2e-6] * 2)  # each rep's first kernel 2 us after the previous rep's last
     with pytest.raises(ValueError, match="no device work for 1 of 4 repetitions"):
         rep_times(events, 4)
+    # a fourth rep launched only after the third had ended: its gap is the host's, not the GPU's
+    events += [_ev("user_annotation", f"{TAG}3", 590.0, 15.0),
+               _ev("cuda_runtime", "cudaLaunchKernel", 599.0, 1.0, correlation=30),
+               _ev("kernel", "a", 601.0, 3.0, tid=7, correlation=30)]
+    times, gaps = rep_times(events, 4)
+    assert times[3] == pytest.approx(3e-6) and gaps == pytest.approx([2e-6] * 2)
 
 
 def test_calibrate_timer_is_checked_and_not_mixed_on_resume(tmp_path):

@@ -163,7 +163,16 @@ def test_scenario_profile_resolves_relative_to_the_scenario_and_drives_the_engin
     prof = load_profile(scn.hardware.profile)
     assert isinstance(cost, ProfileCost)
     assert engine.host.launch_s == prof.host["launch_s"]
+    assert engine.host.kernel_gap_s == 0.0  # measured only by a CUPTI-timed calibration
     assert engine.contention.entries == {}  # CPU profiles measure no contention: kernels never overlap there
+    gapped = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
+    gapped["host"]["kernel_gap_s"] = 1.5e-6
+    (tmp_path / "prof" / "cpu.yaml").write_text(yaml.safe_dump(gapped))
+    data["hardware"]["host"] = {"launch_s": 1e-6, "sync_wakeup_s": 0.0, "kernel_overhead_s": 0.0}  # its own host
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn2, _ = load_scenario(tmp_path / "s.yaml")
+    engine2 = make_engine(scn2)[0]
+    assert (engine2.host.launch_s, engine2.host.kernel_gap_s) == (1e-6, 1.5e-6)
     run = simulate(scn, load_jobs(scn, base))
     assert run.events["request_id"].nunique() == 4
 
