@@ -183,7 +183,8 @@ def write_outputs(plan: Plan, results: list[RankResult], out: Path, opts: Option
     events = events_frame(rows)
     interrupted = any(r.info.get("interrupted") for r in results)
     summary = write_run(out, events, jobs, schedule, plan.policy_name, None,
-                        {"scenario": plan.scenario.name, "interrupted": interrupted}, trace=opts.trace)
+                        {"scenario": plan.scenario.name, **({"interrupted": True} if interrupted else {})},
+                        trace=opts.trace)
     if interrupted:
         print(f"ligersim: interrupted; wrote the {len(events):,} kernels completed so far to {out}/",
               file=sys.stderr)

@@ -45,9 +45,9 @@ def warm_ops(plan: Plan, rank: int, lib: KernelLibrary) -> None:
                 if k.spec.kind in ("send", "recv") or (k.spec.is_collective and not emulated):
                     continue
                 lib.prepare(k)
-                lib.run(k)
-                if k.layer == 0 and split > 1:
+                if k.layer == 0 and split > 1:  # before the whole kernel, which may end the job's state
                     _run_pieces(lib, k, split, pol.split_collectives, emulated)
+                lib.run(k)
         finally:
             lib.store.release(rid, None)
             del plan.shapes[rid]

@@ -119,9 +119,11 @@ def test_warm_up_runs_each_job_shape_through_the_ops_and_leaves_no_state(tmp_pat
     assert {r[3] for r in result.rows} == set(shapes)
 
 
-def test_warm_up_of_an_interleaved_plan_runs_every_piece_through_the_ops(tmp_path):
+@pytest.mark.parametrize("layers,vocab", [(2, 256), (1, 0)])
+def test_warm_up_of_an_interleaved_plan_runs_every_piece_through_the_ops(tmp_path, layers, vocab):
     """Before the clock, an interleaved plan's GEMMs run once as each piece its planner can cut
-    (35 spans of eighths per GEMM and job shape), on the warm job's buffers, which are then gone."""
+    (35 spans of eighths per GEMM and job shape), on the warm job's buffers, which are then gone
+    (with one layer and no LM head, the layer's last GEMM ends the job: its pieces run first)."""
     import yaml
 
     from hw.collectives import NoCollectives
@@ -131,7 +133,7 @@ def test_warm_up_of_an_interleaved_plan_runs_every_piece_through_the_ops(tmp_pat
     from sim.layers import layer_kernels
 
     model = {"preset": "llama2-7b", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
-             "layers": 2, "vocab": 256}
+             "layers": layers, "vocab": vocab}
     scn = {"name": "warm", "seed": 3, "hardware": {"gpu": "H100-SXM", "count": 1, "interconnect": "nvswitch-h100"},
            "model": model, "policy": {"name": "interleaved"},
            "workload": {"kind": "generate", "jobs": 4, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
