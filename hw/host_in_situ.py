@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sim import ir
 from sim.host_gaps import op_costs
-from sim.profile import host_key_of
+from sim.profile import host_key_of, scenario_key
 
 
 def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
@@ -39,8 +39,8 @@ def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
 
 def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
             work: Path | None = None) -> dict[str, dict]:
-    """Run each scenario's policy for `jobs` jobs on `device`; per `sim.profile.host_key`, the
-    summarised costs."""
+    """Run each scenario's policy for `jobs` jobs on `device`; per `sim.profile.host_key` (pooled
+    over the scenarios of a policy) and per `sim.profile.scenario_key`, the summarised costs."""
     import tempfile
 
     import yaml
@@ -54,6 +54,9 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
         for path in scenarios:
             d = yaml.safe_load(Path(path).read_text())
             d["seed"] = int(d.get("seed", 0)) + seed_offset
+            keys = [host_key_of(d)]  # pooled per policy, and a named scenario's own
+            if d.get("name"):
+                keys.append(scenario_key(str(d["name"])))
             d.setdefault("name", Path(path).stem)
             wl = d.get("workload") or {}
             if wl.get("kind") == "trace" and not Path(wl["path"]).is_absolute():  # relative to its scenario
@@ -68,8 +71,8 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 print(f"host in situ: {path}: {e}", file=sys.stderr)
                 continue
             schedule = ir.load(out / "ir.jsonl")
-            policy = host_key_of(d)
-            for k, v in op_costs(schedule).items():
-                samples[policy][k].extend(v)
-            runs[policy].append(Path(path).stem)
+            for key in keys:
+                for k, v in op_costs(schedule).items():
+                    samples[key][k].extend(v)
+                runs[key].append(Path(path).stem)
     return {pol: summarise(s, runs[pol]) for pol, s in samples.items()}

@@ -107,13 +107,14 @@ class Profile:
                 "links": self.links, **({"host_ops": self.host_ops} if self.host_ops else {}),
                 **({"host_in_situ": self.host_in_situ} if self.host_in_situ else {})}
 
-    def host_params(self, policy: str, launch_s: float, sync_wakeup_s: float) -> tuple[float, float, dict[str, float]]:
-        """(cost of a record or wait, sync wake-up, launch cost per op name) for `policy`, a
-        `host_key` such as "interleaved" or "intra_op/generative".
+    def host_params(self, keys: str | list[str], launch_s: float,
+                    sync_wakeup_s: float) -> tuple[float, float, dict[str, float]]:
+        """(cost of a record or wait, sync wake-up, launch cost per op name) for the first of `keys`
+        the profile measured: a `scenario_key` (the scenario's own short runs), a `host_key` such as
+        "interleaved" or "intra_op/generative" (a generative key falls back to its policy's entry).
 
-        These are the in-situ measurements of that key when the profile has them (the executor's
-        Python around each op, the policy's own bookkeeping included; a generative key falls back
-        to its policy's entry), else the runtime's cost per launch plus each op's dispatch timed
+        These are the in-situ measurements (the executor's Python around each op, the policy's own
+        bookkeeping included), else the runtime's cost per launch plus each op's dispatch timed
         alone (`launch_costs`).
 
         An op's cost is its mean where the profile keeps one (`launch_stats`), else its median.
@@ -121,7 +122,9 @@ class Profile:
         sum of n samples is n × mean: host times are skewed to the right, and in the H100
         validation runs n × median came to 37-83% of the measured sum."""
         wake = self.host.get("sync_wakeup_s", sync_wakeup_s)
-        situ = self.host_in_situ.get(policy) or self.host_in_situ.get(policy.split("/")[0])
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        keys += [k.split("/")[0] for k in keys if "/" in k and not k.startswith(SCENARIO_KEY)]
+        situ = next((self.host_in_situ[k] for k in keys if self.host_in_situ.get(k)), None)
         if situ and situ.get("launch"):
             other = statistics.median([situ.get("record_s", launch_s), situ.get("wait_s", launch_s)])
             stats = situ.get("launch_stats") or {}
@@ -198,6 +201,17 @@ def host_key(policy: str, generative: bool) -> str:
     """A profile's key for a policy's in-situ host costs: generative serving runs other host code
     per op (iterations, paged KV index tensors) than encoder and prefill jobs, so they are kept apart."""
     return f"{policy}/generative" if generative else policy
+
+
+SCENARIO_KEY = "scenario:"
+
+
+def scenario_key(name: str) -> str:
+    """A profile's key for one scenario's in-situ host costs. Host time per op also depends on the
+    model and the parallel layout (an all-reduce's Python cost differed by half between the TP 2
+    encoder and the TP 4 decode runs on the H100), so calibration keeps each scenario's own short
+    runs (another seed) beside the policy's pooled ones, and a scenario it measured uses its own."""
+    return SCENARIO_KEY + name
 
 
 def host_key_of(scenario: dict) -> str:

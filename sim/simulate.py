@@ -40,14 +40,14 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
     pairs = [(p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs]
     host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
     if hw.profile:
-        from sim.profile import host_key, profile_cost
+        from sim.profile import host_key, profile_cost, scenario_key
 
         cost, prof = profile_cost(hw.profile, cost, scn)
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
-            key = host_key(scn.policy.name, scn.serving.mode == "generative")
-            host = HostParams(*prof.host_params(key, host.launch_s, host.sync_wakeup_s))
+            keys = [scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")]
+            host = HostParams(*prof.host_params(keys, host.launch_s, host.sync_wakeup_s))
         # belongs with the profile's kernel times (which exclude it when timed with CUPTI)
         host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0)
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost

@@ -177,8 +177,12 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
 
     scn = tmp_path / "s.yaml"
     scn.write_text(yaml.safe_dump({**TINY, "policy": {"name": "interleaved"}}))
-    entry = measure([str(scn)], "cpu", jobs=3)["interleaved"]
+    measured = measure([str(scn)], "cpu", jobs=3)
+    entry = measured["interleaved"]
     assert entry["runs"] == ["s"] and entry["samples"] > 20
+    # the named scenario's own entry beside its policy's pooled one (here the same single run)
+    assert set(measured) == {"interleaved", "scenario:tiny-situ"}
+    assert measured["scenario:tiny-situ"]["samples"] == entry["samples"]
     assert {"q_proj", "layernorm_1", "mlp_all_reduce"} <= set(entry["launch"])
     assert all(t >= 0 for t in entry["launch"].values()) and entry["record_s"] >= 0
     n, mean, p90 = entry["launch_stats"]["q_proj"]
@@ -197,6 +201,12 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     # a profile without the statistics (as the first H100 profile): the medians
     bare = a_profile_with_situ({k: v for k, v in entry.items() if k != "launch_stats"})
     assert bare.host_params("interleaved", 1.0, 1.0)[2] == entry["launch"]
+    # a scenario measured on its own uses its own entry; any other falls back to its policy's
+    own = {**entry, "launch": {k: 2 * v for k, v in entry["launch"].items()}, "launch_stats": {}}
+    both = a_profile_with_situ(entry)
+    both.host_in_situ["scenario:tiny-situ"] = own
+    assert both.host_params(["scenario:tiny-situ", "interleaved"], 1.0, 1.0)[2] == own["launch"]
+    assert both.host_params(["scenario:other", "interleaved/generative"], 1.0, 1.0)[2] == by_name
     # a policy without an in-situ entry: the profile's scalar launch cost and host_ops (none here)
     assert prof.host_params("intra_op", 1.0, 1.0) == (4e-6, 7e-6, {})
 

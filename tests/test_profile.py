@@ -173,6 +173,16 @@ def test_scenario_profile_resolves_relative_to_the_scenario_and_drives_the_engin
     scn2, _ = load_scenario(tmp_path / "s.yaml")
     engine2 = make_engine(scn2)[0]
     assert (engine2.host.launch_s, engine2.host.kernel_gap_s) == (1e-6, 1.5e-6)
+    # in-situ host costs: the scenario's own entry before its policy's
+    del data["hardware"]["host"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    gapped["host_in_situ"] = {scn.policy.name: {"launch": {"q_proj": 1e-4}},
+                              f"scenario:{scn.name}": {"launch": {"q_proj": 3e-4}}}
+    (tmp_path / "prof" / "cpu.yaml").write_text(yaml.safe_dump(gapped))
+    assert make_engine(load_scenario(tmp_path / "s.yaml")[0])[0].host.launch_by_name == {"q_proj": 3e-4}
+    data["name"] = "another"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    assert make_engine(load_scenario(tmp_path / "s.yaml")[0])[0].host.launch_by_name == {"q_proj": 1e-4}
     run = simulate(scn, load_jobs(scn, base))
     assert run.events["request_id"].nunique() == 4
 
