@@ -237,7 +237,8 @@ class Engine:
                 for other in self.running[st.rank]:
                     if other is not run:
                         ost = other.streams[0] if len(other.streams) == 1 else _stream_on(other, st.rank)
-                        local += table.factor(run.cls, other.cls, st.priority, ost.priority) - 1.0
+                        first = "victim" if run.start < other.start else "other" if other.start < run.start else "any"
+                        local += table.factor(run.cls, other.cls, st.priority, ost.priority, first) - 1.0
                 if local > slow:
                     slow = local
             if run.links:

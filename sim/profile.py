@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from sim.contention import FIRSTS
 from sim.errors import LigerSimError
 from sim.kernels import KERNEL_CLASSES, KernelSpec
 
@@ -141,9 +142,10 @@ class Profile:
         runtime = h.get("runtime_s", max(0.0, h.get("launch_s", 0.0) - h.get("generic_op_s", 0.0)))
         return {name: runtime + t for name, t in self.host_ops.items()}
 
-    def contention_pairs(self) -> list[tuple[str, str, str, float]]:
-        """The simulator's table: (victim class, other class, priority relation, slowdown)."""
-        return [(p["victim"], p["other"], p.get("priority", "any"), float(p["slowdown"]))
+    def contention_pairs(self) -> list[tuple[str, str, str, float, str]]:
+        """The simulator's table: (victim class, other class, priority relation, slowdown, which
+        started first)."""
+        return [(p["victim"], p["other"], p.get("priority", "any"), float(p["slowdown"]), p.get("first", "any"))
                 for p in self.contention.get("table", [])]
 
     def emulation_overhead_s(self) -> float:
@@ -275,6 +277,8 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
                                 field=f"{where}.priority")
         if not float(_need(p, "slowdown", file, where)) >= 1.0:
             raise LigerSimError("slowdown must be ≥ 1", file=file, field=f"{where}.slowdown")
+        if p.get("first", "any") not in FIRSTS:
+            raise LigerSimError(f"first must be one of {', '.join(FIRSTS)}", file=file, field=f"{where}.first")
     host = d.get("host") or {}
     for key in ("launch_s", "sync_wakeup_s", "kernel_gap_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
@@ -491,21 +495,21 @@ def kinds_needed(model, tp: int, pp: int = 1) -> set[str]:
 
 def contention_table(measurements: list[dict]) -> list[dict]:
     """The simulator's table from measured slowdowns: per (sim victim class, sim other class,
-    priority relation), the median over sizes, launch orders and calibration classes that map
-    to the same simulator class. Two collectives share links in the link model instead, so
-    that pair is left out."""
-    groups: dict[tuple[str, str, str], list[float]] = {}
+    priority relation) and per which kernel started first, the median over sizes and calibration
+    classes that map to the same simulator class; and per (victim, other, priority) over both
+    orders, for kernels that start together. Two collectives share links in the link model
+    instead, so that pair is left out."""
+    groups: dict[tuple[str, str, str, str], list[float]] = {}
     for m in measurements:
         v, o = CONTENTION_CLASSES.get(m["victim"]), CONTENTION_CLASSES.get(m["other"])
         if v is None or o is None or (v == o == "collective"):
             continue
-        groups.setdefault((v, o, m["priority"]), []).append(float(m["slowdown"]))
+        for first in {"any", m.get("first", "any")}:
+            groups.setdefault((v, o, m["priority"], first), []).append(float(m["slowdown"]))
     out = []
-    for (v, o, p), xs in sorted(groups.items()):
-        xs = sorted(xs)
-        med = xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
-        out.append({"victim": v, "other": o, "priority": p, "slowdown": round(max(1.0, med), 4),
-                    "samples": len(xs)})
+    for (v, o, p, first), xs in sorted(groups.items()):
+        out.append({"victim": v, "other": o, "priority": p, **({"first": first} if first != "any" else {}),
+                    "slowdown": round(max(1.0, statistics.median(xs)), 4), "samples": len(xs)})
     return out
 
 

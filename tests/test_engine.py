@@ -230,6 +230,33 @@ def test_measured_launch_cost_per_kernel_name_paces_a_host_bound_stream():
     assert ev["end_s"].max() == pytest.approx(3 * 115e-6 + 1e-6)
 
 
+def test_contention_depends_on_which_kernel_started_first():
+    """The kernel already running slows by the table's `first: victim` factor, the one that
+    started beside it by the `first: other` factor (it waits for the SMs the first holds)."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+    table = ContentionTable([("compute", "compute", "equal", 1.5, "victim"), ("compute", "compute", "equal", 3.0, "other"),
+                             ("compute", "compute", "equal", 2.0)])
+    eng = Engine(1, lambda k: 10e-6, table, topo, HostParams(0.0, 0.0))
+
+    def policy(rt):
+        a, b = rt.new_stream(0), rt.new_stream(0)
+        rt.launch(Kernel(KernelSpec("gemm", "a", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, 0, 0), a)
+        yield rt.sleep_until(2e-6)
+        rt.launch(Kernel(KernelSpec("gemm", "b", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, 1, 0), b)
+
+    ev = events_frame(eng.run([policy]).events).set_index("request_id")
+    # from 2 us: a (first) at 1/1.5 finishes its last 8 us by 14 us; b (second) at 1/3 has done
+    # 4 us by then and runs its last 6 us alone
+    assert ev.loc[0, "end_s"] == pytest.approx(14e-6)
+    assert ev.loc[1, "end_s"] == pytest.approx(20e-6)
+
+
 def test_kernel_gap_separates_queued_kernels_only():
     """`kernel_gap_s` (a CUPTI-timed profile's GPU gap): a kernel already queued behind another
     starts that long after it ends; one launched after the stream went idle starts at its launch."""

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from sim import kernels as K
+from sim.contention import ContentionTable
 from sim.costs import ProfileCost, RooflineCost
 from sim.errors import LigerSimError
 from sim.links import build_topology
@@ -56,7 +57,7 @@ def test_save_load_round_trip(tmp_path):
     q = load_profile(path)
     assert q.to_dict() == p.to_dict()
     assert yaml.safe_load(path.read_text())["version"] == PROFILE_VERSION
-    assert q.contention_pairs() == [("compute", "memory", "higher", 1.2)]
+    assert q.contention_pairs() == [("compute", "memory", "higher", 1.2, "any")]
 
 
 def test_clear_errors(tmp_path):
@@ -207,6 +208,30 @@ def test_contention_table_maps_calibration_classes_onto_the_simulator():
     table = {(t["victim"], t["other"], t["priority"]): t["slowdown"] for t in contention_table(meas)}
     assert table == {("compute", "memory", "higher"): 1.2, ("memory", "collective", "lower"): 7.4,
                      ("copy", "compute", "equal"): 1.0}
+
+
+def test_contention_table_keeps_which_kernel_started_first():
+    """A kernel that starts second waits for the SMs the first holds (H100: an emulated collective
+    beside a GEMM 1.06-1.36x when it started first, 1.9-2.3x when the GEMM did), so the table has
+    an entry per launch order beside the one over both (for kernels that start together)."""
+    meas = [{"victim": "collective", "other": "gemm", "priority": "higher", "first": f, "size": z, "slowdown": x}
+            for f, z, x in (("victim", "small", 1.36), ("victim", "large", 1.08), ("other", "small", 2.34),
+                            ("other", "large", 1.93))]
+    table = {(t["priority"], t.get("first", "any")): t["slowdown"] for t in contention_table(meas)}
+    assert table == {("higher", "victim"): pytest.approx(1.22), ("higher", "other"): pytest.approx(2.135),
+                     ("higher", "any"): pytest.approx((1.36 + 1.93) / 2)}
+    prof = Profile(device={"name": "Test GPU"}, date="d", command="c",
+                   contention={"measurements": meas, "table": contention_table(meas)})
+    loaded = profile_from_dict(prof.to_dict(), "p.yaml")
+    t = ContentionTable(loaded.contention_pairs())
+    assert t.factor("collective", "compute", 0, 1, "victim") == pytest.approx(1.22)
+    assert t.factor("collective", "compute", 0, 1, "other") == pytest.approx(2.135)
+    assert t.factor("collective", "compute", 0, 1) == pytest.approx(1.645)  # started together
+    assert t.factor("collective", "compute", 1, 0, "other") == 1.0  # no lower-priority entry: none
+    bad = prof.to_dict()
+    bad["contention"]["table"][0]["first"] = "both"
+    with pytest.raises(LigerSimError, match=r"contention.table\[0\].first: first must be one of victim, other, any"):
+        profile_from_dict(bad, "p.yaml")
 
 
 def test_link_fits_of_the_shipped_nccl_tables_report_their_error():
