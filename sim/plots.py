@@ -134,13 +134,16 @@ def plot_contention_heatmap(pairs, path: Path, title: str) -> Path:
     """Slowdown of a victim kernel class (rows) while a kernel of another class (columns) runs
     beside it; one panel per stream-priority relation present (`any`, `higher`, `lower`, ...).
     `pairs`: a DataFrame or list of dicts with victim, other, slowdown[, priority]; several rows
-    for one cell (e.g. measured at several sizes) are summarised by their median. Cells with no
+    for one cell (e.g. measured at several sizes) are summarised by their median; of a table with
+    per-launch-order entries (`first`), the entries over both orders are shown. Cells with no
     entry mean no slowdown (1.0) and are left blank."""
     import itertools
 
     from sim.kernels import KERNEL_CLASSES
 
     df = pd.DataFrame(pairs)
+    if "first" in df.columns and df["first"].isna().any():  # a table: its entries over both launch orders
+        df = df[df["first"].isna()]
     if df.empty:
         df = pd.DataFrame(columns=["victim", "other", "slowdown", "priority"])
     if "priority" not in df.columns:
