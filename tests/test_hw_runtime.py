@@ -209,3 +209,39 @@ def test_buffer_pool_reuses_a_size_class_across_shapes_and_waste_is_bounded():
     assert c.data_ptr() != b.data_ptr() and pool.allocated_bytes == 2 * spent
     pool.give([torch.empty(7000)], None)  # made elsewhere: joins class 6656, the largest it fills
     assert size_class(6400) == 6656 and pool.take((6656,)).numel() == 6656 and pool.allocated_bytes == 2 * spent
+
+
+def test_calibration_times_ops_with_the_work_they_do_in_a_run(monkeypatch):
+    """Calibration repeats each named op. The embedding copies the request's input again each time
+    (it used to copy its buffer onto itself, launching nothing), and the ops that fold the previous
+    layer's residual add in (`FOLDING`) fold at every repetition, as in every layer but the first."""
+    from hw import kernels
+    from hw.calibrate import _named_op
+    from hw.collectives import NoCollectives
+    from hw.kernels import KernelLibrary
+    from hw.weights import Shard
+    from sim.layers import epilogue_kernels, layer_kernels, prologue_kernels
+    from sim.scenario import ModelSpec
+
+    m = ModelSpec(preset="llama2-7b", hidden=128, heads=2, kv_heads=2, head_dim=64, ffn=256, layers=2,
+                  vocab=256).shape()
+    lib = KernelLibrary(m, Shard(1, 0), "cpu", torch.float32, NoCollectives(), shape_of={0: (2, 8)}.get,
+                        inputs="shared", keep=True)
+    specs = {s.name: s for s in prologue_kernels(m, 1, 2, 8) + layer_kernels(m, 1, 2, 8) + epilogue_kernels(m, 1, 2, 8)}
+    for s in prologue_kernels(m, 1, 2, 8) + layer_kernels(m, 1, 2, 8):
+        lib.run(Kernel(s, 0, 0, 0))
+    st = lib.store.states[0]
+    x = st.bufs["resid"]
+    emb = Kernel(specs["embedding"], 0, 0, -1)
+    lib.ops["embedding"](lib, st, emb)
+    st.bufs["resid"].zero_()
+    lib.ops["embedding"](lib, st, emb)  # copies the input again
+    assert torch.equal(st.bufs["resid"], lib.store.input(0, tuple(x.shape)))
+    folds = []
+    fold = kernels._fold
+    monkeypatch.setattr(kernels, "_fold", lambda lib_, st_: (folds.append(1), fold(lib_, st_)))
+    for name in ("input_norm", "final_norm", "post_attn_norm"):
+        folds.clear()
+        for _ in range(3):
+            _named_op(lib.ops[name], lib, st, Kernel(specs[name], 0, 0, 1))
+        assert len(folds) == (3 if name in kernels.FOLDING else 0), name
