@@ -185,7 +185,8 @@ def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         if live_jobs and plan.scenario.policy.name in ("inter_op", "hybrid"):
             sizes |= {b * q * m.hidden * m.dtype_bytes for b, q in job_shapes(plan)}
         if sizes:
-            lib.comm.reserve_host(sum(-(-n // 256) * 256 for n in sizes))
+            lib.comm.reserve_host(sum(-(-n // 256) * 256 for n in sizes))  # receives
+            lib.comm.reserve(max(sizes), 2)  # sends: one flow's bytes through the scratch
     if lib.device != "cpu":
         torch.cuda.synchronize()
     lib.generic._scratch.clear()

@@ -108,7 +108,9 @@ class ProfileCost(CachedSolo):
     def _compute(self, spec: KernelSpec, group: tuple[int, ...] | None) -> float:
         if spec.is_collective:
             base = self.roofline.spec_solo(spec, group)
-            if self.emulation is None or spec.kind != "all_reduce" or not group:
+            if self.emulation is None or not group or base <= 0:
                 return base
-            return self.emulation.time(base, len(group))  # type: ignore[attr-defined]
+            if spec.kind == "all_reduce":
+                return self.emulation.time(base, len(group))  # type: ignore[attr-defined]
+            return base + self.emulation.overhead_s  # type: ignore[attr-defined]  # an emulated send
         return self.measured.estimate(spec)  # type: ignore[attr-defined]

@@ -126,3 +126,27 @@ def test_fp16_masked_and_gqa_attention_match_the_math_backend():
     for x, y in zip(got, want):
         assert torch.isfinite(x).all()
         assert (x.float() - y).norm() / y.norm() < 5e-3
+
+
+@cuda
+@triton
+def test_emulated_send_lasts_the_link_models_time_for_one_flow():
+    """An emulated pipeline send copies its bytes through HBM and spins to the link model's time
+    for one flow (not a PCIe copy to the host)."""
+    from hw.collectives import EmulatedCollectives
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 2)
+    comm = EmulatedCollectives(0, topo)
+    t = torch.zeros(1 << 22, dtype=torch.float16, device="cuda")  # 8 MB
+    comm.send(t, (0, 1))  # compile, size the scratch
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    comm.send(t, (0, 1))
+    end.record()
+    torch.cuda.synchronize()
+    ctas, nbytes, target = comm.launched[-1]
+    assert nbytes == 8 << 20 and target == pytest.approx(topo.collective_time("send", (0, 1), 8 << 20))
+    assert target * 1e3 <= start.elapsed_time(end) < target * 1e3 * 1.5 + 0.02  # ms

@@ -149,7 +149,9 @@ def test_profile_cost_keeps_the_cost_interface_and_caches():
     ar = K.collective("all_reduce", "ar", 1 << 20)
     assert cost.spec_solo(ar, (0, 1)) == pytest.approx(roof.spec_solo(ar, (0, 1)) + 3e-6)
     assert cost.spec_solo(ar, None) == 0.0
-    assert len(cost._cache) == 3
+    send = K.collective("send", "send_activations", 1 << 20)  # emulated like an all-reduce: + its overhead
+    assert cost.spec_solo(send, (0, 1)) == pytest.approx(roof.spec_solo(send, (0, 1)) + 3e-6)
+    assert len(cost._cache) == 4
 
 
 def test_scenario_profile_resolves_relative_to_the_scenario_and_drives_the_engine(tmp_path):
