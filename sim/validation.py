@@ -86,8 +86,9 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     emulated = hw.get("mode") == "emulate"
     token = EMULATED.set(emulated)
     try:
-        run = simulate(scn, jobs, record_ir=False, file=str(scenario), progress=progress)
-        write_run(out / "closed_loop", run.events, jobs, None, scn.policy.name, run.result.sim_wall_s,
+        run = simulate(scn, jobs, record_ir=True, file=str(scenario), progress=progress)
+        # its IR names each kernel's shape, for matching kernels of another run by what they are
+        write_run(out / "closed_loop", run.events, jobs, run.result.schedule, scn.policy.name, run.result.sim_wall_s,
                   {"scenario": scn.name, "meta": run.result.meta}, trace=False)
         if "iterations" in run.result.meta:  # generative: which requests the simulated iterations served
             (out / "closed_loop" / RUN_META).write_text(json.dumps(_run_meta(run.result.meta)) + "\n")
@@ -179,15 +180,32 @@ def _durations(ev: pd.DataFrame) -> pd.DataFrame:
     return ev
 
 
+def kernel_shapes(schedule: ir.Schedule) -> dict[tuple[int, int], str]:
+    """(rank, kernel id) -> the kernel's shape: its name and dims, split pieces' offsets included."""
+    return {(op.rank, op.kernel.kernel_id): op.kernel.spec.name + str(sorted(op.kernel.spec.dims.items()))
+            for op in schedule.ops if op.op == "launch" and op.kernel is not None}
+
+
 def compare_kernels(measured: pd.DataFrame, predicted: pd.DataFrame, mode: str,
-                    same_run: bool = True) -> pd.DataFrame:
+                    same_run: bool = True, shapes: tuple[dict, dict] | None = None) -> pd.DataFrame:
     """Kernel durations side by side. A replay executes the measured run's IR, so its kernels
     match by id; otherwise (closed loop, or kernel times from another run of the scenario) by
-    what the kernel is: request, layer, name, piece and occurrence."""
+    what the kernel is. With both runs' `shapes` (`kernel_shapes` of their IRs), that is its
+    layer, name and shape, the n-th of that shape on its rank matched to the n-th: two runs of a
+    generative or interleaved scenario batch and split differently as their timing differs (the
+    H100 decode run timed with CUPTI ran 23,879 kernels, its CUDA-event twin 23,020), so the same
+    iteration or piece number is not the same kernel. Without them, by request, layer, name,
+    piece and occurrence."""
     m, p = _durations(measured), _durations(predicted[predicted["rank"].isin(set(measured["rank"]))])
     by_id = mode == "replay" and same_run
     key = ["rank", "kernel_id"] if by_id else ["rank", "request_id", "layer", "name", "frac", "occ"]
-    cols = ["rank", "kernel_id", "request_id", "layer", "name", "kind", "cls", "frac", "occ", "dur_s"]
+    if shapes is not None and not by_id:
+        for df, sh in ((m, shapes[0]), (p, shapes[1])):
+            df["shape"] = [sh.get(k, "") for k in zip(df["rank"], df["kernel_id"])]
+            df["occ_shape"] = df.groupby(["rank", "layer", "name", "shape"]).cumcount()
+        key = ["rank", "layer", "name", "shape", "occ_shape"]
+    cols = list(dict.fromkeys(["rank", "kernel_id", "request_id", "layer", "name", "kind", "cls", "frac", "occ",
+                               "dur_s", *key]))
     j = m[cols].merge(p[key + ["dur_s"]], on=key, how="inner", suffixes=("_m", "_p"))
     out = pd.DataFrame({"mode": mode, "level": "kernel", "rank": j["rank"], "request_id": j["request_id"],
                         "layer": j["layer"], "name": j["name"], "kind": j["kind"], "cls": j["cls"],
@@ -263,6 +281,9 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
                          "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks),
                          "request_timing": hw.get("timing"),
                          "kernel_timing": _hw_info(kernels_dir).get("timing") if kernels_dir else hw.get("timing")}
+    # kernel times from another run: match kernels by shape where both IRs are at hand
+    k_shapes = kernel_shapes(ir.load(kernels_dir / "ir.jsonl")) if kernels_dir and _has(kernels_dir, "ir.jsonl") \
+        else None
     for mode in MODES:
         d = out / mode
         if not (d / "events.parquet").exists():
@@ -270,7 +291,9 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
         p_ev = pd.read_parquet(d / "events.parquet")
         p_ev = p_ev[p_ev["rank"].isin(ranks)]
         p_req, p_sum = run_tables(p_ev, jobs, _mode_meta(out, mode, m_meta), mode, None)
-        k = compare_kernels(k_ev, p_ev, mode, same_run=kernels_dir is None)
+        p_ir = m_ir if mode == "replay" else (ir.load(d / "ir.jsonl") if _has(d, "ir.jsonl") else None)
+        shapes = (k_shapes, kernel_shapes(p_ir)) if k_shapes is not None and p_ir is not None else None
+        k = compare_kernels(k_ev, p_ev, mode, same_run=kernels_dir is None, shapes=shapes)
         r = compare_requests(m_req, p_req, mode)
         rows += [k, r]
         summary[mode] = mode_summary(k, m_sum, p_sum, len(k_ev))

@@ -199,6 +199,7 @@ def test_kernel_times_from_a_second_run_and_compressed_recorded_runs(tmp_path):
     ev["kernel_id"] = ev["kernel_id"].to_numpy()[::-1]
     ev.to_parquet(second / "events.parquet")
     (second / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "cpu", "timing": "cupti"}))
+    (second / "ir.jsonl").unlink()  # as the committed CUPTI runs: no IR, kernels matched by what they are
     base = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "plain")
     s = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", out, kernels=second)
     for mode in ("closed_loop", "replay"):
@@ -222,3 +223,30 @@ def test_kernel_times_from_a_second_run_and_compressed_recorded_runs(tmp_path):
     again = build_report(moved)
     assert again["closed_loop"]["kernel_err_median"] == pytest.approx(s["closed_loop"]["kernel_err_median"])
     assert main(["plot", "validation", str(moved)]) == 0
+
+
+def test_kernels_of_another_run_are_matched_by_shape_when_both_irs_are_there(tmp_path):
+    """Two runs of a timing-dependent scenario number their iterations (and cut their pieces)
+    differently. With the other run's IR, its kernels are paired with the prediction's by layer,
+    name and shape, the n-th with the n-th; without it, by request number, which here pairs
+    kernels of different shapes."""
+    out = tmp_path / "report"
+    runs = out / "measured"
+    shutil.copytree(FIX / "measured", runs)
+    second = out / "measured_cupti"
+    shutil.copytree(FIX / "measured", second)
+    ev = pd.read_parquet(second / "events.parquet")
+    ids = sorted(ev["request_id"].unique())
+    ev["request_id"] = ev["request_id"].map(dict(zip(ids, ids[1:] + ids[:1])))  # numbered differently
+    ev.to_parquet(second / "events.parquet")
+    (second / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "cpu", "timing": "cupti"}))
+    s = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", out, kernels=second)
+    plain = predict(runs, FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "plain")
+    for mode in ("closed_loop", "replay"):
+        assert s[mode]["kernels_matched"] == plain[mode]["kernels_matched"] == 256
+        # the same kernels as the run matched with itself: the same errors
+        assert s[mode]["kernel_err_median"] == pytest.approx(plain[mode]["kernel_err_median"])
+    (second / "ir.jsonl").unlink()
+    by_request = build_report(out)["closed_loop"]
+    assert by_request["kernels_matched"] < 256 or by_request["kernel_err_median"] != pytest.approx(
+        plain["closed_loop"]["kernel_err_median"])
