@@ -53,6 +53,7 @@ def main() -> None:
         (out / "validation.csv.gz").unlink(missing_ok=True)
         _gzip(out / "validation.csv")
         _gzip(out / "measured" / "ir.jsonl")
+        _gzip(out / "measured_cupti" / "ir.jsonl")  # (its kernels' shapes, for matching by shape)
         m = s["closed_loop"]
         print(f"{name}: kernel |err| median {m['kernel_err_median']:.1%}, makespan {m['makespan_err']:+.1%}, "
               f"mean JCT {m['jct_mean_err']:+.1%}")
