@@ -182,17 +182,21 @@ def test_gpu_tables_from_recorded_results(tmp_path):
     assert "no validation results" in gt.validation_table(tmp_path / "none")
 
 
+def two_recorded_runs(tmp_path):
+    """A report folder with the recorded CPU run as `measured/` and a copy as `measured_cupti/`."""
+    out = tmp_path / "report"
+    shutil.copytree(FIX / "measured", out / "measured")
+    shutil.copytree(FIX / "measured", out / "measured_cupti")
+    return out, out / "measured", out / "measured_cupti"
+
+
 def test_kernel_times_from_a_second_run_and_compressed_recorded_runs(tmp_path):
     """`--kernels-from`: request measures from one recorded run, kernel times from another run of
     the scenario, matched by what each kernel is; a report moved elsewhere finds its runs beside
     it, and gzipped IRs and tables (as committed reports keep them) are read."""
     import gzip
 
-    out = tmp_path / "report"
-    runs = out / "measured"
-    shutil.copytree(FIX / "measured", runs)
-    second = out / "measured_cupti"
-    shutil.copytree(FIX / "measured", second)
+    out, runs, second = two_recorded_runs(tmp_path)
     ev = pd.read_parquet(second / "events.parquet")
     ev["end_s"] = ev["start_s"] + 2 * (ev["end_s"] - ev["start_s"])  # every kernel twice as long
     ev = ev.sample(frac=1.0, random_state=0)  # rows in another order; kernel ids of another run
@@ -230,11 +234,7 @@ def test_kernels_of_another_run_are_matched_by_shape_when_both_irs_are_there(tmp
     differently. With the other run's IR, its kernels are paired with the prediction's by layer,
     name and shape, the n-th with the n-th; without it, by request number, which here pairs
     kernels of different shapes."""
-    out = tmp_path / "report"
-    runs = out / "measured"
-    shutil.copytree(FIX / "measured", runs)
-    second = out / "measured_cupti"
-    shutil.copytree(FIX / "measured", second)
+    out, runs, second = two_recorded_runs(tmp_path)
     ev = pd.read_parquet(second / "events.parquet")
     ids = sorted(ev["request_id"].unique())
     ev["request_id"] = ev["request_id"].map(dict(zip(ids, ids[1:] + ids[:1])))  # numbered differently
