@@ -51,6 +51,7 @@ class BufferPool:
     def __init__(self, device: str, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
         self._free: dict[int, list[tuple[torch.Tensor, object | None]]] = {}
+        self._own: set[int] = set()  # ids of the flat allocations buffers are views of
         self.allocated_bytes = 0
 
     def take(self, shape: Shape) -> torch.Tensor:
@@ -63,14 +64,18 @@ class BufferPool:
                 torch.cuda.current_stream().wait_event(fence)  # type: ignore[arg-type]
         else:
             raw = torch.empty(size, device=self.device, dtype=self.dtype)
+            self._own.add(id(raw))
             self.allocated_bytes += raw.numel() * raw.element_size()
-        return raw[:n].view(shape)
+        return raw.view(-1)[:n].view(shape)
 
     def give(self, bufs: list[torch.Tensor], fence: object | None) -> None:
         for buf in bufs:
             raw = buf if buf._base is None else buf._base
+            if buf._base is not None and id(raw) not in self._own:
+                continue  # a view into a tensor the pool does not own (never reuse its base)
             if raw.is_contiguous() and raw.dtype == self.dtype:  # a tensor made elsewhere joins the class it fills
-                self._free.setdefault(class_below(raw.numel()), []).append((raw.view(-1), fence))
+                self._own.add(id(raw))
+                self._free.setdefault(class_below(raw.numel()), []).append((raw, fence))
 
 
 def size_class(n: int) -> int:

@@ -209,6 +209,9 @@ def test_buffer_pool_reuses_a_size_class_across_shapes_and_waste_is_bounded():
     assert c.data_ptr() != b.data_ptr() and pool.allocated_bytes == 2 * spent
     pool.give([torch.empty(7000)], None)  # made elsewhere: joins class 6656, the largest it fills
     assert size_class(6400) == 6656 and pool.take((6656,)).numel() == 6656 and pool.allocated_bytes == 2 * spent
+    weights = torch.empty(2, 7000)
+    pool.give([weights[0]], None)  # a view into a tensor the pool does not own: never reused
+    assert pool.take((6656,)).data_ptr() != weights.data_ptr()
 
 
 def test_calibration_times_ops_with_the_work_they_do_in_a_run(monkeypatch):
