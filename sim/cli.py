@@ -128,7 +128,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from hw.calibrate import calibrate
 
     prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2,
-                     timer=args.timer)
+                     timer=args.timer, evict_weights=not args.warm_weights)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--timer", choices=("events", "cupti"), default="events",
                      help="how CUDA kernels are timed: CUDA events around each repetition, or CUPTI as "
                           "`validate --timing cupti` times them (small kernels: events add the GPU's start latency)")
+    cal.add_argument("--warm-weights", action="store_true",
+                     help="time every GEMM warm (default: a GEMM whose weight fits in L2 but whose layer's weights "
+                          "on a rank do not is timed cold, as a run reads it from HBM)")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")

@@ -223,3 +223,37 @@ TINY = {"name": "tiny-situ", "seed": 5, "hardware": {"gpu": "H100-SXM", "count":
                   "layers": 2},
         "workload": {"kind": "generate", "jobs": 6, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
                      "seq_len": {"dist": "uniform", "low": 8, "high": 32}}}
+
+
+def test_gemms_whose_weight_a_run_reads_from_hbm_are_timed_cold():
+    """A weight that fits in L2 is still read from HBM in a run when the rest of its layer's
+    weights on the rank pass through L2 first; one larger than L2 streams either way; a small
+    model's layer stays in L2; only GEMMs carry a weight."""
+    from hw.calibrate import weight_evicted
+    from sim.kernels import gemm, pointwise
+    from sim.scenario import ModelSpec
+
+    l2 = 50 << 20  # an H100's
+    llama7b = ModelSpec(preset="llama2-7b").shape()
+    qkv = gemm("qkv_proj", 8, 3072, 4096)  # 25 MB of a 101 MB layer at TP 4
+    assert weight_evicted(llama7b, 4, qkv, l2)
+    assert not weight_evicted(llama7b, 1, gemm("gate_up_proj", 8, 2 * 11008, 4096), l2)  # 180 MB: streams anyway
+    tiny = ModelSpec(preset="llama2-7b", hidden=512, heads=4, kv_heads=4, head_dim=128, ffn=1024).shape()
+    assert not weight_evicted(tiny, 1, gemm("qkv_proj", 8, 1536, 512), l2)  # its whole layer fits
+    assert not weight_evicted(llama7b, 4, pointwise("rmsnorm", "input_norm", 8 * 4096, 2, 1, 6.0), l2)
+    assert not weight_evicted(llama7b, 4, qkv, 0)  # no L2 size known (CPU)
+
+
+def test_a_profile_is_not_resumed_with_other_weight_eviction(tmp_path):
+    from hw.calibrate import calibrate
+    from sim.errors import LigerSimError
+    from sim.profile import load_profile, save_profile
+
+    out = tmp_path / "p.yaml"
+    calibrate(out, device="cpu", quick=True, progress=False)
+    prof = load_profile(out)
+    assert prof.settings["evict_weights"] is False  # on CPU there is no L2 to evict from
+    prof.settings["evict_weights"] = True
+    save_profile(prof, out)
+    with pytest.raises(LigerSimError, match="evicted weights; pass --fresh"):
+        calibrate(out, device="cpu", quick=True, progress=False)
