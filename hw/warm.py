@@ -84,8 +84,8 @@ def warm_iterations(plan: Plan, rank: int, lib: KernelLibrary, points: int = 2) 
     their weights, RoPE, paged prefill and decode attention with their gathers and masks, the KV
     writes, the LM head. Their kernels are the ones the run will launch, where the generic
     kernels `warm_up` runs are not. Iterations needing more KV blocks than the run's pool holds,
-    or positions past its longest request, are skipped. Returns how many ran; each leaves nothing behind (its blocks freed, its state
-    released)."""
+    or positions past its longest request, are skipped. Returns how many ran; each leaves nothing
+    behind (its blocks freed, its state released)."""
     from hw.calibrate import _run_iteration_kernel
     from hw.calibrate_iterations import SyntheticComposition, iteration_shapes
 
@@ -151,8 +151,8 @@ def row_sweep(max_rows: int) -> list[int]:
 def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
     """Before the clock starts: each distinct compute kernel of a replay or a generative iteration
     once (live encoder and prefill jobs go through `warm_ops`), a generative run's GEMMs over a
-    sweep of row counts, the emulated collective's scratch and compile, and pinned memory for
-    pipeline sends."""
+    sweep of row counts and its synthetic iterations, the emulated collectives' scratch (all-reduces
+    and sends) and compile, and pinned memory for pipeline receives."""
     m = plan.scenario.model.shape()
     if plan.schedule is not None:
         specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]
@@ -180,7 +180,7 @@ def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)
         lib.comm.reserve(largest, plan.tp)
         lib.comm.all_reduce(torch.zeros(1024, device=lib.device, dtype=lib.dtype), tuple(range(max(2, plan.tp))))
-        # pinned host memory for every size of activation a pipeline stage sends or receives
+        # every size of activation a pipeline stage sends or receives
         sizes = {s.dims["nbytes"] for s in specs if s.kind in ("send", "recv")}
         if live_jobs and plan.scenario.policy.name in ("inter_op", "hybrid"):
             sizes |= {b * q * m.hidden * m.dtype_bytes for b, q in job_shapes(plan)}
