@@ -248,3 +248,36 @@ def test_calibration_times_ops_with_the_work_they_do_in_a_run(monkeypatch):
         for _ in range(3):
             _named_op(lib.ops[name], lib, st, Kernel(specs[name], 0, 0, 1))
         assert len(folds) == (3 if name in kernels.FOLDING else 0), name
+
+
+def test_emulated_collectives_logic_on_cpu(monkeypatch):
+    """The single-GPU emulation's bookkeeping, with the spin kernel recorded instead of launched:
+    an all-reduce copies a ring all-reduce's bytes, a pipeline send one flow's, each for the link
+    model's time; a group of one launches nothing; the scratch grows only when asked for more."""
+    from types import SimpleNamespace
+
+    from hw import collectives, spin
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    launched = []
+    monkeypatch.setattr(spin, "HAVE_TRITON", True)
+    monkeypatch.setattr(spin, "launch", lambda src, dst, ctas, dur: launched.append((src.numel(), dst.numel(), ctas, dur)))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(multi_processor_count=132))
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 4)
+    comm = collectives.EmulatedCollectives(0, topo, device="cpu")
+    t = torch.zeros(1 << 20, dtype=torch.float16)  # 2 MB
+    comm.all_reduce(t, (0, 1, 2, 3))
+    comm.send(t, (0, 1))
+    comm.all_reduce(t, (0,))
+    comm.send(t, (0,))
+    assert len(launched) == 2
+    (ar_src, ar_dst, ar_ctas, ar_s), (s_src, s_dst, s_ctas, s_s) = launched
+    assert comm.launched[0][1] == collectives.ring_bytes(2 << 20, 4) and ar_src * 4 >= comm.launched[0][1]
+    assert comm.launched[1][1] == 2 << 20 and s_src * 4 >= 2 << 20 and s_dst == s_src
+    assert ar_s == pytest.approx(topo.collective_time("all_reduce", (0, 1, 2, 3), 2 << 20))
+    assert s_s == pytest.approx(topo.collective_time("send", (0, 1), 2 << 20))
+    assert ar_ctas >= 16 and s_ctas >= 16  # NCCL's channels at least
+    scratch = comm._scratch.data_ptr()
+    comm.reserve(1 << 20, 2)  # smaller than what it holds: kept
+    assert comm._scratch.data_ptr() == scratch
