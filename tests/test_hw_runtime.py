@@ -281,3 +281,38 @@ def test_emulated_collectives_logic_on_cpu(monkeypatch):
     scratch = comm._scratch.data_ptr()
     comm.reserve(1 << 20, 2)  # smaller than what it holds: kept
     assert comm._scratch.data_ptr() == scratch
+
+
+def test_warm_up_runs_emulated_all_reduces_and_their_pieces(tmp_path, monkeypatch):
+    """With the emulated collective (its spin kernel recorded on CPU), an interleaved plan that
+    splits all-reduces warms every all-reduce at its real size and group, and each of its pieces."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from hw import collectives, spin
+    from hw.launch import _setup
+    from hw.run import Options, Source, build_plan
+    from hw.warm import warm_ops
+
+    launched = []
+    monkeypatch.setattr(spin, "HAVE_TRITON", True)
+    monkeypatch.setattr(spin, "launch", lambda src, dst, ctas, dur: launched.append(dur))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(multi_processor_count=132))
+    scn = {"name": "warm-ar", "seed": 1, "hardware": {"gpu": "H100-SXM", "count": 2, "interconnect": "nvswitch-h100"},
+           "model": {"preset": "liger-encoder", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+                     "layers": 2},
+           "policy": {"name": "interleaved", "split_collectives": True},
+           "workload": {"kind": "generate", "jobs": 3, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                        "seq_len": 16}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    plan = build_plan(Source("scenario", str(path)))
+    comm = collectives.EmulatedCollectives(0, plan.topology, device="cpu")
+    lib = _setup(plan, 0, Options(device="cpu"), comm)
+    warm_ops(plan, 0, lib)
+    # one job shape; its layer's two all-reduces, each whole and as 35 pieces
+    assert len(launched) == 2 * (1 + 35)
+    whole = collectives.ring_bytes(16 * 128 * 2, 2)  # a 16-token, 128-wide fp16 activation over 2 ranks
+    assert sum(n == whole for _, n, _ in comm.launched) == 2 and all(n <= whole for _, n, _ in comm.launched)
+    assert not lib.store.states
