@@ -313,6 +313,6 @@ def test_warm_up_runs_emulated_all_reduces_and_their_pieces(tmp_path, monkeypatc
     warm_ops(plan, 0, lib)
     # one job shape; its layer's two all-reduces, each whole and as 35 pieces
     assert len(launched) == 2 * (1 + 35)
-    whole = collectives.ring_bytes(16 * 128 * 2, 2)  # a 16-token, 128-wide fp16 activation over 2 ranks
+    whole = collectives.ring_bytes(16 * 128 * lib.dtype.itemsize, 2)  # a 16-token, 128-wide activation, 2 ranks
     assert sum(n == whole for _, n, _ in comm.launched) == 2 and all(n <= whole for _, n, _ in comm.launched)
     assert not lib.store.states
