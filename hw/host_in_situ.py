@@ -18,19 +18,25 @@ from collections import defaultdict
 from pathlib import Path
 
 from sim import ir
-from sim.host_gaps import op_costs
+from sim.host_gaps import LINEAR_DIM, linear_fit, op_costs, op_costs_by
 from sim.profile import host_key_of, scenario_key
 
 
-def summarise(samples: dict[str, list[float]], runs: list[str]) -> dict:
-    """The profile's entry for one policy: median launch time per op name, record and wait, and
-    each op's sample count, mean and 90th percentile (`launch_stats`) for later analysis."""
+def summarise(samples: dict[str, list[float]], runs: list[str],
+              by_items: dict[str, list[tuple[float, float]]] | None = None) -> dict:
+    """The profile's entry for one policy: median launch time per op name, record and wait, each
+    op's sample count, mean and 90th percentile (`launch_stats`), and for ops whose cost grows with
+    the sequences they cover (`by_items`: `sim.host_gaps.op_costs_by`), the fitted line
+    (`launch_linear`: dim, base, slope, samples)."""
     ops = {k: v for k, v in sorted(samples.items()) if k not in ("record", "wait") and v}
     launch = {k: statistics.median(v) for k, v in ops.items()}
     stats = {k: [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
              for k, v in ops.items()}
     entry: dict = {"launch": launch, "launch_stats": stats, "samples": sum(len(v) for v in samples.values()),
                    "runs": runs}
+    fits = {k: (linear_fit(v), len(v)) for k, v in sorted((by_items or {}).items())}
+    if any(f is not None for f, _ in fits.values()):
+        entry["launch_linear"] = {k: [LINEAR_DIM, f[0], f[1], n] for k, (f, n) in fits.items() if f is not None}
     for k in ("record", "wait"):
         if samples.get(k):
             entry[f"{k}_s"] = statistics.median(samples[k])
@@ -48,6 +54,7 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
     from hw.run import run_scenario
 
     samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_items: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     runs: dict[str, list[str]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(work or tmp)
@@ -71,8 +78,11 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 print(f"host in situ: {path}: {e}", file=sys.stderr)
                 continue
             schedule = ir.load(out / "ir.jsonl")
+            costs, items = op_costs(schedule), op_costs_by(schedule)
             for key in keys:
-                for k, v in op_costs(schedule).items():
+                for k, v in costs.items():
                     samples[key][k].extend(v)
+                for k, v in items.items():
+                    by_items[key][k].extend(v)
                 runs[key].append(Path(path).stem)
-    return {pol: summarise(s, runs[pol]) for pol, s in samples.items()}
+    return {pol: summarise(s, runs[pol], by_items[pol]) for pol, s in samples.items()}

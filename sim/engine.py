@@ -88,6 +88,9 @@ class HostParams:
     # its stream (a profile's `host.kernel_gap_s`, measured with CUPTI); kernel times timed with
     # CUPTI exclude it, where CUDA events include it
     kernel_gap_s: float = 0.0
+    # op name -> (dim, base, per unit): a launch whose host cost grows with one of its kernel's
+    # dims (a profile's `launch_linear`); it overrides `launch_by_name` for that op
+    launch_linear: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -389,6 +392,7 @@ class SimRankRuntime(RecordingRuntime):
         self._streams: list[Stream] = []
         self._launch_s = engine.host.launch_s
         self._launch_by_name = engine.host.launch_by_name
+        self._launch_linear = engine.host.launch_linear
 
     def now(self) -> float:
         return self.host_t
@@ -402,6 +406,10 @@ class SimRankRuntime(RecordingRuntime):
         if self._launch_by_name:
             by = self._launch_by_name
             cost = by.get(kernel.spec.name, by.get(kernel.spec.kind, cost))
+        if self._launch_linear:
+            lin = self._launch_linear.get(kernel.spec.name)
+            if lin is not None and lin[0] in kernel.spec.dims:
+                cost = max(0.0, lin[1] + lin[2] * kernel.spec.dims[lin[0]])
         t = self.host_t = self.host_t + cost
         self.engine.enqueue(self._streams[stream], (_KERNEL, kernel, t))
         return t

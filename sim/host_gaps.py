@@ -51,6 +51,33 @@ def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
     return dict(out)
 
 
+LINEAR_DIM = "b"  # how many sequences (prompts, decodes) an attention kernel covers
+
+
+def op_costs_by(schedule: ir.Schedule, dim: str = LINEAR_DIM) -> dict[str, list[tuple[float, float]]]:
+    """(dims[dim], host seconds) of each launch whose kernel has `dim`, per kernel name: host costs
+    that grow with the work's item count (prefill attention loops over its prompts in Python)."""
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for ops in schedule.by_rank():
+        for op, gap in gaps(ops):
+            if op.op == "launch" and op.kernel is not None and dim in op.kernel.spec.dims:
+                out[op.kernel.spec.name].append((float(op.kernel.spec.dims[dim]), gap))
+    return dict(out)
+
+
+def linear_fit(pairs: list[tuple[float, float]], min_samples: int = 8) -> tuple[float, float] | None:
+    """(base, slope) of cost = base + slope × x by least squares with an intercept, so the fitted
+    costs add up to the measured ones, as a mean does; None with fewer than `min_samples` samples,
+    one distinct x, or a slope that is not positive (the cost does not grow with x)."""
+    if len(pairs) < min_samples or len({x for x, _ in pairs}) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in pairs)
+    my = statistics.fmean(y for _, y in pairs)
+    sxx = sum((x - mx) ** 2 for x, _ in pairs)
+    slope = sum((x - mx) * (y - my) for x, y in pairs) / sxx
+    return (my - slope * mx, slope) if slope > 0 else None
+
+
 def first_uses(ops: list[ir.Op]) -> set[int]:
     """Indices into `ops` of the launches that use a kernel shape for the first time (per rank:
     each rank of a run is its own process)."""

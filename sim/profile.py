@@ -123,14 +123,25 @@ class Profile:
         sum of n samples is n × mean: host times are skewed to the right, and in the H100
         validation runs n × median came to 37-83% of the measured sum."""
         wake = self.host.get("sync_wakeup_s", sync_wakeup_s)
-        keys = [keys] if isinstance(keys, str) else list(keys)
-        keys += [k.split("/")[0] for k in keys if "/" in k and not k.startswith(SCENARIO_KEY)]
-        situ = next((self.host_in_situ[k] for k in keys if self.host_in_situ.get(k)), None)
+        situ = self._situ(keys)
         if situ and situ.get("launch"):
             other = statistics.median([situ.get("record_s", launch_s), situ.get("wait_s", launch_s)])
             stats = situ.get("launch_stats") or {}
             return other, wake, {str(k): float(stats[k][1] if k in stats else v) for k, v in situ["launch"].items()}
         return self.host.get("launch_s", launch_s), wake, self.launch_costs()
+
+    def host_linear(self, keys: str | list[str]) -> dict[str, tuple[str, float, float]]:
+        """Op name -> (dim, base s, s per unit of dim) for the ops whose in-situ host cost grows with
+        one of their dims (`launch_linear`, of the entry `host_params` uses): prefill attention's
+        Python loops over the iteration's prompts, about 0.1 ms each on the H100."""
+        situ = self._situ(keys) or {}
+        return {str(k): (str(v[0]), float(v[1]), float(v[2])) for k, v in (situ.get("launch_linear") or {}).items()}
+
+    def _situ(self, keys: str | list[str]) -> dict | None:
+        """The first of `keys` (and generative keys' policies) with in-situ host costs."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        keys += [k.split("/")[0] for k in keys if "/" in k and not k.startswith(SCENARIO_KEY)]
+        return next((self.host_in_situ[k] for k in keys if self.host_in_situ.get(k)), None)
 
     def launch_costs(self) -> dict[str, float]:
         """Host time to launch each measured op through the hw runtime: the runtime's own work
@@ -294,6 +305,12 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
             raise LigerSimError("must map each policy to {launch: {op name: host seconds ≥ 0}, ...}", file=file,
                                 field=f"host_in_situ.{pol}")
+        linear = v.get("launch_linear") or {}
+        if not isinstance(linear, dict) or not all(
+                isinstance(x, list | tuple) and len(x) == 4 and isinstance(x[0], str)
+                and all(isinstance(y, int | float) for y in x[1:]) for x in linear.values()):
+            raise LigerSimError("must map op names to [dim, base s, s per unit, samples]", file=file,
+                                field=f"host_in_situ.{pol}.launch_linear")
         stats = v.get("launch_stats") or {}
         if not isinstance(stats, dict) or not all(
                 isinstance(x, list | tuple) and len(x) == 3 and all(isinstance(y, int | float) and y >= 0 for y in x)

@@ -201,6 +201,18 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     # a profile without the statistics (as the first H100 profile): the medians
     bare = a_profile_with_situ({k: v for k, v in entry.items() if k != "launch_stats"})
     assert bare.host_params("interleaved", 1.0, 1.0)[2] == entry["launch"]
+    # ops whose host cost grows with the sequences they cover: a fitted line beside the flat cost
+    from hw.host_in_situ import summarise
+
+    lined = summarise({"prefill_attention": [3e-4, 4e-4, 5e-4] * 4}, ["s"],
+                      {"prefill_attention": [(b, 2e-4 + 1e-4 * b) for b in (1, 2, 3)] * 4})
+    assert lined["launch_linear"]["prefill_attention"] == ["b", pytest.approx(2e-4), pytest.approx(1e-4), 12]
+    prof_l = a_profile_with_situ(lined)
+    assert prof_l.host_linear("interleaved") == {"prefill_attention": ("b", pytest.approx(2e-4),
+                                                                       pytest.approx(1e-4))}
+    assert load_profile(save_profile(prof_l, tmp_path / "l.yaml")).host_linear("interleaved") == \
+        prof_l.host_linear("interleaved")
+    assert prof.host_linear("interleaved") == {}  # the tiny encoder's kernels all cover one sequence count
     # a scenario measured on its own uses its own entry; any other falls back to its policy's
     own = {**entry, "launch": {k: 2 * v for k, v in entry["launch"].items()}, "launch_stats": {}}
     both = a_profile_with_situ(entry)

@@ -230,6 +230,31 @@ def test_measured_launch_cost_per_kernel_name_paces_a_host_bound_stream():
     assert ev["end_s"].max() == pytest.approx(3 * 115e-6 + 1e-6)
 
 
+def test_a_launch_whose_host_cost_grows_with_its_sequences_is_paced_by_the_line():
+    """`launch_linear` (a profile's fitted host cost per prompt): a prefill attention over b prompts
+    costs the host base + slope × b, overriding its name's flat cost; other ops keep theirs."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec, attention
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+    host = HostParams(5e-6, 0.0, {"prefill_attention": 1.0, "norm": 40e-6},
+                      launch_linear={"prefill_attention": ("b", 20e-6, 100e-6)})
+    eng = Engine(1, lambda k: 1e-6, ContentionTable([]), topo, host)
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        for b in (1, 3):
+            rt.launch(Kernel(attention("prefill_attention", b, 8, 64, 64, 128, 8, True), 0, b, 0), s)
+        rt.launch(Kernel(KernelSpec("layernorm", "norm", {"elems": 8}, 0.0, 16.0), 0, 9, 0), s)
+        yield rt.sleep_until(0.0)
+
+    ev = events_frame(eng.run([policy]).events).sort_values("kernel_id")
+    assert ev["launch_s"].tolist() == pytest.approx([120e-6, 120e-6 + 320e-6, 440e-6 + 40e-6])
+
+
 def test_contention_depends_on_which_kernel_started_first():
     """The kernel already running slows by the table's `first: victim` factor, the one that
     started beside it by the `first: other` factor (it waits for the SMs the first holds)."""

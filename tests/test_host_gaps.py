@@ -127,3 +127,25 @@ def test_report_on_the_recorded_run_has_its_host_section(tmp_path, gz):
     # without the host breakdown (a run without its IR) the section is left out
     table = pd.read_csv(out / "validation.csv")
     assert "Host time" not in report_markdown({k: v for k, v in s.items() if k != "host"}, table)
+
+
+def test_host_cost_that_grows_with_the_sequences_an_op_covers_is_fitted_as_a_line():
+    """Prefill attention loops over its prompts in Python: its host cost is fitted as base + slope
+    × prompts, by least squares with an intercept (so the fitted costs add up to the measured
+    ones); no line without spread in the count, enough samples, or growth."""
+    from sim.host_gaps import linear_fit, op_costs_by
+    from sim.kernels import attention
+
+    pairs = [(b, 2e-4 + 1e-4 * b + e) for b in (1, 2, 3, 5) for e in (-1e-5, 0.0, 1e-5)]
+    base, slope = linear_fit(pairs)
+    assert (base, slope) == (pytest.approx(2e-4), pytest.approx(1e-4))
+    assert sum(base + slope * x for x, _ in pairs) == pytest.approx(sum(y for _, y in pairs))
+    assert linear_fit(pairs[:5]) is None  # too few
+    assert linear_fit([(3, y) for _, y in pairs]) is None  # one count
+    assert linear_fit([(x, 1e-3 - 1e-4 * x) for x, _ in pairs]) is None  # falls with the count
+
+    def launch(t, b):
+        return Op(0, "launch", t, 0, kernel=Kernel(attention("prefill_attention", b, 8, 64, 64, 128, 8, True), 0))
+
+    ops = [launch(0.0, 1), launch(1.0, 3), Op(0, "launch", 1.5, 0, kernel=k("a")), launch(2.0, 2)]
+    assert op_costs_by(Schedule(1, ops, {})) == {"prefill_attention": [(1.0, 1.0), (3.0, 0.5)]}

@@ -74,6 +74,9 @@ def test_clear_errors(tmp_path):
     bad = {**d, "contention": {"table": [{"victim": "gpu", "other": "memory", "slowdown": 2}]}}
     with pytest.raises(LigerSimError, match=r"contention.table\[0\]"):
         profile_from_dict(bad, "p.yaml")
+    bad = {**d, "host_in_situ": {"intra_op": {"launch": {"q": 1e-4}, "launch_linear": {"q": ["b", 1e-4]}}}}
+    with pytest.raises(LigerSimError, match=r"host_in_situ.intra_op.launch_linear: must map op names to \[dim"):
+        profile_from_dict(bad, "p.yaml")
     bad = {**d, "host_in_situ": {"intra_op": {"launch": {"q": 1e-4}, "launch_stats": {"q": [3, 1e-4]}}}}
     with pytest.raises(LigerSimError, match=r"host_in_situ.intra_op.launch_stats: must map op names to \[samples"):
         profile_from_dict(bad, "p.yaml")
