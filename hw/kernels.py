@@ -628,11 +628,6 @@ class GenericKernels:
             self._scratch[key] = torch.rand(shape, device=self.device, dtype=self.dtype) * 0.1
         return self._scratch[key]
 
-    def _op(self, k: Kernel) -> Op | None:
-        """The library's op for `k` (sends and receives by kind, the rest by name), if any."""
-        kind = k.spec.kind
-        return self.ops.get(kind if kind in ("send", "recv") else k.spec.name)
-
     def prepare(self, k: Kernel) -> None:
         """Nothing to set up: scratch tensors are made on first use (the runtime's hook)."""
 

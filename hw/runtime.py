@@ -213,6 +213,7 @@ def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
     """Run one rank's policy generator on this host thread until it returns; False when Ctrl-C
     stopped it first. Either way what was launched is finished and timed, so an interrupted run
     still writes the kernels and jobs it completed."""
+    completed = True
     try:
         for op in policy:
             if op.op == "sync":
@@ -223,7 +224,6 @@ def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
                 raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
     except KeyboardInterrupt:
         policy.close()
-        rt.finish()
-        return False
+        completed = False
     rt.finish()
-    return True
+    return completed

@@ -31,7 +31,7 @@ import pandas as pd
 
 from sim import ir
 from sim.errors import LigerSimError
-from sim.host_gaps import host_breakdown
+from sim.host_gaps import host_breakdown, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
 from sim.outputs import _clean, run_tables, write_run
@@ -182,7 +182,7 @@ def _durations(ev: pd.DataFrame) -> pd.DataFrame:
 
 def kernel_shapes(schedule: ir.Schedule) -> dict[tuple[int, int], str]:
     """(rank, kernel id) -> the kernel's shape: its name and dims, split pieces' offsets included."""
-    return {(op.rank, op.kernel.kernel_id): op.kernel.spec.name + str(sorted(op.kernel.spec.dims.items()))
+    return {(op.rank, op.kernel.kernel_id): str(shape_key(op.kernel.spec))
             for op in schedule.ops if op.op == "launch" and op.kernel is not None}
 
 
