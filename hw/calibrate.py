@@ -371,9 +371,10 @@ class Calibration:
                                     "pass --fresh to start over or choose another -o", file=str(self.out))
             evict = self.s.evict_weights and self.s.device == "cuda"
             if bool(old.settings.get("evict_weights")) != evict and old.kernels:
-                raise LigerSimError(f"holds GEMMs timed {'with' if old.settings.get('evict_weights') else 'without'} "
-                                    "evicted weights; pass --fresh to start over, or --warm-weights to match it",
-                                    file=str(self.out))
+                was = bool(old.settings.get("evict_weights"))
+                hint = ", or drop --warm-weights to match it" if was else ", or --warm-weights to match it"
+                raise LigerSimError(f"holds GEMMs timed {'with' if was else 'without'} evicted weights; pass --fresh "
+                                    f"to start over{hint if not was or self.s.device == 'cuda' else ''}", file=str(self.out))
             old.status, old.command = "partial", command
             old.settings["code"] = code_version()
             return old
@@ -617,10 +618,13 @@ class Calibration:
         import yaml
 
         from hw.host_in_situ import measure
-        from sim.profile import host_key_of
+        from sim.profile import host_key_of, scenario_key
 
-        todo = [p for p in self.s.scenarios
-                if host_key_of(yaml.safe_load(Path(p).read_text()) or {}) not in self.profile.host_in_situ]
+        def key(path: str) -> str:  # a named scenario's own entry, else its policy's
+            d = yaml.safe_load(Path(path).read_text()) or {}
+            return scenario_key(str(d["name"])) if d.get("name") else host_key_of(d)
+
+        todo = [p for p in self.s.scenarios if key(p) not in self.profile.host_in_situ]
         if not todo:
             return
         print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
