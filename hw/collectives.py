@@ -139,11 +139,14 @@ class EmulatedCollectives:
     def all_reduce(self, t: torch.Tensor, group: tuple[int, ...]) -> None:
         if len(group) < 2:
             return
+        nbytes = t.numel() * t.element_size()
+        self._spin(int(ring_bytes(nbytes, len(group))), self.topology.collective_time("all_reduce", group, nbytes))
+
+    def _spin(self, copy: int, duration: float) -> None:
+        """Copy `copy` bytes through HBM with NCCL's channel count of CTAs (more if needed to finish
+        in time), then spin until `duration` has passed."""
         from hw import spin
 
-        nbytes = t.numel() * t.element_size()
-        duration = self.topology.collective_time("all_reduce", group, nbytes)
-        copy = int(ring_bytes(nbytes, len(group)))
         ctas = cta_count(self.channels, 2 * copy, duration, self.sms)  # read + write through HBM
         src, dst = self._buffers(copy)
         spin.launch(src, dst, ctas, duration)
@@ -179,14 +182,8 @@ class EmulatedCollectives:
         instead: the H100 runs' sends took 97 us (median) where the link model gives 23."""
         if len(group) < 2:
             return
-        from hw import spin
-
         nbytes = t.numel() * t.element_size()
-        duration = self.topology.collective_time("send", group, nbytes)
-        ctas = cta_count(self.channels, 2 * nbytes, duration, self.sms)  # read + write through HBM
-        src, dst = self._buffers(nbytes)
-        spin.launch(src, dst, ctas, duration)
-        self.launched.append((ctas, nbytes, duration))
+        self._spin(nbytes, self.topology.collective_time("send", group, nbytes))
 
     def recv(self, t: torch.Tensor, group: tuple[int, ...]) -> None:
         t.view(-1).copy_(self._host(t), non_blocking=True)
