@@ -142,19 +142,23 @@ class TorchRuntime(RecordingRuntime):
         return t
 
     # ------------------------------------------------------------------ blocking operations
-    def block_on(self, event: int) -> None:
-        """`sync`: the host waits until the event's stream has reached it."""
+    def block_on(self, event: int) -> float:
+        """`sync`: the host waits until the event's stream has reached it; returns when it resumed."""
         t = self._clock()
         ev = self._events.get(event)
         if self.cuda and ev is not None:
             ev.synchronize()  # type: ignore[attr-defined]
-        self.sync_times.append((event, t, self._clock()))
+        done = self._clock()
+        self.sync_times.append((event, t, done))
+        return done
 
-    def sleep_to(self, until: float) -> None:
-        """`sleep_until`: wall-clock time since the run's start (request arrivals)."""
+    def sleep_to(self, until: float) -> float:
+        """`sleep_until`: wall-clock time since the run's start (request arrivals); returns when
+        the host woke (the OS wakes it late)."""
         dt = until - self._clock()
         if dt > 0:
             time.sleep(dt)
+        return self._clock()
 
     def finish(self) -> None:
         if self.cuda:
@@ -216,10 +220,11 @@ def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
     completed = True
     try:
         for op in policy:
+            # when it returned: the host's time after a blocking op is the policy's, not the GPU's
             if op.op == "sync":
-                rt.block_on(op.event)
+                op.done = rt.block_on(op.event)
             elif op.op == "sleep_until":
-                rt.sleep_to(op.until)
+                op.done = rt.sleep_to(op.until)
             else:  # pragma: no cover - policies only yield blocking operations
                 raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
     except KeyboardInterrupt:

@@ -91,6 +91,11 @@ class HostParams:
     # op name -> (dim, base, per unit): a launch whose host cost grows with one of its kernel's
     # dims (a profile's `launch_linear`); it overrides `launch_by_name` for that op
     launch_linear: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    # host seconds from a blocking op's return to the rank's next op ("sync", "sleep_until"): the
+    # policy's own work there (Liger plans its next round after each sync; a job's end is booked)
+    after_block: dict[str, float] = field(default_factory=dict)
+    # how late the OS wakes a sleeping host after the time it asked for
+    sleep_late_s: float = 0.0
 
 
 @dataclass
@@ -350,9 +355,11 @@ class Engine:
                 # the host really waits, so that what it decides next sees the simulated world
                 # of that moment (other ranks' hosts, arrivals)
                 if op.until > rt.host_t:
-                    rt.host_t = op.until
+                    rt.host_t = op.until + self.host.sleep_late_s
                 if rt.host_t > env.now:
                     yield env.timeout(rt.host_t - env.now)
+                op.done = rt.host_t
+                rt.host_t += self.host.after_block.get("sleep_until", 0.0)
                 continue
             # sync: the host must first reach this point in simulated time
             if rt.host_t > env.now:
@@ -365,6 +372,8 @@ class Engine:
                 rt.host_t = env.now + self.host.sync_wakeup_s
             else:
                 rt.host_t = max(rt.host_t, env.now)
+            op.done = rt.host_t
+            rt.host_t += self.host.after_block.get("sync", 0.0)
 
 
 class _Waiting:

@@ -51,6 +51,23 @@ def op_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
     return dict(out)
 
 
+def blocking_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
+    """Samples of host seconds around blocking ops whose return time the run recorded (`done`):
+    per kind ("sync", "sleep_until"), the time from its return to the rank's next op (the policy's
+    work after it: Liger plans a round after each sync); and "sleep_late", how long after the
+    time asked for a sleeping host woke (samples only where it did sleep)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for ops in schedule.by_rank():
+        for op, nxt in zip(ops, ops[1:]):
+            if op.op not in BLOCKING or op.done < 0:
+                continue
+            if nxt.op not in BLOCKING:
+                out[op.op].append(max(0.0, nxt.t - op.done))
+            if op.op == "sleep_until" and op.until > op.t:
+                out["sleep_late"].append(max(0.0, op.done - op.until))
+    return dict(out)
+
+
 LINEAR_DIM = "b"  # how many sequences (prompts, decodes) an attention kernel covers
 
 

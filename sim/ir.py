@@ -24,7 +24,8 @@ BLOCKING = frozenset({"sync", "sleep_until"})
 
 @dataclass(slots=True)
 class Op:
-    """One host operation. `t` is the host time at which the rank issued it."""
+    """One host operation. `t` is the host time at which the rank issued it; for a blocking op
+    (`sync`, `sleep_until`) that has run, `done` is the host time it returned (-1: not known)."""
 
     rank: int
     op: str
@@ -34,6 +35,7 @@ class Op:
     priority: int = 0
     until: float = 0.0
     kernel: Kernel | None = None
+    done: float = -1.0
 
     def key(self) -> tuple:
         """Everything but the host time: what must match when comparing schedules."""
@@ -85,6 +87,8 @@ def save(schedule: Schedule, path: str | Path) -> None:
                 d.update(e=op.event)
             elif op.op == "sleep_until":
                 d.update(until=op.until)
+            if op.done >= 0:
+                d["done"] = op.done
             f.write(json.dumps(d) + "\n")
 
 
@@ -139,6 +143,8 @@ def load(path: str | Path) -> Schedule:
                 op.until = float(d["until"])
             else:
                 raise KeyError(f"unknown op {kind!r}")
+            if "done" in d:
+                op.done = float(d["done"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise LigerSimError(f"line {lineno} is not a valid IR operation ({e})", file=str(path)) from None
         ops.append(op)

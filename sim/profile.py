@@ -137,6 +137,13 @@ class Profile:
         situ = self._situ(keys) or {}
         return {str(k): (str(v[0]), float(v[1]), float(v[2])) for k, v in (situ.get("launch_linear") or {}).items()}
 
+    def host_after(self, keys: str | list[str]) -> tuple[dict[str, float], float]:
+        """(host seconds from a blocking op's return to the next op, per kind; how late a sleep
+        wakes) of the entry `host_params` uses; ({}, 0) where it was not measured."""
+        situ = self._situ(keys) or {}
+        return ({str(k): float(v) for k, v in (situ.get("after_s") or {}).items()},
+                float(situ.get("sleep_late_s", 0.0)))
+
     def _situ(self, keys: str | list[str]) -> dict | None:
         """The first of `keys` (and generative keys' policies) with in-situ host costs."""
         keys = [keys] if isinstance(keys, str) else list(keys)
@@ -317,6 +324,14 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
                 for x in stats.values()):
             raise LigerSimError("must map op names to [samples, mean s, 90th percentile s], all ≥ 0", file=file,
                                 field=f"host_in_situ.{pol}.launch_stats")
+        after = v.get("after_s") or {}
+        if not isinstance(after, dict) or not all(
+                k in ("sync", "sleep_until") and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
+            raise LigerSimError("must map sync and sleep_until to host seconds ≥ 0", file=file,
+                                field=f"host_in_situ.{pol}.after_s")
+        late = v.get("sleep_late_s", 0.0)
+        if not isinstance(late, int | float) or late < 0:
+            raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host_in_situ.{pol}.sleep_late_s")
     return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
                    host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
                    contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},

@@ -47,8 +47,9 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
             keys = [scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")]
+            after, late = prof.host_after(keys)
             host = HostParams(*prof.host_params(keys, host.launch_s, host.sync_wakeup_s),
-                              launch_linear=prof.host_linear(keys))
+                              launch_linear=prof.host_linear(keys), after_block=after, sleep_late_s=late)
         # belongs with the profile's kernel times (which exclude it when timed with CUPTI)
         host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0)
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost

@@ -187,6 +187,8 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     assert all(t >= 0 for t in entry["launch"].values()) and entry["record_s"] >= 0
     n, mean, p90 = entry["launch_stats"]["q_proj"]
     assert n >= 6 and mean > 0 and p90 >= entry["launch"]["q_proj"] * 0.5
+    # Liger syncs before planning each round: the time from each sync's return to the next op
+    assert entry["after_s"]["sync"] > 0 and set(entry["after_s"]) <= {"sync", "sleep_until"}
 
     prof = a_profile_with_situ(entry)
     path = save_profile(prof, tmp_path / "p.yaml")
@@ -221,6 +223,13 @@ def test_host_in_situ_reads_each_ops_host_time_from_a_recorded_run(tmp_path):
     assert both.host_params(["scenario:other", "interleaved/generative"], 1.0, 1.0)[2] == by_name
     # a policy without an in-situ entry: the profile's scalar launch cost and host_ops (none here)
     assert prof.host_params("intra_op", 1.0, 1.0) == (4e-6, 7e-6, {})
+    # the host's time after blocking ops: the entry's, and nothing where none was measured
+    assert prof.host_after("interleaved") == (entry["after_s"], entry.get("sleep_late_s", 0.0))
+    assert prof.host_after("intra_op") == ({}, 0.0)
+    timed = summarise({"a": [1e-4]}, ["s"], blocking={"sync": [1e-4, 3e-4], "sleep_until": [5e-5],
+                                                     "sleep_late": [2e-5, 4e-5]})
+    assert timed["after_s"] == {"sleep_until": pytest.approx(5e-5), "sync": pytest.approx(2e-4)}
+    assert timed["sleep_late_s"] == pytest.approx(3e-5)
 
 
 def a_profile_with_situ(entry):
