@@ -628,8 +628,15 @@ class Calibration:
         if not todo:
             return
         print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
-        for pol, entry in measure(todo, self.s.device, jobs=self.s.in_situ_jobs).items():
-            self.profile.host_in_situ[pol] = entry
+
+        with self._bar(len(todo), "host in situ") as bar:
+            def keep(k: str, entry: dict) -> None:  # each run's own entry survives a time limit
+                self.profile.host_in_situ[k] = entry
+                self.save(force=True)
+                bar.update()
+
+            for pol, entry in measure(todo, self.s.device, jobs=self.s.in_situ_jobs, on_run=keep).items():
+                self.profile.host_in_situ[pol] = entry
         self.save(force=True)
 
     # ------------------------------------------------------------------ emulated collective

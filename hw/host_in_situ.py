@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from sim import ir
@@ -61,9 +62,11 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
 
 
 def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
-            work: Path | None = None) -> dict[str, dict]:
+            work: Path | None = None, on_run: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """Run each scenario's policy for `jobs` jobs on `device`; per `sim.profile.host_key` (pooled
-    over the scenarios of a policy) and per `sim.profile.scenario_key`, the summarised costs."""
+    over the scenarios of a policy) and per `sim.profile.scenario_key`, the summarised costs.
+    `on_run(key, entry)` gets each named scenario's own entry as soon as its run is read, so that
+    a caller can keep it before a time limit stops the rest."""
     import tempfile
 
     import yaml
@@ -102,6 +105,9 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 for k, v in block.items():
                     blocked[key][k].extend(v)
                 runs[key].append(Path(path).stem)
+            if on_run is not None and len(keys) > 1:
+                own = keys[1]
+                on_run(own, summarise(samples[own], runs[own], by_items[own], blocked[own]))
     return {pol: summarise(s, runs[pol], by_items[pol], blocked[pol]) for pol, s in samples.items()}
 
 

@@ -143,6 +143,7 @@ def test_emulated_send_lasts_the_link_models_time_for_one_flow():
     comm.send(t, (0, 1))  # compile, size the scratch
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(2_000_000)  # hold the GPU while the send's launches queue: time the GPU, not Python
     start.record()
     comm.send(t, (0, 1))
     end.record()
