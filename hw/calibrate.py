@@ -813,7 +813,8 @@ def _rel(p: str) -> str:
 
 def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenarios: list[str] | None = None,
               fresh: bool = False, command: str | None = None, progress: bool = True,
-              cold_l2: bool = False, timer: str = "events", evict_weights: bool = True) -> Profile:
+              cold_l2: bool = False, timer: str = "events", evict_weights: bool = True,
+              in_situ_jobs: int | None = None) -> Profile:
     """Measure and write `out`; returns the profile. Re-running resumes an interrupted run.
 
     Kernels are timed warm by default: in `ligersim hw run` (and in a serving engine) an op reads
@@ -825,11 +826,16 @@ def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenar
 
     `timer` "cupti" times kernels as validation's CUPTI runs do (`Timer` says why it matters for
     kernels of a few microseconds); "events" (the default) needs no profiler. `evict_weights` (the
-    default) times a GEMM cold when a run reads its weight from HBM (`weight_evicted`)."""
+    default) times a GEMM cold when a run reads its weight from HBM (`weight_evicted`).
+    `in_situ_jobs`: jobs per scenario in the in-situ host runs (more: less noise, longer)."""
     if timer not in ("events", "cupti"):
         raise LigerSimError(f"--timer {timer!r}: expected events or cupti")
+    if in_situ_jobs is not None and in_situ_jobs < 1:
+        raise LigerSimError(f"must be at least 1 (got {in_situ_jobs})", field="--in-situ-jobs")
     settings = Settings.make(device, quick, scenarios)
     settings.timer, settings.evict_weights = timer, evict_weights
+    if in_situ_jobs is not None:
+        settings.in_situ_jobs = in_situ_jobs
     if cold_l2 is False:
         settings.flush_l2 = False
     cmd = command or "ligersim " + " ".join(shlex.quote(a) for a in sys.argv[1:])

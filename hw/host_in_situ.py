@@ -107,8 +107,8 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 runs[key].append(Path(path).stem)
             if on_run is not None and len(keys) > 1:
                 own = keys[1]
-                on_run(own, summarise(samples[own], runs[own], by_items[own], blocked[own]))
-    return {pol: summarise(s, runs[pol], by_items[pol], blocked[pol]) for pol, s in samples.items()}
+                on_run(own, {**summarise(samples[own], runs[own], by_items[own], blocked[own]), "jobs": jobs})
+    return {pol: {**summarise(s, runs[pol], by_items[pol], blocked[pol]), "jobs": jobs} for pol, s in samples.items()}
 
 
 def run_apart(scenario: Path, out: Path, device: str, jobs: int) -> str | None:

@@ -128,7 +128,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     from hw.calibrate import calibrate
 
     prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2,
-                     timer=args.timer, evict_weights=not args.warm_weights)
+                     timer=args.timer, evict_weights=not args.warm_weights, in_situ_jobs=args.in_situ_jobs)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--warm-weights", action="store_true",
                      help="time every GEMM warm (default: a GEMM whose weight fits in L2 but whose layer's weights "
                           "on a rank do not is timed cold, as a run reads it from HBM)")
+    cal.add_argument("--in-situ-jobs", type=int, default=None,
+                     help="jobs per scenario in the in-situ host runs (default 8; more: less noise, longer)")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")

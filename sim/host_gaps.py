@@ -61,8 +61,7 @@ def blocking_costs(schedule: ir.Schedule) -> dict[str, list[float]]:
         for op, nxt in zip(ops, ops[1:]):
             if op.op not in BLOCKING or op.done < 0:
                 continue
-            if nxt.op not in BLOCKING:
-                out[op.op].append(max(0.0, nxt.t - op.done))
+            out[op.op].append(max(0.0, nxt.t - op.done))  # to whatever comes next, a sleep too
             if op.op == "sleep_until" and op.until > op.t:
                 out["sleep_late"].append(max(0.0, op.done - op.until))
     return dict(out)

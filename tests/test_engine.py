@@ -329,3 +329,39 @@ def test_packed_event_rows_give_the_same_events_table(prog):
         g = row[8]
         hw_rows[i] = (*row[:8], tuple(int(x) for x in g.split(",")) if g else None, *row[9:])
     pd.testing.assert_frame_equal(events_frame(hw_rows), ev, check_dtype=False)
+
+
+def test_host_time_after_blocking_ops_delays_the_next_launch():
+    """`after_block` (a profile's in-situ host time from a blocking op's return to the next op) and
+    `sleep_late_s` (how late a sleeping host wakes): a launch after a blocked sync waits for the
+    kernel's end, the wake-up and the after-sync time; one after a sleep for the late wake and the
+    after-sleep time; each blocking op's return is recorded in the IR as `done`."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+    host = HostParams(1e-6, 3e-6, after_block={"sync": 20e-6, "sleep_until": 40e-6}, sleep_late_s=100e-6)
+    eng = Engine(1, lambda k: 10e-6, ContentionTable([]), topo, host)
+
+    def kern(i):
+        return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        rt.launch(kern(0), s)  # at 1 us, ends at 11 us
+        e = rt.new_event()
+        rt.record(e, s)
+        yield rt.sync(e)  # returns at 11 + 3 us; the next op 20 us later
+        rt.launch(kern(1), s)
+        yield rt.sleep_until(1e-3)  # wakes at 1.1 ms; the next op 40 us later
+        rt.launch(kern(2), s)
+
+    res = eng.run([policy])
+    ev = events_frame(res.events).set_index("request_id")
+    assert ev.loc[1, "launch_s"] == pytest.approx(14e-6 + 20e-6 + 1e-6)
+    assert ev.loc[2, "launch_s"] == pytest.approx(1e-3 + 100e-6 + 40e-6 + 1e-6)
+    done = [op.done for op in res.schedule.ops if op.op in ("sync", "sleep_until")]
+    assert done == pytest.approx([14e-6, 1.1e-3])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim.host_gaps import host_breakdown, op_costs
+from sim.host_gaps import blocking_costs, host_breakdown, op_costs
 from sim.ir import Op, Schedule
 from sim.kernels import Kernel, KernelSpec, pointwise
 from sim.validation import build_report, report_markdown
@@ -53,6 +53,22 @@ def schedule() -> Schedule:
     # rank 1 is its own process: its first launch of `a` is a first use there
     ops += [Op(1, "launch", t, 0, kernel=k("a", rank=1)) for t in (0.0, 0.5, 0.75)]
     return Schedule(2, ops, {})
+
+
+def test_blocking_costs_time_the_host_from_each_return_to_the_next_op():
+    """After a sync or a sleep returns, the time to the next op is the policy's own (Liger plans
+    a round there); a sleep that woke after the time it asked for was late by the difference.
+    Blocking ops without a recorded return (older IRs) give no samples."""
+    sched = schedule()
+    assert blocking_costs(sched) == {}
+    ops = sched.by_rank()[0]
+    sync, sleep = ops[4], ops[9]
+    sync.done, sleep.done = 4.5, 9.125  # the sync blocked until 4.5; the sleep woke 0.125 late
+    ops.insert(5, Op(0, "sleep_until", 4.75, until=4.0))  # asked for a past time: no lateness sample
+    ops[5].done = 4.75
+    got = blocking_costs(Schedule(1, ops, {}))
+    # sync -> the sleep right after it: 0.25; that sleep -> a at 5.0: 0.25; the late sleep -> c at 9.0: 0
+    assert got == {"sync": [0.25], "sleep_until": [0.25, 0.0], "sleep_late": [0.125]}
 
 
 def test_op_costs_skip_blocking_ops_and_stream_declarations():
