@@ -11,9 +11,10 @@ blocks (a sync or a sleep until an arrival), whose wait is not the launch's. Aft
 returns, the time to the next op is the policy's own (Liger plans its next round there), and is
 kept per kind of blocking op, with how late a sleep wakes.
 
-Each run is its own process, as each `ligersim validate` is: on the H100, runs made inside the
-calibrating process after its thousands of profiler sessions spent 1.3-1.9x the host time per op
-of the same scenarios' validation runs in the first scenarios, and about 1.0x in the later ones.
+Each run is its own process, as each `ligersim validate` is. On the H100, runs made inside the
+calibrating process spent 1.0-1.7x the host time of the same scenarios' validation runs; runs in
+processes of their own 0.72-1.59x over two measurements. That machine's host speed varies between
+processes, so more jobs per run help more than where it runs.
 """
 
 from __future__ import annotations
