@@ -76,6 +76,10 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
     by_items: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     blocked: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     runs: dict[str, list[str]] = defaultdict(list)
+
+    def entry(key: str) -> dict:
+        return {**summarise(samples[key], runs[key], by_items[key], blocked[key]), "jobs": jobs}
+
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(work or tmp)
         for path in scenarios:
@@ -107,9 +111,8 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                     blocked[key][k].extend(v)
                 runs[key].append(Path(path).stem)
             if on_run is not None and len(keys) > 1:
-                own = keys[1]
-                on_run(own, {**summarise(samples[own], runs[own], by_items[own], blocked[own]), "jobs": jobs})
-    return {pol: {**summarise(s, runs[pol], by_items[pol], blocked[pol]), "jobs": jobs} for pol, s in samples.items()}
+                on_run(keys[1], entry(keys[1]))
+    return {key: entry(key) for key in samples}
 
 
 def run_apart(scenario: Path, out: Path, device: str, jobs: int) -> str | None:
