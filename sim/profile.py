@@ -43,6 +43,7 @@ import yaml
 
 from sim.contention import FIRSTS
 from sim.errors import LigerSimError
+from sim.ir import BLOCKING
 from sim.kernels import KERNEL_CLASSES, KernelSpec
 
 PROFILE_FORMAT = "ligersim-profile"
@@ -95,8 +96,9 @@ class Profile:
     status: str = "complete"
     path: str = "<profile>"
     host_ops: dict[str, float] = field(default_factory=dict)  # op name (or kind) -> host dispatch time, s
-    # host_key -> {"launch": {op name: s}, "record_s": s, "wait_s": s, "runs": [...]}: host time per
-    # operation measured inside `hw run`s of the policy (`hw.host_in_situ`)
+    # host_key or scenario_key -> {"launch": {op name: s}, "record_s": s, "wait_s": s, "after_s":
+    # {"sync": s, "sleep_until": s}, "runs": [...], ...}: host time per operation measured inside
+    # `hw run`s of the policy or scenario (`hw.host_in_situ`)
     host_in_situ: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -326,7 +328,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
                                 field=f"host_in_situ.{pol}.launch_stats")
         after = v.get("after_s") or {}
         if not isinstance(after, dict) or not all(
-                k in ("sync", "sleep_until") and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
+                k in BLOCKING and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
             raise LigerSimError("must map sync and sleep_until to host seconds ≥ 0", file=file,
                                 field=f"host_in_situ.{pol}.after_s")
         late = v.get("sleep_late_s", 0.0)
