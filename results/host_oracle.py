@@ -27,7 +27,8 @@ def main() -> None:
 
     from hw.host_in_situ import summarise
     from sim import ir
-    from sim.host_gaps import op_costs
+    from sim.host_gaps import blocking_costs, op_costs, op_costs_by
+    from sim.profile import scenario_key
     from sim.profile import host_key_of
     from sim.validation import predict
 
@@ -43,11 +44,18 @@ def main() -> None:
     for name in names:
         out = root / name
         scn_path = ROOT / "scenarios" / "validation" / f"{name}.yaml"
-        key = host_key_of(yaml.safe_load(scn_path.read_text()))
-        costs = op_costs(ir.load(out / "measured" / "ir.jsonl"))
+        scn = yaml.safe_load(scn_path.read_text())
+        key = host_key_of(scn)
+        run = ir.load(out / "measured" / "ir.jsonl")
+        own = summarise(op_costs(run), [name], op_costs_by(run), blocking_costs(run))
+        given = base.get("host_in_situ", {})
+        given = given.get(scenario_key(scn.get("name", name))) or given.get(key) or {}
+        for k in ("after_s", "sleep_late_s"):  # runs recorded before `done` existed have none
+            if k not in own and k in given:
+                own[k] = given[k]
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            (tmp / "profile.yaml").write_text(yaml.safe_dump({**base, "host_in_situ": {key: summarise(costs, [name])}}))
+            (tmp / "profile.yaml").write_text(yaml.safe_dump({**base, "host_in_situ": {key: own}}))
             shutil.copytree(out / "measured", tmp / "measured")
             kernels = out / "measured_cupti"
             s = predict(tmp / "measured", scn_path, tmp / "profile.yaml", tmp / "out",

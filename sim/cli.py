@@ -128,7 +128,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     from hw.calibrate import calibrate
 
     prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2,
-                     timer=args.timer, evict_weights=not args.warm_weights, in_situ_jobs=args.in_situ_jobs)
+                     timer=args.timer, evict_weights=not args.warm_weights, in_situ_jobs=args.in_situ_jobs,
+                     cold_ops=not args.warm_ops)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -211,13 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "on cuda, built-in tiny models on cpu)")
     cal.add_argument("--fresh", action="store_true", help="start over instead of resuming OUTPUT")
     cal.add_argument("--cold-l2", action="store_true",
-                     help="flush L2 before each repetition (default: warm, as kernels run inside `hw run`)")
+                     help="flush L2 before each repetition of every kernel (default: ops but GEMMs, and GEMMs whose "
+                          "weight a run reads from HBM)")
     cal.add_argument("--timer", choices=("events", "cupti"), default="events",
                      help="how CUDA kernels are timed: CUDA events around each repetition, or CUPTI as "
                           "`validate --timing cupti` times them (small kernels: events add the GPU's start latency)")
     cal.add_argument("--warm-weights", action="store_true",
                      help="time every GEMM warm (default: a GEMM whose weight fits in L2 but whose layer's weights "
                           "on a rank do not is timed cold, as a run reads it from HBM)")
+    cal.add_argument("--warm-ops", action="store_true",
+                     help="time every op but GEMMs warm (default: with L2 flushed first, as in a run they follow "
+                          "other kernels' traffic)")
     cal.add_argument("--in-situ-jobs", type=int, default=None,
                      help="jobs per scenario in the in-situ host runs (default 8; more: less noise, longer)")
     cal.set_defaults(func=_calibrate)

@@ -278,3 +278,29 @@ def test_a_profile_is_not_resumed_with_other_weight_eviction(tmp_path):
     save_profile(prof, out)
     with pytest.raises(LigerSimError, match="evicted weights; pass --fresh"):
         calibrate(out, device="cpu", quick=True, progress=False)
+
+
+def test_ops_but_gemms_and_collectives_are_timed_cold():
+    from hw.calibrate import cold_op
+    from sim.kernels import attention, collective, gemm, pointwise
+
+    assert cold_op(pointwise("rmsnorm", "input_norm", 8 * 4096, 2, 1, 6.0))
+    assert cold_op(pointwise("softmax", "softmax", 1 << 20, 1, 1, 5.0))
+    assert cold_op(attention("attention", 1, 8, 128, 128, 64, 8, causal=True))
+    assert not cold_op(gemm("qkv_proj", 8, 3072, 4096))  # its weight has its own rule
+    assert not cold_op(collective("all_reduce", "attn_all_reduce", 1 << 20))
+
+
+def test_a_profile_is_not_resumed_with_ops_timed_otherwise(tmp_path):
+    from hw.calibrate import calibrate
+    from sim.errors import LigerSimError
+    from sim.profile import load_profile, save_profile
+
+    out = tmp_path / "p.yaml"
+    calibrate(out, device="cpu", quick=True, progress=False)
+    prof = load_profile(out)
+    assert prof.settings["cold_ops"] is False  # on CPU there is no L2 to flush
+    prof.settings["cold_ops"] = True
+    save_profile(prof, out)
+    with pytest.raises(LigerSimError, match=r"ops timed cold \(settings.cold_ops\); pass --fresh"):
+        calibrate(out, device="cpu", quick=True, progress=False)
