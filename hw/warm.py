@@ -115,43 +115,53 @@ def warm_iterations(plan: Plan, rank: int, lib: KernelLibrary, points: int = 2) 
     return len(shapes)
 
 
-def warm_gemm_sizes(lib: KernelLibrary, specs: list[KernelSpec], max_rows: int) -> None:
-    """The model's GEMMs over a sweep of row counts up to `max_rows`, through its own weights.
+DENSE_ROWS = 1024  # every row count up to here; GEMMs this short are cheap (weight-bound)
+ROW_STEP = 32  # beyond: every ROW_STEP-th
+
+
+def warm_gemm_sizes(lib: KernelLibrary, specs: list[KernelSpec], max_rows: int, split: int = 1,
+                    split_collectives: bool = False) -> None:
+    """The model's GEMMs at every row count a run can give them (`row_counts`), through its own
+    weights, and, when the policy splits GEMMs (`split` > 1), each piece its planner can cut, a
+    strided slice of the weight as the run launches it.
 
     A generative run's GEMMs have as many rows as an iteration has tokens, which batching decides
-    as it goes: their exact shapes are not known before the clock. cuBLAS picks its kernel by
-    shape range, so a sweep (1-16, then powers of two and their midpoints) loads the kernels
-    the run's shapes will use: in the H100 decode run, 36 first launches of GEMMs at new row
-    counts took 2.5-4.4 ms each."""
-    by_cols = {(s.dims["k"], s.dims["n"]) for s in specs if s.kind == "gemm" and "n0" not in s.dims}
+    as it goes: their exact shapes are not known before the clock. cuBLAS picks its kernel per
+    shape, and no sparse sweep covers its choices: in the H100 decode run, with 1-16, powers of two
+    and their midpoints warmed, 29 first launches at row counts between them (55, 67, 99, 137 ...
+    471) took 3.7-5.2 ms each, while others between them (47, 90, 250, 266) took none; in the
+    chunked interleaved run, 14 first launches of GEMMs and pieces, 3.3-4.8 ms each."""
     weights = {tuple(w.shape): w for w in lib.w.values() if w.dim() == 2}
-    rows = row_sweep(max_rows)
-    for kk, n in sorted(by_cols):
-        w = weights.get((kk, n))
+    cols: set[tuple[int, int, int, int]] = set()  # (k, n of the whole, first column, columns)
+    for s in specs:
+        if s.kind != "gemm" or "n0" in s.dims:
+            continue
+        kk, n = s.dims["k"], s.dims["n"]
+        cols.add((kk, n, 0, n))
+        cols |= {(kk, n, p.dims["n0"], p.dims["n"]) for p in possible_pieces(s, split, split_collectives)}
+    rows = row_counts(max_rows)
+    for kk, full, n0, n in sorted(cols):
+        w = weights.get((kk, full))
         if w is None:
             continue
         x = torch.empty(rows[-1] * kk, device=lib.device, dtype=lib.dtype).normal_(0, 0.1)
-        y = torch.empty(rows[-1] * n, device=lib.device, dtype=lib.dtype)
+        y = torch.empty(rows[-1] * full, device=lib.device, dtype=lib.dtype)
         for r in rows:
-            torch.mm(x[:r * kk].view(r, kk), w, out=y[:r * n].view(r, n))
+            torch.mm(x[:r * kk].view(r, kk), w[:, n0:n0 + n], out=y[:r * full].view(r, full)[:, n0:n0 + n])
         del x, y
 
 
-def row_sweep(max_rows: int) -> list[int]:
-    """1..16, then each power of two and the midpoint above it, up to `max_rows` (included)."""
-    rows = set(range(1, min(16, max_rows) + 1))
-    p = 16
-    while p < max_rows:
-        rows |= {p, p + p // 2}
-        p *= 2
+def row_counts(max_rows: int) -> list[int]:
+    """Every row count up to `DENSE_ROWS`, then every `ROW_STEP`-th, and `max_rows` itself."""
+    rows = set(range(1, min(DENSE_ROWS, max_rows) + 1)) | set(range(DENSE_ROWS, max_rows, ROW_STEP))
     rows.add(max_rows)
-    return sorted(r for r in rows if r <= max_rows)
+    return sorted(rows)
 
 
 def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
     """Before the clock starts: each distinct compute kernel of a replay or a generative iteration
     once (live encoder and prefill jobs go through `warm_ops`), a generative run's GEMMs over a
-    sweep of row counts and its synthetic iterations, the emulated collectives' scratch (all-reduces
+    row counts (pieces included) and its synthetic iterations, the emulated collectives' scratch (all-reduces
     and sends) and compile, and pinned memory for pipeline receives."""
     m = plan.scenario.model.shape()
     if plan.schedule is not None:
@@ -174,7 +184,9 @@ def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
         seen.add(key)
         lib.generic.run(Kernel(spec, rank))
     if plan.generative:
-        warm_gemm_sizes(lib, specs, plan.scenario.serving.max_batch_tokens)
+        pol = plan.scenario.policy
+        warm_gemm_sizes(lib, specs, plan.scenario.serving.max_batch_tokens,
+                        pol.split if plan.policy_name == "interleaved" else 1, pol.split_collectives)
         warm_iterations(plan, rank, lib)
     if isinstance(lib.comm, EmulatedCollectives):  # size the scratch, compile the Triton kernel
         largest = max((s.dims["nbytes"] for s in specs if s.kind == "all_reduce"), default=0)

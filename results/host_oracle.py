@@ -28,8 +28,7 @@ def main() -> None:
     from hw.host_in_situ import summarise
     from sim import ir
     from sim.host_gaps import blocking_costs, op_costs, op_costs_by
-    from sim.profile import scenario_key
-    from sim.profile import host_key_of
+    from sim.profile import host_key_of, scenario_key
     from sim.validation import predict
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

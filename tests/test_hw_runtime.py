@@ -157,31 +157,43 @@ def test_warm_up_of_an_interleaved_plan_runs_every_piece_through_the_ops(tmp_pat
     assert {r[3] for r in result.rows} == set(plan.shapes)
 
 
-def test_generative_gemm_warm_up_sweeps_row_counts_through_the_models_weights(monkeypatch):
-    """A generative run's GEMM shapes follow its batching, so the warm-up sweeps row counts
-    (1-16, powers of two and midpoints, the budget itself) for each weight of the layer."""
+def test_generative_gemm_warm_up_covers_every_row_count_and_piece_through_the_models_weights(monkeypatch):
+    """A generative run's GEMM shapes follow its batching, so the warm-up runs each weight of the
+    layer at every row count up to 1,024 (then every 32nd, and the budget), and, for a policy that
+    splits GEMMs, every piece the planner can cut, as the strided weight slice the run launches."""
     from hw import warm
     from hw.collectives import NoCollectives
     from hw.kernels import KernelLibrary
     from hw.weights import Shard
     from sim.layers import iteration_layer
+    from sim.policies.interleaved import possible_pieces
     from sim.scenario import ModelSpec
 
-    assert warm.row_sweep(100) == [*range(1, 17), 24, 32, 48, 64, 96, 100]
-    assert warm.row_sweep(3) == [1, 2, 3]
+    assert warm.row_counts(100) == list(range(1, 101))
+    assert warm.row_counts(1100) == [*range(1, 1025), 1056, 1088, 1100]
     m = ModelSpec(preset="llama2-7b", hidden=128, heads=2, kv_heads=2, head_dim=64, ffn=256, layers=1,
                   vocab=256).shape()
     lib = KernelLibrary(m, Shard(1, 0), "cpu", torch.float32, NoCollectives())
     specs = iteration_layer(m, 1, [(20, 0)], [21, 30])
+    gemms = [s for s in specs if s.kind == "gemm"]
     calls = []
     mm = torch.mm
-    monkeypatch.setattr(torch, "mm", lambda a, b, out: (calls.append((a.shape, b.data_ptr())), mm(a, b, out=out)))
-    warm.warm_gemm_sizes(lib, specs, 100)
-    weights = {w.data_ptr() for w in lib.w.values()}
-    cols = {(s.dims["k"], s.dims["n"]) for s in specs if s.kind == "gemm"}
-    assert len(calls) == len(cols) * len(warm.row_sweep(100))
-    assert all(ptr in weights for _, ptr in calls)
-    assert {a[0] for a, _ in calls} == set(warm.row_sweep(100))
+    monkeypatch.setattr(torch, "mm", lambda a, b, out: (calls.append((a.shape[0], b.shape, b.stride(), b.data_ptr())),
+                                                       mm(a, b, out=out)))
+    warm.warm_gemm_sizes(lib, specs, 40)
+    weights = {w.data_ptr(): w for w in lib.w.values()}
+    assert len(calls) == len(gemms) * 40
+    assert all(ptr in weights for *_, ptr in calls)
+    assert {r for r, *_ in calls} == set(range(1, 41))
+
+    calls.clear()
+    warm.warm_gemm_sizes(lib, specs, 40, split=4)
+    pieces = {(s.dims["k"], s.dims["n"], p.dims["n0"], p.dims["n"]) for s in gemms for p in possible_pieces(s, 4)}
+    assert len(pieces) == 9 * len(gemms)  # the spans [a/4, b/4) but the whole
+    assert len(calls) == (len(gemms) + len(pieces)) * 40
+    sliced = [(b, stride) for _, b, stride, _ in calls if b[1] < stride[0]]  # a weight's column slice
+    assert len(sliced) == len(pieces) * 40
+    assert {(r, b) for r, b, *_ in calls} >= {(r, (k, n)) for k, _, _, n in pieces for r in (1, 40)}
 
 
 def test_buffer_pool_reuses_a_size_class_across_shapes_and_waste_is_bounded():
@@ -316,3 +328,34 @@ def test_warm_up_runs_emulated_all_reduces_and_their_pieces(tmp_path, monkeypatc
     whole = collectives.ring_bytes(16 * 128 * lib.dtype.itemsize, 2)  # a 16-token, 128-wide activation, 2 ranks
     assert sum(n == whole for _, n, _ in comm.launched) == 2 and all(n <= whole for _, n, _ in comm.launched)
     assert not lib.store.states
+
+
+@pytest.mark.parametrize("policy,split", [("interleaved", 8), ("intra_op", 1)])
+def test_generative_warm_up_warms_the_pieces_of_a_splitting_policy(tmp_path, monkeypatch, policy, split):
+    """A generative interleaved plan cuts GEMM pieces as the encoder's does: the warm-up runs them
+    at every row count up to the iteration budget (in the H100 chunked run, pieces' first launches
+    stalled 3-5 ms each); other policies warm whole GEMMs only."""
+    import yaml
+
+    from hw import warm
+    from hw.collectives import NoCollectives
+    from hw.launch import _setup
+    from hw.run import Options, Source, build_plan
+
+    scn = {"name": "gw", "seed": 1, "hardware": {"gpu": "H100-SXM", "count": 1, "interconnect": "nvswitch-h100"},
+           "model": {"preset": "llama2-7b", "layers": 1, "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64,
+                     "ffn": 256, "vocab": 256},
+           "workload": {"kind": "generate", "jobs": 3, "arrival": {"process": "poisson", "rate": 1000},
+                        "prompt_tokens": {"dist": "uniform", "low": 5, "high": 40},
+                        "output_tokens": {"dist": "uniform", "low": 1, "high": 4}},
+           "serving": {"mode": "generative", "max_batch_tokens": 32, "chunked_prefill": True, "kv_block_tokens": 8},
+           "policy": {"name": policy}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    plan = build_plan(Source("scenario", str(path)))
+    lib = _setup(plan, 0, Options(device="cpu"), NoCollectives())
+    got = []
+    monkeypatch.setattr(warm, "warm_gemm_sizes", lambda _lib, specs, rows, s=1, sc=False: got.append((rows, s, sc)))
+    monkeypatch.setattr(warm, "warm_iterations", lambda *a: 0)
+    warm.warm_up(plan, 0, lib)
+    assert got == [(32, split, False)]
