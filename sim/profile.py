@@ -300,7 +300,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if p.get("first", "any") not in FIRSTS:
             raise LigerSimError(f"first must be one of {', '.join(FIRSTS)}", file=file, field=f"{where}.first")
     host = d.get("host") or {}
-    for key in ("launch_s", "sync_wakeup_s", "kernel_gap_s"):
+    for key in ("launch_s", "sync_wakeup_s", "kernel_gap_s", "event_pair_gpu_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
             raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
     host_ops = d.get("host_ops") or {}
@@ -588,6 +588,9 @@ def profile_cost(path: str | Path, roofline, scn):
 # Set by validation while it predicts a run whose collectives were emulated on one GPU: the
 # emulated kernel lasts what calibration measured it to last (`EmulatedTimes`), not the link model's time.
 EMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("emulated", default=False)
+# Set by validation while it predicts a run timed with CUDA events: the executor brackets each op
+# with a pair of timing events, GPU work of their own between queued kernels (`host.event_pair_gpu_s`).
+EVENT_TIMED: contextvars.ContextVar[bool] = contextvars.ContextVar("event_timed", default=False)
 
 
 _WARNED: set[tuple] = set()

@@ -40,7 +40,7 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
     pairs = [(p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs]
     host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
     if hw.profile:
-        from sim.profile import host_key, profile_cost, scenario_key
+        from sim.profile import EVENT_TIMED, host_key, profile_cost, scenario_key
 
         cost, prof = profile_cost(hw.profile, cost, scn)
         if "contention" not in hw.model_fields_set:
@@ -50,8 +50,10 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
             after, late = prof.host_after(keys)
             host = HostParams(*prof.host_params(keys, host.launch_s, host.sync_wakeup_s),
                               launch_linear=prof.host_linear(keys), after_block=after, sleep_late_s=late)
-        # belongs with the profile's kernel times (which exclude it when timed with CUPTI)
-        host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0)
+        # belongs with the profile's kernel times (which exclude it when timed with CUPTI); a run
+        # timed with CUDA events also has their pair of records between queued kernels
+        host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0) + (
+            prof.host.get("event_pair_gpu_s", 0.0) if EVENT_TIMED.get() else 0.0)
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 

@@ -72,7 +72,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
             progress: bool = False, kernels: str | Path | None = None) -> dict:
     """Simulate the measured run closed-loop and as a replay with `profile`; then build the report
     (kernel times from `kernels`, a second recorded run of the scenario, when given)."""
-    from sim.profile import EMULATED, load_profile
+    from sim.profile import EMULATED, EVENT_TIMED, load_profile
     from sim.scenario import load_scenario
     from sim.simulate import jobs_from_meta, make_engine, simulate
 
@@ -85,6 +85,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     jobs = jobs_from_meta(schedule.meta) or _jobs_from_requests(measured)
     emulated = hw.get("mode") == "emulate"
     token = EMULATED.set(emulated)
+    timed = EVENT_TIMED.set(hw.get("timing") == "events")
     try:
         run = simulate(scn, jobs, record_ir=True, file=str(scenario), progress=progress)
         # its IR names each kernel's shape, for matching kernels of another run by what they are
@@ -110,6 +111,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
                   result.sim_wall_s, {"scenario": scn.name, "meta": schedule.meta}, trace=False)
     finally:
         EMULATED.reset(token)
+        EVENT_TIMED.reset(timed)
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
             "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
             "measured_dir": str(measured), "emulated": emulated,

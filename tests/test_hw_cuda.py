@@ -151,3 +151,16 @@ def test_emulated_send_lasts_the_link_models_time_for_one_flow():
     ctas, nbytes, target = comm.launched[-1]
     assert nbytes == 8 << 20 and target == pytest.approx(topo.collective_time("send", (0, 1), 8 << 20))
     assert target * 1e3 <= start.elapsed_time(end) < target * 1e3 * 1.5 + 0.02  # ms
+
+
+@cuda
+def test_calibration_measures_the_gpu_time_of_a_pair_of_timing_events():
+    """The pair of events an events-timed run records around each op costs the GPU a little time
+    between queued kernels; calibration measures it with the host out of the way (a gated queue)."""
+    from hw.calibrate import Calibration, Settings, Timer
+
+    cal = Calibration.__new__(Calibration)  # only the timer and the settings are needed
+    cal.s = Settings.make("cuda", quick=True, scenarios=None)
+    cal.timer, cal.torch = Timer(torch, cal.s), torch
+    pair = cal._event_pair(n=100, passes=3)
+    assert 0.0 <= pair < 20e-6

@@ -14,6 +14,7 @@ from sim import ir
 from sim.cli import main
 from sim.errors import LigerSimError
 from sim.outputs import write_run
+from sim.profile import load_profile
 from sim.scenario import load_scenario
 from sim.simulate import load_jobs, simulate
 from sim.validation import build_report, predict
@@ -250,3 +251,31 @@ def test_kernels_of_another_run_are_matched_by_shape_when_both_irs_are_there(tmp
     by_request = build_report(out)["closed_loop"]
     assert by_request["kernels_matched"] < 256 or by_request["kernel_err_median"] != pytest.approx(
         plain["closed_loop"]["kernel_err_median"])
+
+
+def test_an_events_timed_run_is_predicted_with_the_gpu_time_of_its_timing_events(tmp_path):
+    """A run timed with CUDA events has a pair of event records around each op, GPU work between
+    queued kernels; predicting such a run adds the profile's `event_pair_gpu_s` to the gap between
+    queued kernels, and only for such a run (a CUPTI-timed one, or a simulation, has none)."""
+    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
+    data["hardware"]["profile"] = str(FIX / "profile-cpu.yaml")
+    data["hardware"]["contention"] = "none"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    scn, base = load_scenario(tmp_path / "s.yaml")
+    jobs = load_jobs(scn, base)
+    run = simulate(scn, jobs)
+    m = tmp_path / "measured"
+    write_run(m, run.events, jobs, run.result.schedule, scn.policy.name, None, trace=False)
+    prof = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
+    prof["host"]["event_pair_gpu_s"] = 200e-6  # large beside the fixture's kernels: they queue behind it
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    err = {}
+    for timing in ("events", "cupti"):
+        (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim", "timing": timing}))
+        err[timing] = predict(m, tmp_path / "s.yaml", tmp_path / "p.yaml", tmp_path / timing)["replay"]["makespan_err"]
+    assert abs(err["cupti"]) < 1e-9  # the recording's own costs: replayed exactly
+    assert err["events"] > 0.2
+    prof["host"]["event_pair_gpu_s"] = -1e-6
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(prof))
+    with pytest.raises(LigerSimError, match="host.event_pair_gpu_s"):
+        load_profile(tmp_path / "bad.yaml")
