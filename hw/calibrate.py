@@ -36,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.calibrate_iterations import IterShape, SyntheticComposition, iteration_shapes
+from hw.calibrate_iterations import (
+    IterShape,
+    SyntheticComposition,
+    iteration_shapes,
+    named_op,
+    run_iteration_kernel,
+)
 from hw.torchenv import check_device, torch_dtype
 from sim.errors import LigerSimError
 from sim.kernels import Kernel, KernelSpec, split_gemm
@@ -199,26 +205,6 @@ def cold_op(spec: KernelSpec) -> bool:
     reads sets it apart from the pointwise ops after GEMMs that ran near their flushed times. A GEMM
     keeps the weight rule (`weight_evicted`): flushed, GEMMs came out at 8% median error, against 6%."""
     return spec.kind != "gemm" and not spec.is_collective
-
-
-def _run_iteration_kernel(lib, st, k: Kernel) -> None:
-    """One kernel of a synthetic generative iteration: its named op, else a generic kernel."""
-    op = lib.ops.get(k.spec.name)
-    if op is None:
-        lib.generic.run(k)
-    else:
-        _named_op(op, lib, st, k)
-
-
-def _named_op(op, lib, st, k: Kernel) -> None:
-    """A named op as it runs in a layer after the first: one that folds the previous layer's
-    residual add in (`hw.kernels.FOLDING`) does so at every repetition, not only the first (timed
-    without it, the H100 profile put a 13B prefill's final norm at 26 us; CUPTI measured 50)."""
-    from hw.kernels import FOLDING  # torch is imported only once calibration runs
-
-    if k.spec.name in FOLDING and "mlp" in st.bufs:
-        st.fold = True
-    op(lib, st, k)
 
 
 def entry_key(spec: KernelSpec) -> tuple:
@@ -482,7 +468,7 @@ class Calibration:
                         k = Kernel(spec, 0, rid, 0)
                         op = lib.ops.get(spec.name)
                         fn = (lambda k=k, lib=lib: lib.generic.run(k)) if spec.kind == "gemm" or op is None else (
-                            partial(_named_op, op, lib, st, k))
+                            partial(named_op, op, lib, st, k))
                         self._record(spec, self.timer.times(fn, cold=self._cold(model, tp, spec)))
                         bar.update()
                     lib.store.keep = False
@@ -511,13 +497,13 @@ class Calibration:
             layers = {s.name: -1 for s in prologue_kernels(model, tp, 1, sh.tokens)}
             layers.update({s.name: model.layers - 1 for s in epilogue_kernels(model, tp, 1, 1)})
             for spec in sh.specs():
-                _run_iteration_kernel(lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0)))
-            self._host_ops([(spec.name, partial(_run_iteration_kernel, lib, st,
+                run_iteration_kernel(lib, st, Kernel(spec, 0, i, layers.get(spec.name, 0)))
+            self._host_ops([(spec.name, partial(run_iteration_kernel, lib, st,
                                                 Kernel(spec, 0, i, layers.get(spec.name, 0))))
                             for spec in sh.specs() if spec.name in lib.ops])
             for spec in new:
                 k = Kernel(spec, 0, i, layers.get(spec.name, 0))
-                fn = partial(lib.generic.run, k) if spec.kind == "gemm" else partial(_run_iteration_kernel, lib, st, k)
+                fn = partial(lib.generic.run, k) if spec.kind == "gemm" else partial(run_iteration_kernel, lib, st, k)
                 self._record(spec, self.timer.times(fn, cold=self._cold(model, tp, spec)))
                 bar.update()
             lib._gen_release(st)

@@ -86,8 +86,7 @@ def warm_iterations(plan: Plan, rank: int, lib: KernelLibrary, points: int = 2) 
     kernels `warm_up` runs are not. Iterations needing more KV blocks than the run's pool holds,
     or positions past its longest request, are skipped. Returns how many ran; each leaves nothing
     behind (its blocks freed, its state released)."""
-    from hw.calibrate import _run_iteration_kernel
-    from hw.calibrate_iterations import SyntheticComposition, iteration_shapes
+    from hw.calibrate_iterations import SyntheticComposition, iteration_shapes, run_iteration_kernel
 
     if not plan.generative or not plan.jobs:
         return 0
@@ -106,7 +105,7 @@ def warm_iterations(plan: Plan, rank: int, lib: KernelLibrary, points: int = 2) 
             at = {s.name: -1 for s in prologue_kernels(m, plan.tp, 1, sh.tokens)}
             at.update({s.name: m.layers - 1 for s in epilogue_kernels(m, plan.tp, 1, 1)})
             for spec in sh.specs():
-                _run_iteration_kernel(lib, st, Kernel(spec, rank, i, at.get(spec.name, layer)))
+                run_iteration_kernel(lib, st, Kernel(spec, rank, i, at.get(spec.name, layer)))
             lib._gen_release(st)
     finally:
         lib.gen = real

@@ -231,7 +231,7 @@ def test_calibration_times_ops_with_the_work_they_do_in_a_run(monkeypatch):
     (it used to copy its buffer onto itself, launching nothing), and the ops that fold the previous
     layer's residual add in (`FOLDING`) fold at every repetition, as in every layer but the first."""
     from hw import kernels
-    from hw.calibrate import _named_op
+    from hw.calibrate_iterations import named_op
     from hw.collectives import NoCollectives
     from hw.kernels import KernelLibrary
     from hw.weights import Shard
@@ -258,7 +258,7 @@ def test_calibration_times_ops_with_the_work_they_do_in_a_run(monkeypatch):
     for name in ("input_norm", "final_norm", "post_attn_norm"):
         folds.clear()
         for _ in range(3):
-            _named_op(lib.ops[name], lib, st, Kernel(specs[name], 0, 0, 1))
+            named_op(lib.ops[name], lib, st, Kernel(specs[name], 0, 0, 1))
         assert len(folds) == (3 if name in kernels.FOLDING else 0), name
 
 
