@@ -181,16 +181,17 @@ def specs_of(t: Target, fractions: tuple[int, ...]) -> list[KernelSpec]:
 
 
 def weight_evicted(model: ModelShape, tp: int, spec: KernelSpec, l2_bytes: int) -> bool:
-    """Whether a GEMM's weight comes from HBM when it runs although it would fit in L2: the rest
-    of the layer's weights on a rank pass through L2 before the weight is used again (the hw
-    backend shares one set of weights across layers; a real model has one per layer, which never
-    comes back). Timed warm, such a weight is read from L2 at every repetition: LLaMA-2-7B's QKV
-    projection at TP 4 (25 MB of a 101 MB layer, 50 MB of L2 on an H100) was predicted 19% short
-    in the decode run (median), its down projection 10%. A weight larger than L2 streams from HBM either way."""
+    """Whether a GEMM's weight comes from HBM when it runs although it would fit in L2: every
+    layer has its own weights (in a real model, and in `ligersim hw run`: `KernelLibrary.own_weights`),
+    so the rest of the model's weights on a rank pass through L2 before the weight is used again.
+    Timed warm, such a weight is read from L2 at every repetition: LLaMA-2-7B's QKV projection at
+    TP 4 (25 MB of a 101 MB layer, 50 MB of L2 on an H100) was predicted 19% short in the decode
+    run (median), its down projection 10%. A weight larger than L2 streams from HBM either way, and
+    a model whose weights on a rank all fit in L2 keeps them there."""
     if spec.kind != "gemm" or l2_bytes <= 0:
         return False
     weight = spec.dims["k"] * spec.dims.get("n_full", spec.dims["n"]) * spec.dtype_bytes
-    return weight < l2_bytes < layer_params(model) * model.dtype_bytes / tp
+    return weight < l2_bytes < layer_params(model) * model.dtype_bytes / tp * model.layers
 
 
 def cold_op(spec: KernelSpec) -> bool:

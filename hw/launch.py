@@ -82,6 +82,14 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
 
 
 # ---------------------------------------------------------------------- one rank
+def rank_layers(plan: Plan, rank: int) -> list[int]:
+    """The layers whose kernels `rank` runs: a recorded schedule's, else its pipeline stage's."""
+    if plan.schedule is not None:
+        return sorted({op.kernel.layer for op in plan.schedule.by_rank()[rank]
+                       if op.kernel is not None and op.kernel.layer >= 0})
+    return plan.kv_layers(rank)
+
+
 def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLibrary:
     m = plan.scenario.model.shape()
     device = opts.device if opts.device == "cpu" else f"cuda:{torch.cuda.current_device()}"
@@ -89,6 +97,7 @@ def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLib
                         seed=plan.scenario.seed, shape_of=plan.shapes.get,
                         inputs="per_request" if opts.device == "cpu" else "shared",
                         generative=plan.composition, collect_logits=opts.logits)
+    lib.own_weights(rank_layers(plan, rank))
     if plan.generative:
         lib.kv.reserve(plan.kv_layers(rank))
     if opts.device != "cpu":
@@ -166,14 +175,16 @@ class _oom_guard:
                 layers = max(len(self.plan.kv_layers(r)) for r in range(self.plan.world))
                 kv = (self.plan.composition.capacity_tokens * layers * 2 * max(1, m.kv_heads // self.plan.tp)
                       * m.head_dim * m.dtype_bytes)
-            raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv)) from None
+            layers = max(len(rank_layers(self.plan, r)) for r in range(self.plan.world))
+            raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv, layers)) from None
         return False
 
 
 def _info(plan: Plan, opts: Options, mode: str) -> dict:
     info = {"backend": "hw", "mode": mode, "device": opts.device, "torch": torch.__version__,
             "world": plan.world, "tp": plan.tp, "executed_ranks": 1 if mode in ("single", "emulate") else plan.world,
-            "timing": opts.timing if opts.device != "cpu" else "host", "code": code_version()}
+            "timing": opts.timing if opts.device != "cpu" else "host", "code": code_version(),
+            "weights": "per layer"}  # runs before this key shared one layer's weights (`own_weights`)
     if opts.device != "cpu":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info.update(gpu=props.name, gpu_memory=props.total_memory, sms=props.multi_processor_count,

@@ -1,8 +1,9 @@
 """How much GPU memory a hw run needs, for the out-of-memory message.
 
-The hw backend keeps one layer's weights (shared by every layer) plus the full unsharded
-matrices while it generates them, and activations for the requests in flight; the
-simulator's `weight_bytes_per_gpu` is what a real deployment of all layers would need.
+The hw backend keeps the weights of every layer a rank runs (each its own copy, as a real
+model has, so that memory traffic is a real model's), the full unsharded matrices of one layer
+while it generates them, and activations for the requests in flight; the simulator's
+`weight_bytes_per_gpu` also counts the embedding and LM head of a full deployment.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 from sim.layers import ModelShape, activation_bytes_per_gpu, layer_params, weight_bytes_per_gpu
 
 
-def hw_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, in_flight: int = 6) -> float:
-    shard = layer_params(m) / tp * m.dtype_bytes
+def hw_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, in_flight: int = 6,
+                    layers: int | None = None) -> float:
+    shard = layer_params(m) / tp * m.dtype_bytes * (m.layers if layers is None else layers)
     full_fp32 = layer_params(m) * 4  # generated once, then sliced
     return shard + full_fp32 + in_flight * activation_bytes_per_gpu(m, tp, batch, seq)
 
 
 def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, total: float, free: float,
-                kv_bytes: float = 0.0) -> str:
-    need = hw_bytes_needed(m, tp, batch, seq) + kv_bytes
+                kv_bytes: float = 0.0, layers: int | None = None) -> str:
+    layers = m.layers if layers is None else layers
+    need = hw_bytes_needed(m, tp, batch, seq, layers=layers) + kv_bytes
     return (f"the GPU ran out of memory: this scenario needs about {need / 1e9:.1f} GB per GPU on the hw backend "
-            f"(one {m.name} layer's weights at tp={tp}, shared by all {m.layers} layers, their fp32 generation "
+            f"({layers} {m.name} layers' weights at tp={tp}, one layer's fp32 generation "
             f"buffer, activations of up to 6 in-flight {batch}x{seq} jobs"
             + (f", and a {kv_bytes / 1e9:.1f} GB paged KV cache (the simulator's KV capacity for the scenario's GPU "
                "memory; lower hardware.gpu.memory or serving.memory_utilization to shrink it)" if kv_bytes else "")

@@ -3,8 +3,9 @@
 Every rank generates the same full matrices from the seed and keeps its Megatron slice
 (columns for Q/K/V and the first MLP GEMM, rows for the output and second MLP GEMM), so
 the shards of all ranks add up to exactly the unsharded layer the reference computes.
-One layer's weights serve every layer of the model: a deep model then fits one GPU and
-only the shapes, not the values, matter for timing.
+One layer's values serve every layer of the model (only the shapes, not the values, matter for
+timing), but a run gives each layer its own copy (`KernelLibrary.own_weights`), so that its
+memory traffic is a real model's.
 """
 
 from __future__ import annotations

@@ -259,8 +259,10 @@ def test_gemms_whose_weight_a_run_reads_from_hbm_are_timed_cold():
     qkv = gemm("qkv_proj", 8, 3072, 4096)  # 25 MB of a 101 MB layer at TP 4
     assert weight_evicted(llama7b, 4, qkv, l2)
     assert not weight_evicted(llama7b, 1, gemm("gate_up_proj", 8, 2 * 11008, 4096), l2)  # 180 MB: streams anyway
-    tiny = ModelSpec(preset="llama2-7b", hidden=512, heads=4, kv_heads=4, head_dim=128, ffn=1024).shape()
-    assert not weight_evicted(tiny, 1, gemm("qkv_proj", 8, 1536, 512), l2)  # its whole layer fits
+    tiny = ModelSpec(preset="llama2-7b", hidden=512, heads=4, kv_heads=4, head_dim=128, ffn=1024, layers=2).shape()
+    assert not weight_evicted(tiny, 1, gemm("qkv_proj", 8, 1536, 512), l2)  # its whole model fits (10 MB)
+    deeper = ModelSpec(preset="llama2-7b", hidden=512, heads=4, kv_heads=4, head_dim=128, ffn=1024).shape()
+    assert weight_evicted(deeper, 1, gemm("qkv_proj", 8, 1536, 512), l2)  # 32 layers of 5 MB: each layer its own
     assert not weight_evicted(llama7b, 4, pointwise("rmsnorm", "input_norm", 8 * 4096, 2, 1, 6.0), l2)
     assert not weight_evicted(llama7b, 4, qkv, 0)  # no L2 size known (CPU)
 

@@ -86,7 +86,7 @@ def test_out_of_memory_becomes_a_sized_error(scenario):
     from hw.run import Options, Source, build_plan
 
     plan = build_plan(Source("scenario", str(scenario)))
-    with pytest.raises(LigerSimError, match=r"needs about [0-9.]+ GB per GPU.*tp=1"):
+    with pytest.raises(LigerSimError, match=r"needs about [0-9.]+ GB per GPU on the hw backend \(2 [a-z-]+ layers' weights at tp=1"):
         with _oom_guard(plan, Options()):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 

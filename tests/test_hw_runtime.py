@@ -359,3 +359,39 @@ def test_generative_warm_up_warms_the_pieces_of_a_splitting_policy(tmp_path, mon
     monkeypatch.setattr(warm, "warm_iterations", lambda *a: 0)
     warm.warm_up(plan, 0, lib)
     assert got == [(32, split, False)]
+
+
+def test_each_layer_reads_its_own_copy_of_the_gemm_weights(tmp_path):
+    """A run gives every layer of its rank its own GEMM weights (same values), as a real model has,
+    so that no weight is still in L2 when the next layer runs; results are those of shared weights."""
+    import yaml
+
+    from hw.collectives import NoCollectives
+    from hw.launch import _run, _setup, rank_layers
+    from hw.run import Options, Source, build_plan
+
+    scn = {"name": "own", "seed": 4, "hardware": {"gpu": "H100-SXM", "count": 1, "interconnect": "nvswitch-h100"},
+           "model": {"preset": "llama2-7b", "hidden": 128, "heads": 2, "kv_heads": 2, "head_dim": 64, "ffn": 256,
+                     "layers": 3, "vocab": 256},
+           "workload": {"kind": "generate", "jobs": 2, "arrival": {"process": "poisson", "rate": 1000}, "batch": 1,
+                        "seq_len": {"dist": "uniform", "low": 8, "high": 12}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    plan = build_plan(Source("scenario", str(path)))
+    assert rank_layers(plan, 0) == [0, 1, 2]
+    lib = _setup(plan, 0, Options(device="cpu"), NoCollectives())
+    seen: dict[int, set[int]] = {}
+    run = lib.run
+
+    def spy(k):
+        run(k)
+        if k.spec.kind == "gemm" and k.spec.name != "lm_head":
+            seen.setdefault(k.layer, set()).add(lib.w["w_down"].data_ptr())
+
+    lib.run = spy
+    _run(plan, 0, Options(device="cpu"), lib, time.perf_counter())
+    ptrs = [seen[layer] for layer in (0, 1, 2)]
+    assert all(len(p) == 1 for p in ptrs) and len(set.union(*ptrs)) == 3  # one weight per layer, three in all
+    by_layer = lib._w_by_layer
+    assert torch.equal(by_layer[0]["w_down"], by_layer[2]["w_down"])  # the same values
+    assert by_layer[0]["w_lm"].data_ptr() == by_layer[2]["w_lm"].data_ptr()  # the LM head is not copied
