@@ -71,9 +71,9 @@ class KernelLibrary:
     def own_weights(self, layers: list[int]) -> None:
         """Give each of `layers` its own copy of the layer's GEMM weights (the same values, so
         results are unchanged). A real model reads another weight at each layer, so none comes
-        back while it is still in L2; with one set shared by all layers, a small model's decode
-        GEMMs found part of theirs there (LLaMA-2-7B at TP 4: 25-45 MB weights, 50 MB of L2) and
-        ran up to 23% faster than calibration times a weight read from HBM. The memory is what
+        back while it is still in L2; with one set shared by all layers, the generative H100 runs'
+        GEMMs found part of theirs there (LLaMA-2-7B at TP 4: 8-45 MB weights, 50 MB of L2) and
+        were predicted long by a median 5-23% from calibration's weights read from HBM. The memory is what
         the simulator's memory model counts already: every layer's weights."""
         gemm = [name for name, t in self.w.items() if t.dim() == 2 and name != "w_lm"]
         self._w_by_layer = {}
