@@ -662,29 +662,31 @@ class Calibration:
 
     def host_in_situ(self) -> None:
         """Host time per operation inside short `hw run`s of each scenario's policy
-        (`hw.host_in_situ`); policies already in the profile are kept (a resumed run)."""
+        (`hw.host_in_situ`): each scenario's own entry (those already in the profile are kept: a
+        resumed run), then each policy's, pooled from its scenarios' entries (`pool`)."""
         import yaml
 
-        from hw.host_in_situ import measure
-        from sim.profile import host_key_of, scenario_key
+        from hw.host_in_situ import measure, own_key, pool
+        from sim.profile import host_key_of
 
-        def key(path: str) -> str:  # a named scenario's own entry, else its policy's
-            d = yaml.safe_load(Path(path).read_text()) or {}
-            return scenario_key(str(d["name"])) if d.get("name") else host_key_of(d)
+        docs = {p: yaml.safe_load(Path(p).read_text()) or {} for p in self.s.scenarios}
+        todo = [p for p in self.s.scenarios if own_key(docs[p], p) not in self.profile.host_in_situ]
+        if todo:
+            print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
+            with self._bar(len(todo), "host in situ") as bar:
+                def keep(k: str, entry: dict) -> None:  # each run's own entry survives a time limit
+                    self.profile.host_in_situ[k] = entry
+                    self.save(force=True)
+                    bar.update()
 
-        todo = [p for p in self.s.scenarios if key(p) not in self.profile.host_in_situ]
-        if not todo:
-            return
-        print(f"host in situ: {len(todo)} short runs", file=sys.stderr)
-
-        with self._bar(len(todo), "host in situ") as bar:
-            def keep(k: str, entry: dict) -> None:  # each run's own entry survives a time limit
-                self.profile.host_in_situ[k] = entry
-                self.save(force=True)
-                bar.update()
-
-            for pol, entry in measure(todo, self.s.device, jobs=self.s.in_situ_jobs, on_run=keep).items():
-                self.profile.host_in_situ[pol] = entry
+                measure(todo, self.s.device, jobs=self.s.in_situ_jobs, on_run=keep)
+        by_policy: dict[str, list[dict]] = {}
+        for p, d in docs.items():
+            entry = self.profile.host_in_situ.get(own_key(d, p))
+            if entry is not None:
+                by_policy.setdefault(host_key_of(d), []).append(entry)
+        for pol, entries in by_policy.items():
+            self.profile.host_in_situ[pol] = pool(entries)
         self.save(force=True)
 
     # ------------------------------------------------------------------ emulated collective

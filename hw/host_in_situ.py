@@ -62,12 +62,60 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
     return entry
 
 
+def pool(entries: list[dict]) -> dict:
+    """One policy's entry from its scenarios' own entries, so that it covers all of them when a
+    resumed calibration measured only some: per op, the sample-weighted mean of their means (the
+    pooled mean, exact: what the simulator charges) and of their medians and 90th percentiles
+    (approximations of the pooled ones); fitted lines, record, wait and blocking costs weighted by
+    the samples behind them."""
+    def wmean(pairs: list[tuple[float, float]]) -> float:
+        total = sum(w for w, _ in pairs)
+        return sum(w * v for w, v in pairs) / total if total else pairs[0][1]
+
+    out: dict = {"launch": {}, "launch_stats": {}, "samples": sum(e.get("samples", 0) for e in entries),
+                 "runs": [r for e in entries for r in e.get("runs", [])]}
+    for op in sorted({op for e in entries for op in e.get("launch", {})}):
+        have = [e for e in entries if op in e.get("launch", {})]
+        n = [e.get("launch_stats", {}).get(op, [e.get("samples", 1)])[0] for e in have]
+        out["launch"][op] = wmean([(w, e["launch"][op]) for w, e in zip(n, have)])
+        stats = [(w, e["launch_stats"][op]) for w, e in zip(n, have) if op in e.get("launch_stats", {})]
+        if stats:
+            out["launch_stats"][op] = [sum(w for w, _ in stats), wmean([(w, st[1]) for w, st in stats]),
+                                       wmean([(w, st[2]) for w, st in stats])]
+    if not out["launch_stats"]:
+        del out["launch_stats"]
+    lines = [e["launch_linear"] for e in entries if e.get("launch_linear")]
+    if lines:
+        out["launch_linear"] = {}
+        for op in sorted({op for li in lines for op in li}):
+            fits = [li[op] for li in lines if op in li]
+            out["launch_linear"][op] = [fits[0][0], wmean([(f[3], f[1]) for f in fits]),
+                                        wmean([(f[3], f[2]) for f in fits]), sum(f[3] for f in fits)]
+    for key in ("record_s", "wait_s", "sleep_late_s"):
+        vals = [(e.get("samples", 1), e[key]) for e in entries if key in e]
+        if vals:
+            out[key] = wmean(vals)
+    after = {k: wmean([(e.get("samples", 1), e["after_s"][k]) for e in entries if k in e.get("after_s", {})])
+             for k in sorted({k for e in entries for k in e.get("after_s", {})})}
+    if after:
+        out["after_s"] = after
+    jobs = {e["jobs"] for e in entries if "jobs" in e}
+    if len(jobs) == 1:
+        out["jobs"] = jobs.pop()
+    return out
+
+
+def own_key(scenario: dict, path: str) -> str:
+    """A scenario's own in-situ entry: its name's, else its file's stem's."""
+    return scenario_key(str(scenario.get("name") or Path(path).stem))
+
+
 def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int = 1000,
             work: Path | None = None, on_run: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """Run each scenario's policy for `jobs` jobs on `device`; per `sim.profile.host_key` (pooled
-    over the scenarios of a policy) and per `sim.profile.scenario_key`, the summarised costs.
-    `on_run(key, entry)` gets each named scenario's own entry as soon as its run is read, so that
-    a caller can keep it before a time limit stops the rest."""
+    over the scenarios of a policy) and per scenario (`own_key`), the summarised costs.
+    `on_run(key, entry)` gets each scenario's own entry as soon as its run is read, so that a
+    caller can keep it before a time limit stops the rest."""
     import tempfile
 
     import yaml
@@ -85,9 +133,7 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
         for path in scenarios:
             d = yaml.safe_load(Path(path).read_text())
             d["seed"] = int(d.get("seed", 0)) + seed_offset
-            keys = [host_key_of(d)]  # pooled per policy, and a named scenario's own
-            if d.get("name"):
-                keys.append(scenario_key(str(d["name"])))
+            keys = [host_key_of(d), own_key(d, path)]  # pooled per policy, and the scenario's own
             d.setdefault("name", Path(path).stem)
             wl = d.get("workload") or {}
             if wl.get("kind") == "trace" and not Path(wl["path"]).is_absolute():  # relative to its scenario
@@ -110,7 +156,7 @@ def measure(scenarios: list[str], device: str, jobs: int = 8, seed_offset: int =
                 for k, v in block.items():
                     blocked[key][k].extend(v)
                 runs[key].append(Path(path).stem)
-            if on_run is not None and len(keys) > 1:
+            if on_run is not None:
                 on_run(keys[1], entry(keys[1]))
     return {key: entry(key) for key in samples}
 

@@ -247,9 +247,9 @@ TINY = {"name": "tiny-situ", "seed": 5, "hardware": {"gpu": "H100-SXM", "count":
 
 
 def test_gemms_whose_weight_a_run_reads_from_hbm_are_timed_cold():
-    """A weight that fits in L2 is still read from HBM in a run when the rest of its layer's
-    weights on the rank pass through L2 first; one larger than L2 streams either way; a small
-    model's layer stays in L2; only GEMMs carry a weight."""
+    """A weight that fits in L2 is still read from HBM in a run when the rest of the model's
+    weights on the rank pass through L2 first (each layer has its own); one larger than L2 streams
+    either way; a small model's weights stay in L2; only GEMMs carry a weight."""
     from hw.calibrate import weight_evicted
     from sim.kernels import gemm, pointwise
     from sim.scenario import ModelSpec
@@ -306,3 +306,53 @@ def test_a_profile_is_not_resumed_with_ops_timed_otherwise(tmp_path):
     save_profile(prof, out)
     with pytest.raises(LigerSimError, match=r"ops timed cold \(settings.cold_ops\); pass --fresh"):
         calibrate(out, device="cpu", quick=True, progress=False)
+
+
+def test_a_policys_in_situ_entry_pools_its_scenarios_entries():
+    """The pooled mean is exact (what the simulator charges); medians, p90s, lines and the rest
+    are weighted by the samples behind them."""
+    from hw.host_in_situ import pool
+
+    e1 = {"launch": {"a": 1.0}, "launch_stats": {"a": [2, 1.5, 2.0]}, "samples": 10, "runs": ["x"],
+          "record_s": 1.0, "after_s": {"sync": 2.0}, "launch_linear": {"p": ["b", 1.0, 2.0, 10]}, "jobs": 8}
+    e2 = {"launch": {"a": 3.0, "b": 2.0}, "launch_stats": {"a": [6, 3.5, 4.0], "b": [1, 2.0, 2.0]}, "samples": 30,
+          "runs": ["y"], "record_s": 3.0, "after_s": {"sync": 4.0, "sleep_until": 1.0},
+          "launch_linear": {"p": ["b", 3.0, 4.0, 30]}, "jobs": 8}
+    got = pool([e1, e2])
+    assert got["launch_stats"]["a"] == [8, pytest.approx(3.0), pytest.approx(3.5)]  # (2*1.5 + 6*3.5) / 8
+    assert got["launch"] == {"a": pytest.approx(2.5), "b": 2.0}
+    assert got["launch_stats"]["b"] == [1, 2.0, 2.0]
+    assert got["samples"] == 40 and got["runs"] == ["x", "y"] and got["jobs"] == 8
+    assert got["record_s"] == pytest.approx(2.5) and got["after_s"] == {"sleep_until": 1.0, "sync": pytest.approx(3.5)}
+    assert got["launch_linear"]["p"] == ["b", pytest.approx(2.5), pytest.approx(3.5), 40]
+    assert pool([e1]) == {k: v for k, v in e1.items()}
+
+
+def test_a_resumed_calibration_rebuilds_the_policys_entry_from_every_scenarios_own(tmp_path):
+    """A calibration cut off after some in-situ runs kept their own entries; the resumed one runs
+    only the missing scenarios and pools the policy's entry from all of them (the stage runs on
+    CUDA; here it is called on the CPU)."""
+    import yaml
+
+    from hw.calibrate import Calibration, Settings
+    from hw.host_in_situ import pool
+
+    paths = []
+    for name in ("tiny-a", "tiny-b"):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump({**TINY, "name": name}))
+    settings = Settings.make("cpu", True, [str(p) for p in paths])
+    settings.in_situ_jobs = 2
+    cal = Calibration(tmp_path / "p.yaml", settings, "test", False, False)
+    cal.host_in_situ()
+    situ = cal.profile.host_in_situ
+    a, b = situ["scenario:tiny-a"], situ["scenario:tiny-b"]
+    assert situ["intra_op"] == pool([a, b]) and situ["intra_op"]["runs"] == ["tiny-a", "tiny-b"]
+    del situ["intra_op"], situ["scenario:tiny-b"]  # cut off after the first run
+    a["launch"] = {k: 2 * v for k, v in a["launch"].items()}  # (to see that it is not measured again)
+    cal.save(force=True)
+    again = Calibration(tmp_path / "p.yaml", settings, "test", False, False)
+    again.host_in_situ()
+    situ = again.profile.host_in_situ
+    assert situ["scenario:tiny-a"] == a and "scenario:tiny-b" in situ
+    assert situ["intra_op"] == pool([a, situ["scenario:tiny-b"]])
