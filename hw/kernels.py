@@ -343,9 +343,13 @@ def _embedding(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
 
 
 def _final_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
-    if st.fold:
-        _fold(lib, st)
+    """The norm of each sequence's last token, the residual add pending from the last layer
+    folded in for those rows only: the simulator's kernel covers batch x hidden elements, so its
+    time must not depend on the sequence length (the H100 prefill runs, which added the residual
+    over every token first, took 2.1-2.8x the time calibration measured at another length)."""
     last = st.bufs[lib.input_name].view(st.batch, st.seq, -1)[:, -1]
+    if st.fold:  # the state keeps `fold` set: `output` still adds the rest
+        last = last + st.bufs["mlp"].view(st.batch, st.seq, -1)[:, -1]
     lib.norm(last, lib.buf(st, "final", st.batch, lib.m.hidden), "normf")
 
 
@@ -601,10 +605,11 @@ def _decode_attention(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
 
 
 def _gen_final_norm(lib: KernelLibrary, st: RequestState, k: Kernel) -> None:
-    """Final norm of each emitting sequence's last token."""
-    if st.fold:
-        _fold(lib, st)
+    """Final norm of each emitting sequence's last token, the pending residual add folded in for
+    those rows only (as `_final_norm`)."""
     x = st.bufs["resid"].index_select(0, st.gen.emit_rows)
+    if st.fold:
+        x += st.bufs["mlp"].index_select(0, st.gen.emit_rows)
     lib.norm(x, lib.buf(st, "final", x.shape[0], lib.m.hidden), "normf")
 
 
