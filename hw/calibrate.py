@@ -371,18 +371,10 @@ class Calibration:
             if timer and old.settings.get("timer") != timer or not timer and old.settings.get("timer") == "cupti":
                 raise LigerSimError(f"holds kernels timed with {old.settings.get('timer')}, not {self.s.timer}; "
                                     "pass --fresh to start over or choose another -o", file=str(self.out))
-            evict = self.s.evict_weights and self.s.device == "cuda"
-            if bool(old.settings.get("evict_weights")) != evict and old.kernels:
-                was = bool(old.settings.get("evict_weights"))
-                hint = ", or drop --warm-weights to match it" if was else ", or --warm-weights to match it"
-                raise LigerSimError(f"holds GEMMs timed {'with' if was else 'without'} evicted weights; pass --fresh "
-                                    f"to start over{hint if not was or self.s.device == 'cuda' else ''}", file=str(self.out))
-            cold = self.s.cold_ops and self.s.device == "cuda"
-            if bool(old.settings.get("cold_ops")) != cold and old.kernels:
-                was = bool(old.settings.get("cold_ops"))
-                hint = ", or drop --warm-ops to match it" if was else ", or --warm-ops to match it"
-                raise LigerSimError(f"holds ops timed {'cold' if was else 'warm'} (settings.cold_ops); pass --fresh "
-                                    f"to start over{hint if not was or self.s.device == 'cuda' else ''}", file=str(self.out))
+            self._same_rule(old, "evict_weights", self.s.evict_weights, "--warm-weights",
+                            ("GEMMs timed with evicted weights", "GEMMs timed without evicted weights"))
+            self._same_rule(old, "cold_ops", self.s.cold_ops, "--warm-ops",
+                            ("ops timed cold (settings.cold_ops)", "ops timed warm (settings.cold_ops)"))
             old.status, old.command = "partial", command
             old.settings["code"] = code_version()
             return old
@@ -396,6 +388,16 @@ class Calibration:
                                  "cold_ops": self.s.cold_ops and self.s.device == "cuda",
                                  "l2_bytes": self.timer.l2_bytes,
                                  "profile_version": PROFILE_VERSION, "code": code_version()})
+
+    def _same_rule(self, old: Profile, key: str, on: bool, flag: str, said: tuple[str, str]) -> None:
+        """Refuse to resume kernels timed by another L2 rule (`key` in the profile's settings; off
+        on the CPU, where there is no L2 to flush)."""
+        now = on and self.s.device == "cuda"
+        was = bool(old.settings.get(key))
+        if was != now and old.kernels:
+            hint = f", or drop {flag} to match it" if was else f", or {flag} to match it"
+            raise LigerSimError(f"holds {said[0] if was else said[1]}; pass --fresh to start over"
+                                f"{hint if not was or self.s.device == 'cuda' else ''}", file=str(self.out))
 
     def save(self, force: bool = False) -> None:
         if force or time.monotonic() - self._saved > SAVE_EVERY_S:

@@ -43,17 +43,23 @@ def test_report_on_the_recorded_cpu_run(tmp_path):
     assert main(["plot", "validation", str(tmp_path)]) == 0
 
 
-@pytest.mark.parametrize("emulated", [False, True])
-def test_a_run_the_simulator_recorded_itself_is_predicted_exactly(tmp_path, emulated):
-    """Self-consistency: 'measure' with the simulator and the same profile; replay must agree
-    exactly, also as a lone emulated rank 0 whose collectives last the link model's time."""
+def _self_recorded(tmp_path):
+    """The fixture's scenario simulated with its own profile and no contention, as a 'measurement'
+    (`tmp_path/s.yaml`): scenario, jobs and the simulated run."""
     data = yaml.safe_load((FIX / "scenario.yaml").read_text())
     data["hardware"]["profile"] = str(FIX / "profile-cpu.yaml")
     data["hardware"]["contention"] = "none"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     scn, base = load_scenario(tmp_path / "s.yaml")
     jobs = load_jobs(scn, base)
-    run = simulate(scn, jobs)
+    return scn, jobs, simulate(scn, jobs)
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_a_run_the_simulator_recorded_itself_is_predicted_exactly(tmp_path, emulated):
+    """Self-consistency: 'measure' with the simulator and the same profile; replay must agree
+    exactly, also as a lone emulated rank 0 whose collectives last the link model's time."""
+    scn, jobs, run = _self_recorded(tmp_path)
     ev, sched = run.events, run.result.schedule
     if emulated:
         ev = ev[ev["rank"] == 0]
@@ -257,13 +263,7 @@ def test_an_events_timed_run_is_predicted_with_the_gpu_time_of_its_timing_events
     """A run timed with CUDA events has a pair of event records around each op, GPU work between
     queued kernels; predicting such a run adds the profile's `event_pair_gpu_s` to the gap between
     queued kernels, and only for such a run (a CUPTI-timed one, or a simulation, has none)."""
-    data = yaml.safe_load((FIX / "scenario.yaml").read_text())
-    data["hardware"]["profile"] = str(FIX / "profile-cpu.yaml")
-    data["hardware"]["contention"] = "none"
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    scn, base = load_scenario(tmp_path / "s.yaml")
-    jobs = load_jobs(scn, base)
-    run = simulate(scn, jobs)
+    scn, jobs, run = _self_recorded(tmp_path)
     m = tmp_path / "measured"
     write_run(m, run.events, jobs, run.result.schedule, scn.policy.name, None, trace=False)
     prof = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
