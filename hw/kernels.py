@@ -73,8 +73,8 @@ class KernelLibrary:
         results are unchanged). A real model reads another weight at each layer, so none comes
         back while it is still in L2; with one set shared by all layers, the generative H100 runs'
         GEMMs found part of theirs there (LLaMA-2-7B at TP 4: 8-45 MB weights, 50 MB of L2) and
-        were predicted long by a median 5-23% from calibration's weights read from HBM. The memory is what
-        the simulator's memory model counts already: every layer's weights."""
+        were predicted long by a median 5-23% from calibration's weights read from HBM. The
+        memory is what the simulator's memory model counts already: every layer's weights."""
         gemm = [name for name, t in self.w.items() if t.dim() == 2 and name != "w_lm"]
         self._w_by_layer = {}
         for i, layer in enumerate(sorted(set(layers))):

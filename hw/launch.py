@@ -175,8 +175,8 @@ class _oom_guard:
                 layers = max(len(self.plan.kv_layers(r)) for r in range(self.plan.world))
                 kv = (self.plan.composition.capacity_tokens * layers * 2 * max(1, m.kv_heads // self.plan.tp)
                       * m.head_dim * m.dtype_bytes)
-            layers = max(len(rank_layers(self.plan, r)) for r in range(self.plan.world))
-            raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv, layers)) from None
+            held = max(len(rank_layers(self.plan, r)) for r in range(self.plan.world))  # layers' weights
+            raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv, held)) from None
         return False
 
 

@@ -159,9 +159,9 @@ def row_counts(max_rows: int) -> list[int]:
 
 def warm_up(plan: Plan, rank: int, lib: KernelLibrary) -> None:
     """Before the clock starts: each distinct compute kernel of a replay or a generative iteration
-    once (live encoder and prefill jobs go through `warm_ops`), a generative run's GEMMs over a
-    row counts (pieces included) and its synthetic iterations, the emulated collectives' scratch (all-reduces
-    and sends) and compile, and pinned memory for pipeline receives."""
+    once (live encoder and prefill jobs go through `warm_ops`), a generative run's GEMMs at every
+    row count (pieces included) and its synthetic iterations, the emulated collectives' scratch
+    (all-reduces and sends) and compile, and pinned memory for pipeline receives."""
     m = plan.scenario.model.shape()
     if plan.schedule is not None:
         specs = [op.kernel.spec for op in plan.schedule.by_rank()[rank] if op.kernel is not None]

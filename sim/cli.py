@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how CUDA kernels are timed: CUDA events around each repetition, or CUPTI as "
                           "`validate --timing cupti` times them (small kernels: events add the GPU's start latency)")
     cal.add_argument("--warm-weights", action="store_true",
-                     help="time every GEMM warm (default: a GEMM whose weight fits in L2 but whose layer's weights "
+                     help="time every GEMM warm (default: a GEMM whose weight fits in L2 but whose model's weights "
                           "on a rank do not is timed cold, as a run reads it from HBM)")
     cal.add_argument("--warm-ops", action="store_true",
                      help="time every op but GEMMs warm (default: with L2 flushed first, as in a run they follow "
