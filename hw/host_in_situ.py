@@ -6,10 +6,10 @@ bookkeeping, the runtime's events and streams, the op's torch calls, the next op
 Timing an op's dispatch alone in a tight loop (`host_ops`) measured a third to a half of that
 on an H100 machine. So calibration also runs each scenario's policy for a few jobs (another
 seed than the scenario's) and reads the host time between consecutive operations of the
-recorded IR: a launch's cost is the time until the rank's next operation, unless that one
-blocks (a sync or a sleep until an arrival), whose wait is not the launch's. After a blocking op
-returns, the time to the next op is the policy's own (Liger plans its next round there), and is
-kept per kind of blocking op, with how late a sleep wakes.
+recorded IR: a launch's cost is the time until the rank's next operation (`sim.host_gaps.gaps`:
+up to a blocking op's call, not through its wait). After a blocking op returns, the time to the
+next op is the policy's own (Liger plans its next round there), and is kept per kind of blocking
+op, with how late a sleep wakes.
 
 Each run is its own process, as each `ligersim validate` is. On the H100, runs made inside the
 calibrating process spent 1.0-1.7x the host time of the same scenarios' validation runs; runs in
@@ -36,7 +36,7 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
               by_items: dict[str, list[tuple[float, float]]] | None = None,
               blocking: dict[str, list[float]] | None = None) -> dict:
     """The profile's entry for one policy: median launch time per op name, record and wait, each
-    op's sample count, mean and 90th percentile (`launch_stats`), and for ops whose cost grows with
+    op's sample count, mean and 90th percentile (`launch_stats`; `record_stats`, `wait_stats`), and for ops whose cost grows with
     the sequences they cover (`by_items`: `sim.host_gaps.op_costs_by`), the fitted line
     (`launch_linear`: dim, base, slope, samples). From `blocking` (`sim.host_gaps.blocking_costs`):
     the mean time from a sync's or a sleep's return to the next op (`after_s`), and how late a
@@ -50,9 +50,11 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
     fits = {k: (linear_fit(v), len(v)) for k, v in sorted((by_items or {}).items())}
     if any(f is not None for f, _ in fits.values()):
         entry["launch_linear"] = {k: [LINEAR_DIM, f[0], f[1], n] for k, (f, n) in fits.items() if f is not None}
-    for k in ("record", "wait"):
+    for k in ("record", "wait"):  # the median, as before; the mean is what the simulator charges
         if samples.get(k):
-            entry[f"{k}_s"] = statistics.median(samples[k])
+            v = samples[k]
+            entry[f"{k}_s"] = statistics.median(v)
+            entry[f"{k}_stats"] = [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
     blocking = blocking or {}
     after = {k: statistics.fmean(v) for k, v in sorted(blocking.items()) if k in ir.BLOCKING and v}
     if after:
@@ -91,6 +93,11 @@ def pool(entries: list[dict]) -> dict:
             fits = [li[op] for li in lines if op in li]
             out["launch_linear"][op] = [fits[0][0], wmean([(f[3], f[1]) for f in fits]),
                                         wmean([(f[3], f[2]) for f in fits]), sum(f[3] for f in fits)]
+    for kind in ("record", "wait"):
+        stats = [e[f"{kind}_stats"] for e in entries if f"{kind}_stats" in e]
+        if stats:
+            out[f"{kind}_stats"] = [sum(x[0] for x in stats), wmean([(x[0], x[1]) for x in stats]),
+                                    wmean([(x[0], x[2]) for x in stats])]
     for key in ("record_s", "wait_s", "sleep_late_s"):
         vals = [(e.get("samples", 1), e[key]) for e in entries if key in e]
         if vals:

@@ -132,6 +132,20 @@ class Profile:
             return other, wake, {str(k): float(stats[k][1] if k in stats else v) for k, v in situ["launch"].items()}
         return self.host.get("launch_s", launch_s), wake, self.launch_costs()
 
+    def host_record_wait(self, keys: str | list[str]) -> tuple[float | None, float | None]:
+        """(host seconds of an event record, of a stream wait) of the entry `host_params` uses: their
+        means where it keeps them (`record_stats`, `wait_stats`), else their medians; None where it
+        has neither (the simulator then charges `host_params`' record-or-wait cost)."""
+        situ = self._situ(keys) or {}
+        if not situ.get("launch"):
+            return None, None
+
+        def one(kind: str) -> float | None:
+            stats = situ.get(f"{kind}_stats")
+            return float(stats[1]) if stats else (float(situ[f"{kind}_s"]) if f"{kind}_s" in situ else None)
+
+        return one("record"), one("wait")
+
     def host_linear(self, keys: str | list[str]) -> dict[str, tuple[str, float, float]]:
         """Op name -> (dim, base s, s per unit of dim) for the ops whose in-situ host cost grows with
         one of their dims (`launch_linear`, of the entry `host_params` uses): prefill attention's
@@ -300,7 +314,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if p.get("first", "any") not in FIRSTS:
             raise LigerSimError(f"first must be one of {', '.join(FIRSTS)}", file=file, field=f"{where}.first")
     host = d.get("host") or {}
-    for key in ("launch_s", "sync_wakeup_s", "kernel_gap_s", "event_pair_gpu_s"):
+    for key in ("launch_s", "sync_wakeup_s", "sync_call_s", "kernel_gap_s", "event_pair_gpu_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
             raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
     host_ops = d.get("host_ops") or {}
@@ -326,6 +340,12 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
                 for x in stats.values()):
             raise LigerSimError("must map op names to [samples, mean s, 90th percentile s], all ≥ 0", file=file,
                                 field=f"host_in_situ.{pol}.launch_stats")
+        for kind in ("record", "wait"):
+            x = v.get(f"{kind}_stats")
+            if x is not None and not (isinstance(x, list | tuple) and len(x) == 3
+                                      and all(isinstance(y, int | float) and y >= 0 for y in x)):
+                raise LigerSimError("must be [samples, mean s, 90th percentile s], all ≥ 0", file=file,
+                                    field=f"host_in_situ.{pol}.{kind}_stats")
         after = v.get("after_s") or {}
         if not isinstance(after, dict) or not all(
                 k in BLOCKING and isinstance(x, int | float) and x >= 0 for k, x in after.items()):

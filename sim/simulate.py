@@ -48,8 +48,10 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
         if "host" not in hw.model_fields_set:
             keys = [scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")]
             after, late = prof.host_after(keys)
+            record, wait = prof.host_record_wait(keys)
             host = HostParams(*prof.host_params(keys, host.launch_s, host.sync_wakeup_s),
-                              launch_linear=prof.host_linear(keys), after_block=after, sleep_late_s=late)
+                              launch_linear=prof.host_linear(keys), after_block=after, sleep_late_s=late,
+                              record_s=record, wait_s=wait, sync_call_s=prof.host.get("sync_call_s", 0.0))
         # belongs with the profile's kernel times (which exclude it when timed with CUPTI); a run
         # timed with CUDA events also has their pair of records between queued kernels
         host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0) + (

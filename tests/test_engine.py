@@ -365,3 +365,46 @@ def test_host_time_after_blocking_ops_delays_the_next_launch():
     assert ev.loc[2, "launch_s"] == pytest.approx(1e-3 + 100e-6 + 40e-6 + 1e-6)
     done = [op.done for op in res.schedule.ops if op.op in ("sync", "sleep_until")]
     assert done == pytest.approx([14e-6, 1.1e-3])
+
+
+def test_ready_syncs_records_and_waits_cost_their_own_host_time():
+    """A sync on an event the GPU has passed costs the call (`sync_call_s`), one that waits resumes
+    `sync_wakeup_s` after the event; a record and a wait cost their own times (`record_s`,
+    `wait_s`), else the launch cost."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, KernelSpec
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
+
+    def kern(i):
+        return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
+
+    def policy(rt):
+        s = rt.new_stream(0)
+        rt.launch(kern(0), s)  # at 1 us, ends at 11 us
+        e = rt.new_event()
+        rt.record(e, s)  # at 1 + record_s
+        yield rt.sync(e)  # waits: returns at 11 + 3 us
+        f = rt.new_event()
+        rt.record(f, s)
+        rt.wait(s, f)
+        yield rt.sleep_until(50e-6)
+        yield rt.sync(f)  # passed long ago: the call only
+        rt.launch(kern(1), s)
+
+    def run(**kw):
+        eng = Engine(1, lambda k: 10e-6, ContentionTable([]), topo, HostParams(1e-6, 3e-6, **kw))
+        res = eng.run([policy])
+        ev = events_frame(res.events).set_index("request_id")
+        return res, ev.loc[1, "launch_s"]
+
+    res, t = run(record_s=2e-6, wait_s=5e-6, sync_call_s=7e-6)
+    done = [op.done for op in res.schedule.ops if op.op == "sync"]
+    assert done == pytest.approx([14e-6, 57e-6])
+    assert [op.t for op in res.schedule.ops if op.op in ("record", "wait")] == pytest.approx([3e-6, 16e-6, 21e-6])
+    assert t == pytest.approx(57e-6 + 1e-6)
+    _, t_before = run()  # records and waits at the launch cost, a ready sync free
+    assert t_before == pytest.approx(50e-6 + 1e-6)

@@ -31,14 +31,15 @@ def g(dims: dict[str, int]) -> Kernel:
 
 def schedule() -> Schedule:
     """Rank 0's gaps (seconds), in binary fractions so that the sums are exact:
-    a 0.5 (first use), b 0.25 (first), [record, sync: blocking], a 0.25, wait 0.75, a of other
-    dims 0.125 (first), [b before a sleep], c 1.0 (first), a 0.5, record 0.125, g 0.5 (first),
-    g with its dims in another order 0.25 (the same shape), b last (no successor)."""
+    a 0.5 (first use), b 0.25 (first), record 0.125 up to a sync's call, [sync: blocking], a 0.25,
+    wait 0.75, a of other dims 0.125 (first), b 0.375 up to a sleep's call, [sleep: blocking],
+    c 1.0 (first), a 0.5, record 0.125, g 0.5 (first), g with its dims in another order 0.25 (the
+    same shape), b last (no successor)."""
     ops = [Op(0, "stream", 0.0, 0),
            Op(0, "launch", 1.0, 0, kernel=k("a")),
            Op(0, "launch", 1.5, 0, kernel=k("b")),
            Op(0, "record", 1.75, 0, event=1),
-           Op(0, "sync", 1.8, event=1),
+           Op(0, "sync", 1.875, event=1),
            Op(0, "launch", 5.0, 0, kernel=k("a")),
            Op(0, "wait", 5.25, 0, event=1),
            Op(0, "launch", 6.0, 0, kernel=k("a", 128)),
@@ -72,23 +73,25 @@ def test_blocking_costs_time_the_host_from_each_return_to_the_next_op():
 
 
 def test_op_costs_skip_blocking_ops_and_stream_declarations():
+    """The ops before a sync and a sleep keep their gaps up to the blocking op's call."""
     got = op_costs(schedule())
-    assert got == {"a": [0.5, 0.25, 0.125, 0.5, 0.5, 0.25], "b": [0.25], "wait": [0.75], "c": [1.0],
-                   "record": [0.125], "g": [0.5, 0.25]}
+    assert got == {"a": [0.5, 0.25, 0.125, 0.5, 0.5, 0.25], "b": [0.25, 0.375], "wait": [0.75], "c": [1.0],
+                   "record": [0.125, 0.125], "g": [0.5, 0.25]}
 
 
 def test_host_breakdown_separates_first_uses_and_stalls():
     b = host_breakdown(schedule(), stall_s=0.3, top=3)
     assert {k: v for k, v in b.items() if k != "top_stalls"} == {
-        "rank": 0, "stall_threshold_s": 0.3, "gaps_n": 10, "total_s": 4.25,
+        "rank": 0, "stall_threshold_s": 0.3, "gaps_n": 12, "total_s": 4.75,
         "shapes_n": 5, "first_use_n": 5, "first_use_s": 0.5 + 0.25 + 0.125 + 1.0 + 0.5,
-        "stalls_n": 5, "stalls_s": 0.5 + 0.75 + 1.0 + 0.5 + 0.5,
+        "stalls_n": 6, "stalls_s": 0.5 + 0.75 + 0.375 + 1.0 + 0.5 + 0.5,
         "stall_first_use_n": 3, "stall_first_use_s": 0.5 + 1.0 + 0.5,
-        # medians: a [0.5, 0.25, 0.125, 0.5] 0.375, g [0.5, 0.25] 0.375; the others one sample each
-        "n_median_s": 4 * 0.375 + 0.25 + 0.75 + 1.0 + 0.125 + 2 * 0.375,
-        # repeat uses: a [0.25, 0.5], wait, record, g [0.25]
-        "repeat_n_median_s": 2 * 0.375 + 0.75 + 0.125 + 0.25,
-        "repeat_s": 4.25 - (0.5 + 0.25 + 0.125 + 1.0 + 0.5),
+        # medians: a [0.5, 0.25, 0.125, 0.5] 0.375, b [0.25, 0.375] 0.3125, record 0.125, g [0.5, 0.25]
+        # 0.375; wait and c one sample each
+        "n_median_s": 4 * 0.375 + 2 * 0.3125 + 0.75 + 1.0 + 2 * 0.125 + 2 * 0.375,
+        # repeat uses: a [0.25, 0.5], b [0.375], wait, record [0.125, 0.125], g [0.25]
+        "repeat_n_median_s": 2 * 0.375 + 0.375 + 0.75 + 2 * 0.125 + 0.25,
+        "repeat_s": 4.75 - (0.5 + 0.25 + 0.125 + 1.0 + 0.5),
     }
     # ties in stall seconds go by name
     assert b["top_stalls"] == [{"op": "a", "n": 2, "s": 1.0, "first_use_n": 1},
