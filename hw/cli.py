@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> None:
     from hw.run import run_scenario
 
     summary = run_scenario(args.scenario, args.output, args.device, args.jobs, args.emulate, args.channels,
-                           not args.no_trace, args.logits, args.timing)
+                           not args.no_trace, args.logits, args.timing, args.host_probe_jobs)
     _report(summary, args.output)
 
 
@@ -58,6 +58,10 @@ def register(subparsers) -> None:
     r = sub.add_parser("run", help="run a scenario's policy with torch on a GPU (or CPU)")
     r.add_argument("scenario", help="scenario YAML file")
     r.add_argument("--jobs", type=int, default=None, help="run only the first N jobs")
+    r.add_argument("--host-probe-jobs", type=int, default=0, metavar="N",
+                   help="first run the scenario's first N jobs before the clock and keep the host's cost per op "
+                        "in hw.json (host_in_process), which `ligersim validate` predicts with; not with "
+                        "--timing cupti")
     _common(r, "out/hw-run")
     r.set_defaults(func=_run)
     rp = sub.add_parser("replay", help="execute a recorded schedule IR verbatim with torch")

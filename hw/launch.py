@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -34,6 +35,7 @@ from hw.torchenv import torch_dtype
 from hw.warm import warm_ops, warm_up
 from hw.weights import Shard
 from sim.errors import LigerSimError
+from sim.ir import Schedule
 from sim.provenance import code_version
 
 
@@ -66,6 +68,9 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
             raise LigerSimError(f"torchrun started {world} processes but the scenario has {plan.world} ranks")
         summary = _rank_main(int(os.environ["RANK"]), world, src, out, opts, "env://", None)
         return summary or {}
+    if opts.host_probe_jobs and mode in ("spawn", "torchrun"):  # each rank is a process of its own
+        print(f"ligersim: no host probe: a {mode} run has one process per rank (run rank 0 alone with --emulate "
+              "on a GPU to probe it)", file=sys.stderr)
     if mode == "spawn":
         return _spawn(plan.world, src, out, opts)
     comm: Collectives = NoCollectives()
@@ -73,8 +78,13 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
         comm = EmulatedCollectives(0, plan.topology, opts.channels)
     with _oom_guard(plan, opts):
         lib = _setup(plan, 0, opts, comm)
+        probe = host_probe(src, opts, lib)
+        if isinstance(comm, EmulatedCollectives):
+            comm.launched.clear()  # the probe's
         result = _run(plan, 0, opts, lib, time.perf_counter())
     info = _info(plan, opts, mode)
+    if probe is not None:
+        info["host_in_process"] = probe
     if isinstance(comm, EmulatedCollectives):
         info["emulated_collectives"] = {"channels": opts.channels, "launches": len(comm.launched),
                                         "ctas_max": max((c for c, _, _ in comm.launched), default=0)}
@@ -110,6 +120,41 @@ def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLib
     gc.collect()  # before the clock: a full collection in a fresh process with torch loaded takes
     gc.freeze()   # tens of ms, and `quiet_gc` keeps what exists now out of later ones
     return lib
+
+
+def host_probe(src: Source, opts: Options, lib: KernelLibrary) -> dict | None:
+    """Host cost per op of this process, measured before the clock on the scenario's first
+    `opts.host_probe_jobs` jobs (at their arrival times), as `hw.host_in_situ` summarises a run;
+    None when not asked for, or when kernels are timed with CUPTI (whose profiler slows the host).
+
+    Why in this process: the executor is host-bound, and on the H100 the same scenario's host
+    time per op differed by up to 1.7x between processes minutes apart (calibration's in-situ
+    runs against the validation runs: 0.87-1.38x, steady through most runs), more than the
+    floors validation checks. The probe's jobs are the run's own first jobs, so their shapes are
+    warm; the measured run starts afresh after it (its own policy, clock and IR)."""
+    if not opts.host_probe_jobs or src.kind != "scenario" or (opts.device != "cpu" and opts.timing == "cupti"):
+        return None
+    from hw.host_in_situ import summarise
+    from sim.host_gaps import blocking_costs, op_costs, op_costs_by
+
+    n = opts.host_probe_jobs if src.jobs is None else min(opts.host_probe_jobs, src.jobs)
+    probe = build_plan(Source("scenario", src.path, n))  # jobs the run has: their shapes are its own
+    saved = lib.gen
+    if probe.generative:
+        lib.gen = probe.composition  # its iterations, numbered from 0 as the run's will be again
+    try:
+        result = _run(probe, 0, opts, lib, time.perf_counter())
+    finally:
+        lib.gen = saved
+    if result.info.get("interrupted"):
+        raise KeyboardInterrupt
+    schedule = Schedule(probe.world, result.ops, {})
+    n = len(probe.jobs or [])  # the workload may have fewer
+    entry = {**summarise(op_costs(schedule), [f"this process, its first {n} jobs before the clock"],
+                         op_costs_by(schedule), blocking_costs(schedule)), "jobs": n}
+    gc.collect()  # `_run` unfroze the heap; freeze it again, as `_setup` left it
+    gc.freeze()
+    return entry
 
 
 def _run(plan: Plan, rank: int, opts: Options, lib: KernelLibrary, t0: float, agree=None) -> RankResult:

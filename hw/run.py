@@ -63,6 +63,9 @@ class Options:
     timeout_s: float = 300.0
     logits: bool = False  # generative: also write logits.pt (every emitted token's logits)
     timing: str = "events"  # cuda: CUDA events around each launch, or CUPTI (hw.cupti)
+    # run the scenario's first N jobs before the clock and keep the host's cost per op in hw.json
+    # (`host_in_process`; hw.launch.host_probe says why)
+    host_probe_jobs: int = 0
 
 
 @dataclass
@@ -219,13 +222,17 @@ def _save_logits(plan: Plan, results: list[RankResult], path: Path) -> str:
 
 def run_scenario(scenario_path: str | Path, out_dir: str | Path, device: str = "cuda", jobs: int | None = None,
                  emulate: bool | None = None, channels: int = 16, trace: bool = True, logits: bool = False,
-                 timing: str = "events") -> dict:
+                 timing: str = "events", host_probe_jobs: int = 0) -> dict:
     """Run a scenario's policy on `device`; returns the summary (also written to out_dir).
-    `logits` (generative): also write logits.pt with every emitted token's logits."""
+    `logits` (generative): also write logits.pt with every emitted token's logits.
+    `host_probe_jobs`: first run that many of its jobs before the clock, for their host costs."""
     check_device(device)
     _check_timing(device, timing)
+    if host_probe_jobs < 0:
+        raise LigerSimError(f"must be ≥ 0, got {host_probe_jobs}", field="--host-probe-jobs")
     src = Source("scenario", str(Path(scenario_path).resolve()), jobs)
-    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits, timing=timing))
+    return _execute(src, Path(out_dir), Options(device, emulate, channels, trace, logits=logits, timing=timing,
+                                                host_probe_jobs=host_probe_jobs))
 
 
 def replay_ir(ir_path: str | Path, out_dir: str | Path, device: str = "cuda", emulate: bool | None = None,

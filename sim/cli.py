@@ -139,7 +139,8 @@ def _validate(args: argparse.Namespace) -> None:
     from hw.validate import validate
 
     s = validate(args.scenario, args.profile, args.output, args.device, args.jobs, args.measured, args.emulate,
-                 args.channels, progress=sys.stderr.isatty(), timing=args.timing, kernels=args.kernels_from)
+                 args.channels, progress=sys.stderr.isatty(), timing=args.timing, kernels=args.kernels_from,
+                 host_probe_jobs=args.host_probe_jobs, host_costs=args.host_costs.replace("-", "_"))
     for mode in ("closed_loop", "replay"):
         if mode in s:
             m = s[mode]
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "both: request times from an events run, kernel times from a CUPTI run)")
     va.add_argument("--kernels-from", default=None,
                     help="with --measured: compare kernel times of this second recorded run (e.g. CUPTI-timed)")
+    va.add_argument("--host-probe-jobs", type=int, default=16, metavar="N",
+                    help="the events-timed run first runs its first N jobs before its clock, to measure the host's "
+                         "cost per op in that process (0: none)")
+    va.add_argument("--host-costs", choices=("in-process", "profile"), default="in-process",
+                    help="host cost per op to predict with: measured in the run's own process before its clock "
+                         "(where it was), or the profile's in-situ runs")
     va.set_defaults(func=_validate)
 
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")

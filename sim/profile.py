@@ -608,6 +608,9 @@ def profile_cost(path: str | Path, roofline, scn):
 # Set by validation while it predicts a run whose collectives were emulated on one GPU: the
 # emulated kernel lasts what calibration measured it to last (`EmulatedTimes`), not the link model's time.
 EMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("emulated", default=False)
+# Set by validation while it predicts a run that measured its own host costs before its clock
+# (`hw.launch.host_probe`): that in-situ entry replaces the profile's for the scenario.
+HOST_IN_PROCESS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("host_in_process", default=None)
 # Set by validation while it predicts a run timed with CUDA events: the executor brackets each op
 # with a pair of timing events, GPU work of their own between queued kernels (`host.event_pair_gpu_s`).
 EVENT_TIMED: contextvars.ContextVar[bool] = contextvars.ContextVar("event_timed", default=False)

@@ -68,11 +68,23 @@ def _measured_files(measured: Path) -> dict:
     return _hw_info(measured)
 
 
+HOST_COSTS = ("in_process", "profile")
+
+
 def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out: str | Path,
-            progress: bool = False, kernels: str | Path | None = None) -> dict:
+            progress: bool = False, kernels: str | Path | None = None, host_costs: str = "in_process") -> dict:
     """Simulate the measured run closed-loop and as a replay with `profile`; then build the report
-    (kernel times from `kernels`, a second recorded run of the scenario, when given)."""
-    from sim.profile import EMULATED, EVENT_TIMED, load_profile
+    (kernel times from `kernels`, a second recorded run of the scenario, when given).
+
+    `host_costs="in_process"`: where the measured run timed its host per op before its clock
+    (hw.json `host_in_process`), those costs replace the profile's in-situ ones. The executor is
+    host-bound, and its host speed differed between processes on the same machine by more
+    than the floors; the kernels, contention and the rest still come from the profile."""
+    from sim.profile import EMULATED, EVENT_TIMED, HOST_IN_PROCESS, load_profile
+
+    if host_costs not in HOST_COSTS:
+        raise LigerSimError(f"unknown host costs {host_costs!r}; expected one of {', '.join(HOST_COSTS)}",
+                            field="--host-costs")
     from sim.scenario import load_scenario
     from sim.simulate import jobs_from_meta, make_engine, simulate
 
@@ -86,6 +98,8 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     emulated = hw.get("mode") == "emulate"
     token = EMULATED.set(emulated)
     timed = EVENT_TIMED.set(hw.get("timing") == "events")
+    own = hw.get("host_in_process") if host_costs == "in_process" else None
+    situ = HOST_IN_PROCESS.set(own)
     try:
         run = simulate(scn, jobs, record_ir=True, file=str(scenario), progress=progress)
         # its IR names each kernel's shape, for matching kernels of another run by what they are
@@ -112,9 +126,12 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     finally:
         EMULATED.reset(token)
         EVENT_TIMED.reset(timed)
+        HOST_IN_PROCESS.reset(situ)
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
             "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
             "measured_dir": str(measured), "emulated": emulated,
+            "host_costs": (f"in process: the measured run's first {own.get('jobs', '?')} jobs, before its clock"
+                           if own is not None else "profile: in-situ runs of calibration"),
             **({"kernels_dir": str(kernels)} if kernels is not None else {})}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return build_report(out, measured)
@@ -282,6 +299,7 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
                          "date": hw.get("date"), "profile": meta.get("profile"),
                          "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks),
                          "request_timing": hw.get("timing"),
+                         **({"host_costs": meta["host_costs"]} if meta.get("host_costs") else {}),
                          "kernel_timing": _hw_info(kernels_dir).get("timing") if kernels_dir else hw.get("timing")}
     # kernel times from another run: match kernels by shape where both IRs are at hand
     k_shapes = kernel_shapes(ir.load(kernels_dir / "ir.jsonl")) if kernels_dir and _has(kernels_dir, "ir.jsonl") \
@@ -356,7 +374,8 @@ def report_markdown(summary: dict, table: pd.DataFrame) -> str:
              f"{summary.get('measured_ranks')}), {summary.get('date')}",
              f"- timing: requests and makespan from a run timed with {summary.get('request_timing')}, kernels "
              f"from a run timed with {summary.get('kernel_timing')}",
-             f"- profile: {summary.get('profile')} (measured on {summary.get('profile_device')})", "",
+             f"- profile: {summary.get('profile')} (measured on {summary.get('profile_device')})",
+             *([f"- host costs per op: {summary['host_costs']}"] if summary.get("host_costs") else []), "",
              "Errors are (predicted − measured) / measured; kernel errors are medians and 90th percentiles of "
              "|error| over matched kernels.", "",
              "| mode | kernels matched | kernel |err| median | p90 | time-weighted | makespan | mean JCT | "

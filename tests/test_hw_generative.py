@@ -273,3 +273,31 @@ def test_warm_iterations_run_the_generative_ops_and_leave_the_run_unchanged(tmp_
     assert lib.gen is plan.composition
     result = _run(plan, 0, opts, lib, __import__("time").perf_counter())
     assert result.logits
+
+
+def test_a_host_probe_before_the_clock_leaves_the_run_unchanged(tmp_path, one_thread, capsys):
+    """`--host-probe-jobs`: the run's first jobs run before its clock through the same library;
+    their host cost per op goes to hw.json (`host_in_process`) and the measured run that
+    follows still reproduces the unbatched reference, from the first request on, leaving no KV
+    block behind. A multi-process run is not probed, and says so."""
+    d = scenario(count=1, jobs=5)
+    path = write_yaml(tmp_path, d)
+    summary = run_scenario(path, tmp_path / "hw", device="cpu", trace=False, logits=True, host_probe_jobs=3)
+    errors = reference_errors(d, tmp_path / "hw" / "logits.pt")
+    assert max(errors.values()) < 1e-4, errors
+    assert summary["completed"] == 5
+    info = json.loads((tmp_path / "hw" / "hw.json").read_text())
+    probe = info["host_in_process"]
+    assert probe["jobs"] == 3 and probe["samples"] > 20
+    assert {"qkv_proj", "decode_attention", "lm_head"} <= set(probe["launch"])
+    assert all(r["kv_cache"]["blocks_in_use_at_end"] == 0 for r in info["ranks"])
+    # the measured run's IR and requests are its own: every job once, its clock from zero
+    req = pd.read_csv(tmp_path / "hw" / "requests.csv")
+    assert sorted(req["request_id"]) == list(range(5))
+    assert min(op.t for op in ir.load(tmp_path / "hw" / "ir.jsonl").ops) < 0.5
+    run_scenario(write_yaml(tmp_path, scenario(count=2)), tmp_path / "tp", device="cpu", trace=False,
+                 host_probe_jobs=2)
+    assert "no host probe: a spawn run" in capsys.readouterr().err
+    assert "host_in_process" not in json.loads((tmp_path / "tp" / "hw.json").read_text())
+    with pytest.raises(LigerSimError, match="must be ≥ 0"):
+        run_scenario(path, tmp_path / "neg", device="cpu", trace=False, host_probe_jobs=-1)

@@ -104,6 +104,10 @@ def test_validate_runs_the_hw_backend_on_cpu(tmp_path):
                  str(tmp_path / "v"), "--device", "cpu", "--jobs", "2"]) == 0
     s = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert s["hw_mode"] == "single" and s["replay"]["kernels_matched"] == s["replay"]["kernels_measured"] > 0
+    # the run timed its host on its own first jobs (at most the 2 it runs) before its clock, and was predicted so
+    assert s["host_costs"].startswith("in process: the measured run's first 2 jobs")
+    probe = json.loads((tmp_path / "v" / "measured" / "hw.json").read_text())["host_in_process"]
+    assert probe["jobs"] == 2 and probe["launch"]
 
 
 def test_validate_on_cuda_without_cuda(tmp_path, capsys):
@@ -279,3 +283,27 @@ def test_an_events_timed_run_is_predicted_with_the_gpu_time_of_its_timing_events
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(prof))
     with pytest.raises(LigerSimError, match="host.event_pair_gpu_s"):
         load_profile(tmp_path / "bad.yaml")
+
+
+def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, capsys):
+    """A measured run whose process timed its host per op before its clock (hw.json
+    `host_in_process`) is predicted with those costs; `host_costs="profile"` keeps the profile's.
+    Which ones were used is in the summary and the report."""
+    scn, jobs, run = _self_recorded(tmp_path)
+    m = tmp_path / "measured"
+    write_run(m, run.events, jobs, run.result.schedule, scn.policy.name, None, trace=False)
+    names = {op.kernel.spec.name for op in run.result.schedule.ops if op.op == "launch"}
+    own = {"launch": {n: 1e-3 for n in names}, "samples": 100, "runs": ["probe"], "jobs": 2}  # slow beside the profile
+    (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim", "host_in_process": own}))
+    mine = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "own")
+    given = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "prof", host_costs="profile")
+    assert abs(given["replay"]["makespan_err"]) < 1e-9  # the recording's own costs
+    assert mine["replay"]["makespan_err"] > 0.5
+    assert mine["host_costs"].startswith("in process: the measured run's first 2 jobs")
+    assert given["host_costs"].startswith("profile")
+    assert "- host costs per op: in process" in (tmp_path / "own" / "report.md").read_text()
+    with pytest.raises(LigerSimError, match="unknown host costs 'both'"):
+        predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "x", host_costs="both")
+    args = ["validate", str(tmp_path / "s.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "--measured", str(m)]
+    assert main([*args, "-o", str(tmp_path / "cli"), "--host-costs", "profile"]) == 0
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["host_costs"].startswith("profile")
