@@ -7,7 +7,11 @@ medians and means, which the simulator charges). If the simulator then comes clo
 makespan, its scheduling of host and GPU work is right and the error is in the host costs it was
 given; if not, the model's structure is wrong. Nothing is written under `results/`.
 
-Run: `.venv/bin/python results/host_oracle.py [NAME ...]`
+`--first-jobs N` keeps only the host costs of the run's first N jobs (its ops until the N-th
+arriving job ended): an estimate of what `ligersim validate`'s in-process probe would give,
+whose N jobs run before the clock in the run's own process (`hw.launch.host_probe`).
+
+Run: `.venv/bin/python results/host_oracle.py [NAME ...] [--first-jobs N]`
 """
 
 from __future__ import annotations
@@ -35,17 +39,26 @@ def main() -> None:
     ap.add_argument("names", nargs="*", help="report folders (default: all)")
     ap.add_argument("--profile", default=str(ROOT / "profiles" / "h100-sxm.yaml"))
     ap.add_argument("--root", default=str(ROOT / "results" / "validation"))
+    ap.add_argument("--first-jobs", type=int, default=None, metavar="N",
+                    help="only the host costs of the run's first N jobs")
     args = ap.parse_args()
     root = Path(args.root)
     names = args.names or sorted(p.parent.name for p in root.glob("*/measured"))
     base = yaml.safe_load(Path(args.profile).read_text())
-    print(f"{'scenario':36s} {'makespan':>9s} {'mean JCT':>9s}   (closed loop, with the run's own host costs)")
+    whose = f"its first {args.first_jobs} jobs'" if args.first_jobs else "the run's own"
+    print(f"{'scenario':36s} {'makespan':>9s} {'mean JCT':>9s}   (closed loop, with {whose} host costs)")
     for name in names:
         out = root / name
         scn_path = ROOT / "scenarios" / "validation" / f"{name}.yaml"
         scn = yaml.safe_load(scn_path.read_text())
         key = host_key_of(scn)
         run = ir.load(out / "measured" / "ir.jsonl")
+        if args.first_jobs:
+            import pandas as pd
+
+            req = pd.read_csv(out / "measured" / "requests.csv").sort_values("arrival_s")
+            until = float(req["end_s"].iloc[:args.first_jobs].max())
+            run = ir.Schedule(run.world, [op for op in run.ops if op.t <= until], run.meta)
         own = summarise(op_costs(run), [name], op_costs_by(run), blocking_costs(run))
         given = base.get("host_in_situ", {})
         given = given.get(scenario_key(scn.get("name", name))) or given.get(key) or {}
