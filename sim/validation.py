@@ -130,8 +130,8 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     meta = {"scenario": scn.name, "scenario_file": str(scenario), "policy": scn.policy.name,
             "profile": str(profile), "profile_device": prof.device.get("name"), "profile_date": prof.date,
             "measured_dir": str(measured), "emulated": emulated,
-            "host_costs": (f"in process: the measured run's first {own.get('jobs', '?')} jobs, before its clock"
-                           if own is not None else "profile: in-situ runs of calibration"),
+            "host_costs": (f"in process: timed on the measured run's first {own.get('jobs', '?')} jobs, before "
+                           "its clock" if own is not None else "profile: timed in calibration's in-situ runs"),
             **({"kernels_dir": str(kernels)} if kernels is not None else {})}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return build_report(out, measured)
@@ -395,7 +395,7 @@ def report_markdown(summary: dict, table: pd.DataFrame) -> str:
         for (mode, kind), g in kernels.groupby(["mode", "kind"]):
             lines.append(f"| {mode} | {kind} | {len(g)} | {100 * g['error'].abs().median():.1f}% | "
                          f"{1e6 * g['measured_s'].mean():.1f} | {1e6 * g['predicted_s'].mean():.1f} |")
-        worst = kernels.reindex(kernels["error"].abs().sort_values(ascending=False).index).head(10)
+        worst = kernels.reindex(kernels["error"].abs().sort_values(ascending=False, kind="stable").index).head(10)
         lines += ["", "## Largest kernel errors", "", "| mode | rank | request | layer | name | measured (us) | "
                   "predicted (us) | error |", "|---|---|---|---|---|---|---|---|"]
         for r in worst.itertuples():

@@ -105,7 +105,7 @@ def test_validate_runs_the_hw_backend_on_cpu(tmp_path):
     s = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert s["hw_mode"] == "single" and s["replay"]["kernels_matched"] == s["replay"]["kernels_measured"] > 0
     # the run timed its host on its own first jobs (at most the 2 it runs) before its clock, and was predicted so
-    assert s["host_costs"].startswith("in process: the measured run's first 2 jobs")
+    assert s["host_costs"].startswith("in process: timed on the measured run's first 2 jobs")
     probe = json.loads((tmp_path / "v" / "measured" / "hw.json").read_text())["host_in_process"]
     assert probe["jobs"] == 2 and probe["launch"]
 
@@ -299,7 +299,7 @@ def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, c
     given = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "prof", host_costs="profile")
     assert abs(given["replay"]["makespan_err"]) < 1e-9  # the recording's own costs
     assert mine["replay"]["makespan_err"] > 0.5
-    assert mine["host_costs"].startswith("in process: the measured run's first 2 jobs")
+    assert mine["host_costs"].startswith("in process: timed on the measured run's first 2 jobs")
     assert given["host_costs"].startswith("profile")
     assert "- host costs per op: in process" in (tmp_path / "own" / "report.md").read_text()
     with pytest.raises(LigerSimError, match="unknown host costs 'both'"):
