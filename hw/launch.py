@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -267,7 +268,15 @@ def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
     with tempfile.TemporaryDirectory(prefix="ligersim-rdzv-") as tmp:
         init = f"file://{tmp}/rendezvous"
         try:
-            mp.spawn(_spawned, args=(world, src, out, opts, init, queue), nprocs=world, join=True)
+            ranks = mp.spawn(_spawned, args=(world, src, out, opts, init, queue), nprocs=world, join=False)
+            try:
+                while not ranks.join():
+                    pass
+            except KeyboardInterrupt:
+                _stop(ranks.processes)
+                print("ligersim: interrupted; a run of several processes writes nothing: its ranks would have to "
+                      "agree on a point to stop (a one-process run keeps the jobs it completed)", file=sys.stderr)
+                raise
         except mp.ProcessRaisedException as e:
             for kind, msg in _drain(queue):
                 if kind == "error":
@@ -281,6 +290,20 @@ def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
     raise RuntimeError("rank 0 finished without a summary")
 
 
+def _stop(processes, grace_s: float = 5.0) -> None:
+    """End the ranks of an interrupted run: each may be blocked in a collective that a rank which
+    stopped elsewhere will never join, so they cannot finish by themselves."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _drain(queue) -> list[tuple[str, object]]:
     items = []
     while not queue.empty():
@@ -289,6 +312,7 @@ def _drain(queue) -> list[tuple[str, object]]:
 
 
 def _spawned(rank: int, world: int, src: Source, out: Path, opts: Options, init: str, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (`_spawn`)
     if opts.device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _rank_main(rank, world, src, out, opts, init, queue)
@@ -311,6 +335,8 @@ def _rank_main(rank: int, world: int, src: Source, out: Path, opts: Options, ini
             dist.broadcast_object_list(t0, src=0, group=objects)
             agree = _agree(objects) if plan.schedule is None and plan.clock_decided else None
             result = _run(plan, rank, opts, lib, t0[0], agree)
+        if result.info.get("interrupted"):  # torchrun's Ctrl-C: the other ranks stopped elsewhere, so no
+            raise KeyboardInterrupt  # gather would complete; exiting lets torchrun end the job
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object(result, gathered, dst=0, group=objects)
         summary = None

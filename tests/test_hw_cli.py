@@ -139,3 +139,64 @@ def test_ctrl_c_in_a_run_writes_what_completed(tmp_path, scenario, monkeypatch, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and 1 <= summary["completed"] < 3
     assert json.loads((out / "hw.json").read_text())["ranks"][0]["interrupted"] is True
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_in_a_run_of_several_processes_stops_them_all_at_once(tmp_path):
+    """Ranks of a spawned run stop at different points, and one blocked in a collective would wait
+    for the others until the timeout: Ctrl-C ends them all, says that nothing was written, exits 130."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("torch")
+    long = {**ONE_GPU, "hardware": {**ONE_GPU["hardware"], "count": 2},
+            "workload": {**ONE_GPU["workload"], "jobs": 5000, "arrival": {"process": "poisson", "rate": 50}}}
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(long))
+    proc = subprocess.Popen([sys.executable, "-m", "hw.cli", "run", str(path), "-o", str(tmp_path / "out"),
+                             "--device", "cpu", "--no-trace"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 ranks and the resource tracker
+            time.sleep(0.5)
+        time.sleep(3.0)  # the ranks are running jobs
+        kids = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        t = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - t < 30
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "a run of several processes writes nothing" in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+    time.sleep(0.5)
+    assert not [k for k in kids if _running(k)]  # no rank left waiting in a collective
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie awaiting its parent."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
