@@ -160,6 +160,10 @@ class Profile:
         return ({str(k): float(v) for k, v in (situ.get("after_s") or {}).items()},
                 float(situ.get("sleep_late_s", 0.0)))
 
+    def host_entry(self, keys: str | list[str]) -> dict | None:
+        """The in-situ entry `host_params` uses for `keys`, or None."""
+        return self._situ(keys)
+
     def _situ(self, keys: str | list[str]) -> dict | None:
         """The first of `keys` (and generative keys' policies) with in-situ host costs."""
         keys = [keys] if isinstance(keys, str) else list(keys)

@@ -132,9 +132,34 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
             "measured_dir": str(measured), "emulated": emulated,
             "host_costs": (f"in process: timed on the measured run's first {own.get('jobs', '?')} jobs, before "
                            "its clock" if own is not None else "profile: timed in calibration's in-situ runs"),
+            **_host_ratio(hw.get("host_in_process"), prof, scn),
             **({"kernels_dir": str(kernels)} if kernels is not None else {})}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return build_report(out, measured)
+
+
+def host_speed_ratio(own: dict, given: dict) -> float | None:
+    """How much host time per op `own` (an in-situ entry: this process's) took against `given`
+    (the profile's) for the same op names, weighted by `own`'s sample counts: the run's host
+    work costed at each's mean per op. None where they share no op."""
+    a, b = own.get("launch_stats") or {}, given.get("launch_stats") or {}
+    mean_b = {k: v[1] for k, v in b.items()} or dict(given.get("launch") or {})
+    common = [k for k in a if k in mean_b]
+    num = sum(a[k][0] * a[k][1] for k in common)
+    den = sum(a[k][0] * mean_b[k] for k in common)
+    return num / den if den > 0 else None
+
+
+def _host_ratio(own: dict | None, prof, scn) -> dict:
+    """`host_speed_vs_profile` for the report: the measured run's in-process host costs against
+    the profile's in-situ entry for the scenario (on the H100, such ratios ranged 0.87-1.38)."""
+    from sim.profile import host_key, scenario_key
+
+    if not own:
+        return {}
+    given = prof.host_entry([scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")])
+    ratio = host_speed_ratio(own, given) if given else None
+    return {"host_speed_vs_profile": ratio} if ratio is not None else {}
 
 
 def with_arrivals(ops: list[ir.Op], arrivals: dict[int, float]) -> list[ir.Op]:
@@ -299,7 +324,7 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
                          "date": hw.get("date"), "profile": meta.get("profile"),
                          "profile_device": meta.get("profile_device"), "measured_ranks": sorted(int(r) for r in ranks),
                          "request_timing": hw.get("timing"),
-                         **({"host_costs": meta["host_costs"]} if meta.get("host_costs") else {}),
+                         **{k: meta[k] for k in ("host_costs", "host_speed_vs_profile") if k in meta},
                          "kernel_timing": _hw_info(kernels_dir).get("timing") if kernels_dir else hw.get("timing")}
     # kernel times from another run: match kernels by shape where both IRs are at hand
     k_shapes = kernel_shapes(ir.load(kernels_dir / "ir.jsonl")) if kernels_dir and _has(kernels_dir, "ir.jsonl") \
@@ -375,7 +400,10 @@ def report_markdown(summary: dict, table: pd.DataFrame) -> str:
              f"- timing: requests and makespan from a run timed with {summary.get('request_timing')}, kernels "
              f"from a run timed with {summary.get('kernel_timing')}",
              f"- profile: {summary.get('profile')} (measured on {summary.get('profile_device')})",
-             *([f"- host costs per op: {summary['host_costs']}"] if summary.get("host_costs") else []), "",
+             *([f"- host costs per op: {summary['host_costs']}"] if summary.get("host_costs") else []),
+             *([f"- this run's host took {summary['host_speed_vs_profile']:.2f}x the profile's in-situ time for "
+                "the same ops (its in-process probe against calibration's runs)"]
+               if summary.get("host_speed_vs_profile") else []), "",
              "Errors are (predicted − measured) / measured; kernel errors are medians and 90th percentiles of "
              "|error| over matched kernels.", "",
              "| mode | kernels matched | kernel |err| median | p90 | time-weighted | makespan | mean JCT | "

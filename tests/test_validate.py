@@ -288,12 +288,13 @@ def test_an_events_timed_run_is_predicted_with_the_gpu_time_of_its_timing_events
 def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, capsys):
     """A measured run whose process timed its host per op before its clock (hw.json
     `host_in_process`) is predicted with those costs; `host_costs="profile"` keeps the profile's.
-    Which ones were used is in the summary and the report."""
+    Which ones were used is in the summary and the report, with how this host's speed compared."""
     scn, jobs, run = _self_recorded(tmp_path)
     m = tmp_path / "measured"
     write_run(m, run.events, jobs, run.result.schedule, scn.policy.name, None, trace=False)
     names = {op.kernel.spec.name for op in run.result.schedule.ops if op.op == "launch"}
-    own = {"launch": {n: 1e-3 for n in names}, "samples": 100, "runs": ["probe"], "jobs": 2}  # slow beside the profile
+    own = {"launch": {n: 1e-3 for n in names}, "launch_stats": {n: [5, 1e-3, 1e-3] for n in names}, "samples": 100,
+           "runs": ["probe"], "jobs": 2}  # slow beside the profile
     (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim", "host_in_process": own}))
     mine = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "own")
     given = predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "prof", host_costs="profile")
@@ -302,6 +303,15 @@ def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, c
     assert mine["host_costs"].startswith("in process: timed on the measured run's first 2 jobs")
     assert given["host_costs"].startswith("profile")
     assert "- host costs per op: in process" in (tmp_path / "own" / "report.md").read_text()
+    assert "host_speed_vs_profile" not in mine  # the fixture's profile has no in-situ entry to compare with
+    # against a profile whose in-situ entry has the same ops at half the time: this host took 2x
+    prof = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
+    prof["host_in_situ"] = {scn.policy.name: {"launch": {n: 5e-4 for n in names},
+                                              "launch_stats": {n: [10, 5e-4, 6e-4] for n in names}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(prof))
+    both = predict(m, tmp_path / "s.yaml", tmp_path / "p.yaml", tmp_path / "both")
+    assert both["host_speed_vs_profile"] == pytest.approx(2.0)
+    assert "host took 2.00x the profile's in-situ time" in (tmp_path / "both" / "report.md").read_text()
     with pytest.raises(LigerSimError, match="unknown host costs 'both'"):
         predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "x", host_costs="both")
     args = ["validate", str(tmp_path / "s.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "--measured", str(m)]
