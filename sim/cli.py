@@ -127,7 +127,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     prof = calibrate(args.output, args.device, args.quick, args.scenario, args.fresh, cold_l2=args.cold_l2,
                      timer=args.timer, evict_weights=not args.warm_weights, in_situ_jobs=args.in_situ_jobs,
-                     cold_ops=not args.warm_ops)
+                     cold_ops=not args.warm_ops, in_context=args.in_context)
     n = sum(len(v) for v in prof.kernels.values())
     print(f"{prof.device.get('name')}: {n} kernel shapes over {len(prof.kernels)} kinds, "
           f"{len(prof.contention.get('table', []))} contention entries, launch {prof.host.get('launch_s', 0) * 1e6:.2f} us, "
@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "other kernels' traffic)")
     cal.add_argument("--in-situ-jobs", type=int, default=None,
                      help="jobs per scenario in the in-situ host runs (default 8; more: less noise, longer)")
+    cal.add_argument("--in-context", action="store_true",
+                     help="time each encoder and prefill kernel inside one job's whole layer sequence, over per-layer "
+                          "weights, in the order and on the inputs a run gives it (default: each alone, under the L2 "
+                          "rules); see profiles/README.md")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")

@@ -397,3 +397,51 @@ def test_a_resumed_calibration_rebuilds_the_policys_entry_from_every_scenarios_o
     situ = again.profile.host_in_situ
     assert situ["scenario:tiny-a"] == a and "scenario:tiny-b" in situ
     assert situ["intra_op"] == pool([a, situ["scenario:tiny-b"]])
+
+
+def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_path, monkeypatch):
+    """`--in-context`: a target's kernels are timed inside one job's whole sequence, run through
+    the library's ops in order over per-layer weights (`Timer.each`); kernels of one shape share
+    an entry; split pieces are still timed alone; a resume under the other rule is refused."""
+    from hw import calibrate as cal
+    from hw.calibrate import Timer, calibrate, targets
+
+    seen: list[tuple[int, int]] = []
+    each = Timer.each
+
+    def spy(self, fns, passes):
+        rows = each(self, fns, passes)
+        seen.append((len(fns), passes))
+        assert len(rows) == passes and all(len(r) == len(fns) for r in rows)
+        return rows
+
+    monkeypatch.setattr(Timer, "each", spy)
+    out = tmp_path / "ctx.yaml"
+    prof = calibrate(out, device="cpu", quick=True, progress=False, in_context=True)
+    assert prof.settings["in_context"] is True and prof.status == "complete"
+    settings = cal.Settings.make("cpu", True, None)
+    tgt = targets(settings)
+    encoder = [t for t in tgt if t.model.arch == "encoder"]
+    assert seen and len(seen) <= len(tgt)
+    # one job's sequence: every layer's kernels but the collectives, prologue and epilogue
+    from sim.layers import epilogue_kernels, layer_kernels, prologue_kernels
+
+    t = encoder[0]
+    n = (len(prologue_kernels(t.model, t.tp, t.batch, t.seq)) + len(epilogue_kernels(t.model, t.tp, t.batch, t.seq))
+         + t.model.layers * len([s for s in layer_kernels(t.model, t.tp, t.batch, t.seq) if not s.is_collective]))
+    assert (n, settings.context_passes) in seen
+    # the Q, K and V projections of an encoder share a shape: one entry of 3 x layers x passes samples
+    gemm = [m for m in prof.kernels["gemm"] if m.dims == {"m": t.batch * t.seq, "n": t.model.hidden // t.tp,
+                                                            "k": t.model.hidden}]
+    assert len(gemm) == 1 and gemm[0].reps == 3 * t.model.layers * settings.context_passes
+    # the pieces of split GEMMs, timed alone, are there too
+    assert any(m.dims.get("n0") is not None or m.dims["n"] < t.model.hidden // t.tp for m in prof.kernels["gemm"])
+    from sim.errors import LigerSimError
+
+    with pytest.raises(LigerSimError, match=r"timed inside each job's sequence \(settings.in_context\); pass "
+                                             r"--fresh to start over, or add --in-context"):
+        calibrate(out, device="cpu", quick=True, progress=False)
+    alone = tmp_path / "alone.yaml"
+    calibrate(alone, device="cpu", quick=True, progress=False)
+    with pytest.raises(LigerSimError, match=r"timed alone \(settings.in_context\).*drop --in-context"):
+        calibrate(alone, device="cpu", quick=True, progress=False, in_context=True)

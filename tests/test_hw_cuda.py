@@ -164,3 +164,19 @@ def test_calibration_measures_the_gpu_time_of_a_pair_of_timing_events():
     cal.timer, cal.torch = Timer(torch, cal.s), torch
     pair = cal._event_pair(n=100, passes=3)
     assert 0.0 <= pair < 20e-6
+
+
+@cuda
+@pytest.mark.parametrize("timer", ["events", "cupti"])
+def test_a_sequence_is_timed_kernel_by_kernel_in_order(timer):
+    """`Timer.each` (in-context calibration): a large and a small multiply queued in turn, three
+    passes; each call's time is its own, in the order called."""
+    from hw.calibrate import Settings, Timer
+
+    s = Settings.make("cuda", quick=True, scenarios=None)
+    s.timer = timer
+    big = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    small = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+    rows = Timer(torch, s).each([lambda: big @ big, lambda: small @ small], passes=3)
+    assert len(rows) == 3 and all(len(r) == 2 for r in rows)
+    assert all(r[0] > 5 * r[1] > 0 for r in rows)  # ~0.1 ms beside a few microseconds
