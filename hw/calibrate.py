@@ -46,7 +46,14 @@ from hw.calibrate_iterations import (
 from hw.torchenv import check_device, torch_dtype
 from sim.errors import LigerSimError
 from sim.kernels import Kernel, KernelSpec, split_gemm
-from sim.layers import ModelShape, epilogue_kernels, layer_kernels, layer_params, prologue_kernels
+from sim.layers import (
+    ModelShape,
+    epilogue_kernels,
+    iteration_layer,
+    layer_kernels,
+    layer_params,
+    prologue_kernels,
+)
 from sim.profile import (
     PROFILE_VERSION,
     Measurement,
@@ -556,17 +563,45 @@ class Calibration:
         each kernel timed alone under rules of what L2 holds, was off by 3-10%: the runs' kernels
         are reproducible, the isolated protocol is what misses. Kernels of one shape within the
         sequence (LLaMA's or an encoder's Q, K and V projections) share one entry: their median."""
-        from collections import defaultdict
-
         m = t.model
         seq = ([(s, -1) for s in prologue_kernels(m, t.tp, t.batch, t.seq)]
                + [(s, layer) for layer in range(m.layers) for s in layer_kernels(m, t.tp, t.batch, t.seq)]
                + [(s, m.layers - 1) for s in epilogue_kernels(m, t.tp, t.batch, t.seq)])
         seq = [(s, layer) for s, layer in seq if not s.is_collective]
+        return self._time_in_context(seq, [partial(lib.run, Kernel(s, 0, rid, layer)) for s, layer in seq],
+                                     specs, bar)
+
+    def _iteration_in_context(self, lib, sh: IterShape, index: int, st, specs: list[KernelSpec],
+                              bar) -> list[KernelSpec]:
+        """`_in_context` for a synthetic generative iteration: its whole sequence over every layer's
+        weights and KV pool, each op called as `ligersim hw run` calls it (the residual add the
+        down projection leaves pending is folded by the next layer's norm, as in a run), without
+        the release at the iteration's end, so the passes can repeat it."""
+        m, n_seqs = sh.model, len(sh.prefills) + len(sh.decodes)
+        seq = ([(s, -1) for s in prologue_kernels(m, sh.tp, 1, sh.tokens)]
+               + [(s, layer) for layer in range(m.layers)
+                  for s in iteration_layer(m, sh.tp, list(sh.prefills), list(sh.decodes))]
+               + [(s, m.layers - 1) for s in epilogue_kernels(m, sh.tp, n_seqs, 1)])
+        seq = [(s, layer) for s, layer in seq if not s.is_collective]
+
+        def call(k: Kernel) -> None:
+            w = lib._w_by_layer.get(k.layer)
+            if w is not None:
+                lib.w = w
+            op = lib.ops.get(k.spec.name)
+            lib.generic.run(k) if op is None else op(lib, st, k)
+
+        return self._time_in_context(seq, [partial(call, Kernel(s, 0, index, layer)) for s, layer in seq], specs, bar)
+
+    def _time_in_context(self, seq: list[tuple[KernelSpec, int]], fns: list[Callable[[], None]],
+                         specs: list[KernelSpec], bar) -> list[KernelSpec]:
+        """Time `fns` (the kernels of `seq`, in order) with `Timer.each` and record the entries of
+        `specs` among them, each the median over its kernels, passes and layers; returns the rest."""
+        from collections import defaultdict
+
         want = {entry_key(s) for s in specs}
         if not any(entry_key(s) in want for s, _ in seq):
             return specs
-        fns = [partial(lib.run, Kernel(s, 0, rid, layer)) for s, layer in seq]
         samples: dict[tuple, list[float]] = defaultdict(list)
         for row in self.timer.each(fns, self.s.context_passes):
             for (s, _), ts in zip(seq, row):
@@ -591,6 +626,8 @@ class Calibration:
         comp = SyntheticComposition([sh for sh, _ in items])
         lib = KernelLibrary(model, Shard(tp, 0), self._dev(), torch_dtype(self.s.device, model.dtype_bytes),
                             NoCollectives(), generative=comp)  # type: ignore[arg-type]
+        if self.s.in_context:
+            lib.own_weights(list(range(model.layers)))
         for i, (sh, new) in enumerate(items):
             if not new:
                 continue
@@ -602,6 +639,8 @@ class Calibration:
             self._host_ops([(spec.name, partial(run_iteration_kernel, lib, st,
                                                 Kernel(spec, 0, i, layers.get(spec.name, 0))))
                             for spec in sh.specs() if spec.name in lib.ops])
+            if self.s.in_context:
+                new = self._iteration_in_context(lib, sh, i, st, new, bar)
             for spec in new:
                 k = Kernel(spec, 0, i, layers.get(spec.name, 0))
                 fn = partial(lib.generic.run, k) if spec.kind == "gemm" else partial(run_iteration_kernel, lib, st, k)

@@ -422,7 +422,7 @@ def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_p
     settings = cal.Settings.make("cpu", True, None)
     tgt = targets(settings)
     encoder = [t for t in tgt if t.model.arch == "encoder"]
-    assert seen and len(seen) <= len(tgt)
+    assert seen and len(seen) <= len(tgt) + len(cal.gen_targets(settings))  # one sequence per target at most
     # one job's sequence: every layer's kernels but the collectives, prologue and epilogue
     from sim.layers import epilogue_kernels, layer_kernels, prologue_kernels
 
@@ -434,6 +434,10 @@ def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_p
     gemm = [m for m in prof.kernels["gemm"] if m.dims == {"m": t.batch * t.seq, "n": t.model.hidden // t.tp,
                                                             "k": t.model.hidden}]
     assert len(gemm) == 1 and gemm[0].reps == 3 * t.model.layers * settings.context_passes
+    # generative iterations too: a decode attention runs once per layer of each pass
+    gen = next(tt for tt in cal.gen_targets(settings))
+    dec = [m_ for m_ in prof.kernels["decode_attention"]]
+    assert dec and all(m_.reps == gen.model.layers * settings.context_passes for m_ in dec)
     # the pieces of split GEMMs, timed alone, are there too
     assert any(m.dims.get("n0") is not None or m.dims["n"] < t.model.hidden // t.tp for m in prof.kernels["gemm"])
     from sim.errors import LigerSimError
