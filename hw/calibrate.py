@@ -110,7 +110,7 @@ class Settings:
     host_ops: bool = True
     host_op_reps: int = 5
     in_situ_jobs: int = 8  # jobs per scenario in the in-situ host measurement
-    # encoder and prefill targets: time each kernel inside the job's whole layer sequence, as a run
+    # time each kernel inside its job's (or generative iteration's) whole layer sequence, as a run
     # executes it (`Calibration._in_context`), instead of alone under the L2 rules
     in_context: bool = False
     context_passes: int = 3
@@ -1049,8 +1049,9 @@ def calibrate(out: str | Path, device: str = "cuda", quick: bool = False, scenar
     kernels of a few microseconds); "events" (the default) needs no profiler. `evict_weights` (the
     default) times a GEMM cold when a run reads its weight from HBM (`weight_evicted`).
     `in_situ_jobs`: jobs per scenario in the in-situ host runs (more: less noise, longer).
-    `in_context`: encoder and prefill kernels are timed inside one job's whole sequence instead
-    (`Calibration._in_context`); split GEMM pieces and generative iterations keep the rules above."""
+    `in_context`: encoder, prefill and generative-iteration kernels are timed inside one job's (or
+    iteration's) whole sequence instead (`Calibration._in_context`); split GEMM pieces keep the
+    rules above."""
     if timer not in ("events", "cupti"):
         raise LigerSimError(f"--timer {timer!r}: expected events or cupti")
     if in_situ_jobs is not None and in_situ_jobs < 1:

@@ -225,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--in-situ-jobs", type=int, default=None,
                      help="jobs per scenario in the in-situ host runs (default 8; more: less noise, longer)")
     cal.add_argument("--in-context", action="store_true",
-                     help="time each encoder and prefill kernel inside one job's whole layer sequence, over per-layer "
-                          "weights, in the order and on the inputs a run gives it (default: each alone, under the L2 "
-                          "rules); see profiles/README.md")
+                     help="time each kernel inside its job's (or generative iteration's) whole layer sequence, over "
+                          "per-layer weights, in the order and on the inputs a run gives it (default: each alone, "
+                          "under the L2 rules); see profiles/README.md")
     cal.set_defaults(func=_calibrate)
 
     va = sub.add_parser("validate", help="run a scenario on the GPU and in the simulator; report the errors")
