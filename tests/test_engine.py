@@ -336,18 +336,10 @@ def test_host_time_after_blocking_ops_delays_the_next_launch():
     `sleep_late_s` (how late a sleeping host wakes): a launch after a blocked sync waits for the
     kernel's end, the wake-up and the after-sync time; one after a sleep for the late wake and the
     after-sleep time; each blocking op's return is recorded in the IR as `done`."""
-    from sim.contention import ContentionTable
-    from sim.engine import Engine, HostParams
-    from sim.kernels import Kernel, KernelSpec
-    from sim.links import build_topology
-    from sim.presets import INTERCONNECTS
+    from sim.engine import HostParams
 
-    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
-    host = HostParams(1e-6, 3e-6, after_block={"sync": 20e-6, "sleep_until": 40e-6}, sleep_late_s=100e-6)
-    eng = Engine(1, lambda k: 10e-6, ContentionTable([]), topo, host)
-
-    def kern(i):
-        return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
+    eng = _one_gpu(HostParams(1e-6, 3e-6, after_block={"sync": 20e-6, "sleep_until": 40e-6}, sleep_late_s=100e-6))
+    kern = _tiny_gemm
 
     def policy(rt):
         s = rt.new_stream(0)
@@ -371,16 +363,9 @@ def test_ready_syncs_records_and_waits_cost_their_own_host_time():
     """A sync on an event the GPU has passed costs the call (`sync_call_s`), one that waits resumes
     `sync_wakeup_s` after the event; a record and a wait cost their own times (`record_s`,
     `wait_s`), else the launch cost."""
-    from sim.contention import ContentionTable
-    from sim.engine import Engine, HostParams
-    from sim.kernels import Kernel, KernelSpec
-    from sim.links import build_topology
-    from sim.presets import INTERCONNECTS
+    from sim.engine import HostParams
 
-    topo = build_topology(INTERCONNECTS["nvswitch-h100"], 1)
-
-    def kern(i):
-        return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
+    kern = _tiny_gemm
 
     def policy(rt):
         s = rt.new_stream(0)
@@ -396,8 +381,7 @@ def test_ready_syncs_records_and_waits_cost_their_own_host_time():
         rt.launch(kern(1), s)
 
     def run(**kw):
-        eng = Engine(1, lambda k: 10e-6, ContentionTable([]), topo, HostParams(1e-6, 3e-6, **kw))
-        res = eng.run([policy])
+        res = _one_gpu(HostParams(1e-6, 3e-6, **kw)).run([policy])
         ev = events_frame(res.events).set_index("request_id")
         return res, ev.loc[1, "launch_s"]
 
@@ -408,3 +392,19 @@ def test_ready_syncs_records_and_waits_cost_their_own_host_time():
     assert t == pytest.approx(57e-6 + 1e-6)
     _, t_before = run()  # records and waits at the launch cost, a ready sync free
     assert t_before == pytest.approx(50e-6 + 1e-6)
+
+
+def _one_gpu(host):
+    """An engine of one H100 whose kernels each last 10 us, with `host`'s costs."""
+    from sim.contention import ContentionTable
+    from sim.engine import Engine
+    from sim.links import build_topology
+    from sim.presets import INTERCONNECTS
+
+    return Engine(1, lambda k: 10e-6, ContentionTable([]), build_topology(INTERCONNECTS["nvswitch-h100"], 1), host)
+
+
+def _tiny_gemm(i: int):
+    from sim.kernels import Kernel, KernelSpec
+
+    return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
