@@ -7,7 +7,8 @@ timing, for kernel times). This re-predicts them with a profile (default the com
 plots, and keeps the folder small: the IR and validation.csv gzipped, the predicted runs
 (closed_loop/, replay/) dropped, since this script makes them again.
 
-Run: `.venv/bin/python results/revalidate.py [--profile P] [NAME ...]`
+Run: `.venv/bin/python results/revalidate.py [--profile P] [--root DIR] [--host-costs profile] [NAME ...]`
+(`--root` a copy of the folder, to compare without touching the committed reports).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", help="report folders to rebuild (default: all)")
     ap.add_argument("--profile", default="profiles/h100-sxm.yaml")
     ap.add_argument("--root", default="results/validation")
+    ap.add_argument("--host-costs", choices=("in-process", "profile"), default="in-process",
+                    help="as `ligersim validate --host-costs` (runs without an in-process probe use the profile's)")
     args = ap.parse_args()
     root = Path(args.root)
     names = args.names or sorted(p.parent.name for p in root.glob("*/measured"))
@@ -46,8 +49,8 @@ def main() -> None:
         scn = ROOT / "scenarios" / "validation" / f"{name}.yaml"
         if scn.is_relative_to(Path.cwd()):  # reports name their files relative to the checkout
             scn = scn.relative_to(Path.cwd())
-        s = validate(scn, args.profile, out,
-                     measured=out / "measured", kernels=kernels if kernels.is_dir() else None)
+        s = validate(scn, args.profile, out, measured=out / "measured", kernels=kernels if kernels.is_dir() else None,
+                     host_costs=args.host_costs.replace("-", "_"))
         for mode in ("closed_loop", "replay"):
             shutil.rmtree(out / mode, ignore_errors=True)
         (out / "validation.csv.gz").unlink(missing_ok=True)
