@@ -585,11 +585,12 @@ class Calibration:
         seq = [(s, layer) for s, layer in seq if not s.is_collective]
 
         def call(k: Kernel) -> None:
-            w = lib._w_by_layer.get(k.layer)
-            if w is not None:
-                lib.w = w
+            lib.use_layer(k.layer)
             op = lib.ops.get(k.spec.name)
-            lib.generic.run(k) if op is None else op(lib, st, k)
+            if op is None:
+                lib.generic.run(k)
+            else:
+                op(lib, st, k)
 
         return self._time_in_context(seq, [partial(call, Kernel(s, 0, index, layer)) for s, layer in seq], specs, bar)
 

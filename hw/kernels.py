@@ -84,10 +84,14 @@ class KernelLibrary:
             self._w_by_layer[layer] = w
 
     # ------------------------------------------------------------------ dispatch
-    def run(self, k: Kernel) -> None:
-        w = self._w_by_layer.get(k.layer)
+    def use_layer(self, layer: int) -> None:
+        """Make `layer`'s weights the ones the ops read (`own_weights`; else the shared set)."""
+        w = self._w_by_layer.get(layer)
         if w is not None:
             self.w = w
+
+    def run(self, k: Kernel) -> None:
+        self.use_layer(k.layer)
         if self.gen is not None and k.request_id >= 0:
             self._run_generative(k)
             return
