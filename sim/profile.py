@@ -328,36 +328,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
     if not isinstance(situ, dict):
         raise LigerSimError("must map policies to their in-situ host costs", file=file, field="host_in_situ")
     for pol, v in situ.items():
-        launch = v.get("launch") if isinstance(v, dict) else None
-        if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
-            raise LigerSimError("must map each policy to {launch: {op name: host seconds ≥ 0}, ...}", file=file,
-                                field=f"host_in_situ.{pol}")
-        linear = v.get("launch_linear") or {}
-        if not isinstance(linear, dict) or not all(
-                isinstance(x, list | tuple) and len(x) == 4 and isinstance(x[0], str)
-                and all(isinstance(y, int | float) for y in x[1:]) for x in linear.values()):
-            raise LigerSimError("must map op names to [dim, base s, s per unit, samples]", file=file,
-                                field=f"host_in_situ.{pol}.launch_linear")
-        stats = v.get("launch_stats") or {}
-        if not isinstance(stats, dict) or not all(
-                isinstance(x, list | tuple) and len(x) == 3 and all(isinstance(y, int | float) and y >= 0 for y in x)
-                for x in stats.values()):
-            raise LigerSimError("must map op names to [samples, mean s, 90th percentile s], all ≥ 0", file=file,
-                                field=f"host_in_situ.{pol}.launch_stats")
-        for kind in ("record", "wait"):
-            x = v.get(f"{kind}_stats")
-            if x is not None and not (isinstance(x, list | tuple) and len(x) == 3
-                                      and all(isinstance(y, int | float) and y >= 0 for y in x)):
-                raise LigerSimError("must be [samples, mean s, 90th percentile s], all ≥ 0", file=file,
-                                    field=f"host_in_situ.{pol}.{kind}_stats")
-        after = v.get("after_s") or {}
-        if not isinstance(after, dict) or not all(
-                k in BLOCKING and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
-            raise LigerSimError("must map sync and sleep_until to host seconds ≥ 0", file=file,
-                                field=f"host_in_situ.{pol}.after_s")
-        late = v.get("sleep_late_s", 0.0)
-        if not isinstance(late, int | float) or late < 0:
-            raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host_in_situ.{pol}.sleep_late_s")
+        check_situ_entry(v, file, f"host_in_situ.{pol}")
     return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
                    host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
                    contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},
@@ -365,6 +336,41 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
                    settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file,
                    host_ops={str(k): float(v) for k, v in host_ops.items()},
                    host_in_situ={str(k): dict(v) for k, v in situ.items()})
+
+
+def check_situ_entry(v, file: str, where: str) -> None:
+    """An in-situ host entry (a profile's `host_in_situ` value, or a run's `host_in_process`) is
+    well formed, else a LigerSimError naming `file` and the field under `where`."""
+    launch = v.get("launch") if isinstance(v, dict) else None
+    if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
+        raise LigerSimError("must be an in-situ entry: {launch: {op name: host seconds ≥ 0}, ...}", file=file,
+                            field=where)
+    linear = v.get("launch_linear") or {}
+    if not isinstance(linear, dict) or not all(
+            isinstance(x, list | tuple) and len(x) == 4 and isinstance(x[0], str)
+            and all(isinstance(y, int | float) for y in x[1:]) for x in linear.values()):
+        raise LigerSimError("must map op names to [dim, base s, s per unit, samples]", file=file,
+                            field=f"{where}.launch_linear")
+    stats = v.get("launch_stats") or {}
+    if not isinstance(stats, dict) or not all(
+            isinstance(x, list | tuple) and len(x) == 3 and all(isinstance(y, int | float) and y >= 0 for y in x)
+            for x in stats.values()):
+        raise LigerSimError("must map op names to [samples, mean s, 90th percentile s], all ≥ 0", file=file,
+                            field=f"{where}.launch_stats")
+    for kind in ("record", "wait"):
+        x = v.get(f"{kind}_stats")
+        if x is not None and not (isinstance(x, list | tuple) and len(x) == 3
+                                  and all(isinstance(y, int | float) and y >= 0 for y in x)):
+            raise LigerSimError("must be [samples, mean s, 90th percentile s], all ≥ 0", file=file,
+                                field=f"{where}.{kind}_stats")
+    after = v.get("after_s") or {}
+    if not isinstance(after, dict) or not all(
+            k in BLOCKING and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
+        raise LigerSimError("must map sync and sleep_until to host seconds ≥ 0", file=file,
+                            field=f"{where}.after_s")
+    late = v.get("sleep_late_s", 0.0)
+    if not isinstance(late, int | float) or late < 0:
+        raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"{where}.sleep_late_s")
 
 
 _CACHE: dict[tuple[str, float], Profile] = {}

@@ -80,7 +80,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     (hw.json `host_in_process`), those costs replace the profile's in-situ ones. The executor is
     host-bound, and its host speed differed between processes on the same machine by more
     than the floors; the kernels, contention and the rest still come from the profile."""
-    from sim.profile import EMULATED, EVENT_TIMED, HOST_IN_PROCESS, load_profile
+    from sim.profile import EMULATED, EVENT_TIMED, HOST_IN_PROCESS, check_situ_entry, load_profile
 
     if host_costs not in HOST_COSTS:
         raise LigerSimError(f"unknown host costs {host_costs!r}; expected one of {', '.join(HOST_COSTS)}",
@@ -98,6 +98,8 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     emulated = hw.get("mode") == "emulate"
     token = EMULATED.set(emulated)
     timed = EVENT_TIMED.set(hw.get("timing") == "events")
+    if "host_in_process" in hw:
+        check_situ_entry(hw["host_in_process"], str(measured / "hw.json"), "host_in_process")
     own = hw.get("host_in_process") if host_costs == "in_process" else None
     situ = HOST_IN_PROCESS.set(own)
     try:

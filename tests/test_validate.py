@@ -312,6 +312,10 @@ def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, c
     both = predict(m, tmp_path / "s.yaml", tmp_path / "p.yaml", tmp_path / "both")
     assert both["host_speed_vs_profile"] == pytest.approx(2.0)
     assert "host took 2.00x the profile's in-situ time" in (tmp_path / "both" / "report.md").read_text()
+    (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim", "host_in_process": {"launch": [1]}}))
+    with pytest.raises(LigerSimError, match=r"hw.json: host_in_process: must be an in-situ entry"):
+        predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "bad")
+    (m / "hw.json").write_text(json.dumps({"mode": "spawn", "device": "sim", "host_in_process": own}))
     with pytest.raises(LigerSimError, match="unknown host costs 'both'"):
         predict(m, tmp_path / "s.yaml", FIX / "profile-cpu.yaml", tmp_path / "x", host_costs="both")
     args = ["validate", str(tmp_path / "s.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "--measured", str(m)]
