@@ -47,7 +47,10 @@ def validation_table(root: Path) -> str:
             return " / ".join(_pct(m.get(key), sign) for m in modes)
 
         miss = sorted({k for m in modes for k in misses(m)})
-        rows.append(f"| {f.parent.name} | {s.get('policy')} | {both('kernel_err_median', False)} | "
+        host = "in process" if str(s.get("host_costs", "")).startswith("in process") else "profile"
+        if s.get("host_speed_vs_profile"):
+            host += f" ({s['host_speed_vs_profile']:.2f}x)"
+        rows.append(f"| {f.parent.name} | {s.get('policy')} | {host} | {both('kernel_err_median', False)} | "
                     f"{both('kernel_err_p90', False)} | {both('makespan_err')} | {both('jct_mean_err')} | "
                     f"{both('ttft_mean_err') if 'ttft_mean_err' in modes[0] else '–'} | "
                     f"{'yes' if not miss else 'no: ' + ', '.join(k.removesuffix('_err') for k in miss)} |")
@@ -57,9 +60,10 @@ def validation_table(root: Path) -> str:
     dates = sorted({str(json.loads(f.read_text()).get("date", ""))[:10] for f in root.glob("*/summary.json")})
     head = (f"Measured on {', '.join(devices)} ({', '.join(dates)}). Errors are (predicted − measured) / measured, "
             "each as closed loop / replay; kernel errors are the median and 90th percentile of |error| over "
-            "matched kernels.\n\n"
-            "| scenario | policy | kernel \\|err\\| median | kernel p90 | makespan | mean JCT | mean TTFT | "
-            "within 5% |\n|---|---|---|---|---|---|---|---|")
+            "matched kernels. Host costs per op: measured in the run's own process before its clock (with this "
+            "host's speed against the profile's in-situ runs), or the profile's.\n\n"
+            "| scenario | policy | host costs | kernel \\|err\\| median | kernel p90 | makespan | mean JCT | "
+            "mean TTFT | within 5% |\n|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
