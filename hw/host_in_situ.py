@@ -43,18 +43,15 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
     sleep woke (`sleep_late_s`); means, as a run's length is their sum."""
     ops = {k: v for k, v in sorted(samples.items()) if k not in ("record", "wait") and v}
     launch = {k: statistics.median(v) for k, v in ops.items()}
-    stats = {k: [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
-             for k, v in ops.items()}
-    entry: dict = {"launch": launch, "launch_stats": stats, "samples": sum(len(v) for v in samples.values()),
+    entry: dict = {"launch": launch, "launch_stats": {k: _stats(v) for k, v in ops.items()}, "samples": sum(len(v) for v in samples.values()),
                    "runs": runs}
     fits = {k: (linear_fit(v), len(v)) for k, v in sorted((by_items or {}).items())}
     if any(f is not None for f, _ in fits.values()):
         entry["launch_linear"] = {k: [LINEAR_DIM, f[0], f[1], n] for k, (f, n) in fits.items() if f is not None}
     for k in ("record", "wait"):  # the median, as before; the mean is what the simulator charges
         if samples.get(k):
-            v = samples[k]
-            entry[f"{k}_s"] = statistics.median(v)
-            entry[f"{k}_stats"] = [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
+            entry[f"{k}_s"] = statistics.median(samples[k])
+            entry[f"{k}_stats"] = _stats(samples[k])
     blocking = blocking or {}
     after = {k: statistics.fmean(v) for k, v in sorted(blocking.items()) if k in ir.BLOCKING and v}
     if after:
@@ -62,6 +59,11 @@ def summarise(samples: dict[str, list[float]], runs: list[str],
     if blocking.get("sleep_late"):
         entry["sleep_late_s"] = statistics.fmean(blocking["sleep_late"])
     return entry
+
+
+def _stats(v: list[float]) -> list:
+    """[samples, mean, 90th percentile] of one op's host times."""
+    return [len(v), statistics.fmean(v), statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]]
 
 
 def pool(entries: list[dict]) -> dict:
@@ -74,16 +76,18 @@ def pool(entries: list[dict]) -> dict:
         total = sum(w for w, _ in pairs)
         return sum(w * v for w, v in pairs) / total if total else pairs[0][1]
 
+    def pooled(stats: list[list]) -> list:  # [samples, mean, p90] triples, each weighted by its samples
+        return [sum(x[0] for x in stats), wmean([(x[0], x[1]) for x in stats]), wmean([(x[0], x[2]) for x in stats])]
+
     out: dict = {"launch": {}, "launch_stats": {}, "samples": sum(e.get("samples", 0) for e in entries),
                  "runs": [r for e in entries for r in e.get("runs", [])]}
     for op in sorted({op for e in entries for op in e.get("launch", {})}):
         have = [e for e in entries if op in e.get("launch", {})]
         n = [e.get("launch_stats", {}).get(op, [e.get("samples", 1)])[0] for e in have]
         out["launch"][op] = wmean([(w, e["launch"][op]) for w, e in zip(n, have)])
-        stats = [(w, e["launch_stats"][op]) for w, e in zip(n, have) if op in e.get("launch_stats", {})]
+        stats = [e["launch_stats"][op] for e in have if op in e.get("launch_stats", {})]
         if stats:
-            out["launch_stats"][op] = [sum(w for w, _ in stats), wmean([(w, st[1]) for w, st in stats]),
-                                       wmean([(w, st[2]) for w, st in stats])]
+            out["launch_stats"][op] = pooled(stats)
     if not out["launch_stats"]:
         del out["launch_stats"]
     lines = [e["launch_linear"] for e in entries if e.get("launch_linear")]
@@ -96,8 +100,7 @@ def pool(entries: list[dict]) -> dict:
     for kind in ("record", "wait"):
         stats = [e[f"{kind}_stats"] for e in entries if f"{kind}_stats" in e]
         if stats:
-            out[f"{kind}_stats"] = [sum(x[0] for x in stats), wmean([(x[0], x[1]) for x in stats]),
-                                    wmean([(x[0], x[2]) for x in stats])]
+            out[f"{kind}_stats"] = pooled(stats)
     for key in ("record_s", "wait_s", "sleep_late_s"):
         vals = [(e.get("samples", 1), e[key]) for e in entries if key in e]
         if vals:

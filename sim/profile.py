@@ -254,6 +254,12 @@ def scenario_key(name: str) -> str:
     return SCENARIO_KEY + name
 
 
+def host_keys(scn) -> list[str]:
+    """The in-situ keys a parsed scenario's host costs are looked up under, first match first: its
+    own (`scenario_key`), then its policy's (`host_key`)."""
+    return [scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")]
+
+
 def host_key_of(scenario: dict) -> str:
     """`host_key` of a scenario's raw (YAML) dict, before it is parsed."""
     return host_key((scenario.get("policy") or {}).get("name", "intra_op"),

@@ -41,13 +41,13 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
     pairs = [(p.victim, p.other, p.priority, p.slowdown) for p in hw.contention.pairs]
     host = HostParams(hw.host.launch_s, hw.host.sync_wakeup_s)
     if hw.profile:
-        from sim.profile import EVENT_TIMED, HOST_IN_PROCESS, host_key, profile_cost, scenario_key
+        from sim.profile import EVENT_TIMED, HOST_IN_PROCESS, host_keys, profile_cost
 
         cost, prof = profile_cost(hw.profile, cost, scn)
         if "contention" not in hw.model_fields_set:
             pairs = prof.contention_pairs()
         if "host" not in hw.model_fields_set:
-            keys = [scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")]
+            keys = host_keys(scn)
             own = HOST_IN_PROCESS.get()
             if own is not None:  # the run's own, measured in its process (validation)
                 prof = dataclasses.replace(prof, host_in_situ={keys[0]: own})

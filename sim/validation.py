@@ -155,11 +155,11 @@ def host_speed_ratio(own: dict, given: dict) -> float | None:
 def _host_ratio(own: dict | None, prof, scn) -> dict:
     """`host_speed_vs_profile` for the report: the measured run's in-process host costs against
     the profile's in-situ entry for the scenario (on the H100, such ratios ranged 0.87-1.38)."""
-    from sim.profile import host_key, scenario_key
+    from sim.profile import host_keys
 
     if not own:
         return {}
-    given = prof.host_entry([scenario_key(scn.name), host_key(scn.policy.name, scn.serving.mode == "generative")])
+    given = prof.host_entry(host_keys(scn))
     ratio = host_speed_ratio(own, given) if given else None
     return {"host_speed_vs_profile": ratio} if ratio is not None else {}
 
