@@ -259,7 +259,7 @@ class Timer:
     def times(self, fn: Callable[[], None], reps: int | None = None, warmup: int | None = None,
               cold: bool | None = None) -> list[float]:
         """`cold`: flush L2 before each repetition (default: the settings' `flush_l2`)."""
-        torch, reps = self.torch, reps or self.s.reps
+        reps = reps or self.s.reps
         self._cold = self.s.flush_l2 if cold is None else cold
         host = []
         for _ in range(max(2, self.s.warmup if warmup is None else warmup)):
@@ -278,16 +278,22 @@ class Timer:
         # the next one, and ungated events would time the host's dispatch instead (on an H100
         # with torch 2.11 a bias+transpose measured 39-76 us ungated, 16-19 us gated).
         gate_s = reps * (min(host[1:]) + HOST_PER_REP_S) + 200e-6
+        return self._gated(fn, reps, gate_s, True, f"{reps} repetitions")
+
+    def _gated(self, fn: Callable[[], None], reps: int, gate_s: float, evict: bool, what: str) -> list[float]:
+        """`reps` calls of `fn` queued behind a gate and timed (CUPTI or events); the gate grows
+        until the host could enqueue them all inside it."""
         if self.cupti:  # the profiler slows the host's dispatch; each retry costs a profiler session
             gate_s *= 2
         for _ in range(4):
-            torch.cuda.synchronize()
-            held, out = self._event_reps(fn, reps, gate_s) if not self.cupti else self._cupti_or_events(fn, reps, gate_s)
+            self.torch.cuda.synchronize()
+            held, out = (self._cupti_or_events(fn, reps, gate_s, evict) if self.cupti
+                         else self._event_reps(fn, reps, gate_s, evict))
             if held:
                 break
             gate_s *= 4
         else:
-            print(f"ligersim: the host could not enqueue {reps} repetitions inside a {gate_s:.4f} s gate; "
+            print(f"ligersim: the host could not enqueue {what} inside a {gate_s:.4f} s gate; "
                   "these timings include host dispatch", file=sys.stderr)
         return out
 
@@ -297,7 +303,6 @@ class Timer:
         queue, each call timed as `times` times a repetition (CUPTI: its device work; events: a
         pair around it). Nothing is flushed: each call finds the cache the calls before it left,
         as in a run. One untimed pass first warms it up."""
-        torch = self.torch
         t0 = time.perf_counter()
         for fn in fns:
             fn()
@@ -313,25 +318,14 @@ class Timer:
                 out.append(row)
             return out
         flat = [fn for _ in range(passes) for fn in fns]
-        gate_s = passes * (pass_s + len(fns) * HOST_PER_REP_S) + 200e-6
-        if self.cupti:
-            gate_s *= 2
         at = [0]
 
         def call() -> None:  # each attempt makes exactly len(flat) calls: the cycle stays aligned
             flat[at[0] % len(flat)]()
             at[0] += 1
 
-        for _ in range(4):
-            torch.cuda.synchronize()
-            held, ts = (self._cupti_or_events(call, len(flat), gate_s, evict=False) if self.cupti
-                        else self._event_reps(call, len(flat), gate_s, evict=False))
-            if held:
-                break
-            gate_s *= 4
-        else:
-            print(f"ligersim: the host could not enqueue a {len(fns)}-kernel sequence {passes} times inside a "
-                  f"{gate_s:.4f} s gate; these timings include host dispatch", file=sys.stderr)
+        gate_s = passes * (pass_s + len(fns) * HOST_PER_REP_S) + 200e-6
+        ts = self._gated(call, len(flat), gate_s, False, f"a {len(fns)}-kernel sequence {passes} times")
         return [ts[i * len(fns):(i + 1) * len(fns)] for i in range(passes)]
 
     def _gate(self, gate_s: float):
@@ -583,16 +577,8 @@ class Calibration:
                   for s in iteration_layer(m, sh.tp, list(sh.prefills), list(sh.decodes))]
                + [(s, m.layers - 1) for s in epilogue_kernels(m, sh.tp, n_seqs, 1)])
         seq = [(s, layer) for s, layer in seq if not s.is_collective]
-
-        def call(k: Kernel) -> None:
-            lib.use_layer(k.layer)
-            op = lib.ops.get(k.spec.name)
-            if op is None:
-                lib.generic.run(k)
-            else:
-                op(lib, st, k)
-
-        return self._time_in_context(seq, [partial(call, Kernel(s, 0, index, layer)) for s, layer in seq], specs, bar)
+        fns = [partial(run_iteration_kernel, lib, st, Kernel(s, 0, index, layer), fold_each=False) for s, layer in seq]
+        return self._time_in_context(seq, fns, specs, bar)
 
     def _time_in_context(self, seq: list[tuple[KernelSpec, int]], fns: list[Callable[[], None]],
                          specs: list[KernelSpec], bar) -> list[KernelSpec]:
@@ -601,15 +587,15 @@ class Calibration:
         from collections import defaultdict
 
         want = {entry_key(s) for s in specs}
-        if not any(entry_key(s) in want for s, _ in seq):
+        keys = [entry_key(s) for s, _ in seq]
+        if not want.intersection(keys):
             return specs
         samples: dict[tuple, list[float]] = defaultdict(list)
         for row in self.timer.each(fns, self.s.context_passes):
-            for (s, _), ts in zip(seq, row):
-                if entry_key(s) in want:
-                    samples[entry_key(s)].append(ts)
-        for s, _ in seq:
-            key = entry_key(s)
+            for key, ts in zip(keys, row):
+                if key in want:
+                    samples[key].append(ts)
+        for (s, _), key in zip(seq, keys):
             if key in samples:
                 self._record(s, samples.pop(key))
                 bar.update()

@@ -111,13 +111,18 @@ class SyntheticComposition:
         return self._batches[index]
 
 
-def run_iteration_kernel(lib, st, k: Kernel) -> None:
-    """One kernel of a synthetic generative iteration: its named op, else a generic kernel."""
+def run_iteration_kernel(lib, st, k: Kernel, fold_each: bool = True) -> None:
+    """One kernel of a synthetic generative iteration, over its layer's weights: its named op
+    (`named_op` when timed alone, `fold_each`; as a run calls it inside a whole sequence), else a
+    generic kernel."""
+    lib.use_layer(k.layer)
     op = lib.ops.get(k.spec.name)
     if op is None:
         lib.generic.run(k)
-    else:
+    elif fold_each:
         named_op(op, lib, st, k)
+    else:
+        op(lib, st, k)
 
 
 def named_op(op, lib, st, k: Kernel) -> None:

@@ -118,9 +118,15 @@ def _setup(plan: Plan, rank: int, opts: Options, comm: Collectives) -> KernelLib
         # the H100 runs the policy's first stream was declared 3.2-5.1 ms after the clock started
         # (the second 40 us later), a delay of the first job the simulator does not have
         torch.cuda.Stream(priority=0)
-    gc.collect()  # before the clock: a full collection in a fresh process with torch loaded takes
-    gc.freeze()   # tens of ms, and `quiet_gc` keeps what exists now out of later ones
+    _freeze_heap()
     return lib
+
+
+def _freeze_heap() -> None:
+    """Before the clock: a full collection in a fresh process with torch loaded takes tens of ms,
+    and `quiet_gc` keeps what exists now out of later ones."""
+    gc.collect()
+    gc.freeze()
 
 
 def host_probe(src: Source, opts: Options, lib: KernelLibrary) -> dict | None:
@@ -153,8 +159,7 @@ def host_probe(src: Source, opts: Options, lib: KernelLibrary) -> dict | None:
     n = len(probe.jobs or [])  # the workload may have fewer
     entry = {**summarise(op_costs(schedule), [f"this process, its first {n} jobs before the clock"],
                          op_costs_by(schedule), blocking_costs(schedule)), "jobs": n}
-    gc.collect()  # `_run` unfroze the heap; freeze it again, as `_setup` left it
-    gc.freeze()
+    _freeze_heap()  # `_run` unfroze it; as `_setup` left it
     return entry
 
 
