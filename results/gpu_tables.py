@@ -50,7 +50,9 @@ def validation_table(root: Path) -> str:
         host = "in process" if str(s.get("host_costs", "")).startswith("in process") else "profile"
         if s.get("host_speed_vs_profile"):
             host += f" ({s['host_speed_vs_profile']:.2f}x)"
-        rows.append(f"| {f.parent.name} | {s.get('policy')} | {host} | {both('kernel_err_median', False)} | "
+        drift = [d["ratio"] for d in (s.get("host") or {}).get("drift") or []]
+        spread = f"{min(drift):.2f}–{max(drift):.2f}" if drift else "–"
+        rows.append(f"| {f.parent.name} | {s.get('policy')} | {host} | {spread} | {both('kernel_err_median', False)} | "
                     f"{both('kernel_err_p90', False)} | {both('makespan_err')} | {both('jct_mean_err')} | "
                     f"{both('ttft_mean_err') if 'ttft_mean_err' in modes[0] else '–'} | "
                     f"{'yes' if not miss else 'no: ' + ', '.join(k.removesuffix('_err') for k in miss)} |")
@@ -61,9 +63,11 @@ def validation_table(root: Path) -> str:
     head = (f"Measured on {', '.join(devices)} ({', '.join(dates)}). Errors are (predicted − measured) / measured, "
             "each as closed loop / replay; kernel errors are the median and 90th percentile of |error| over "
             "matched kernels. Host costs per op: measured in the run's own process before its clock (with this "
-            "host's speed against the profile's in-situ runs), or the profile's.\n\n"
-            "| scenario | policy | host costs | kernel \\|err\\| median | kernel p90 | makespan | mean JCT | "
-            "mean TTFT | within 5% |\n|---|---|---|---|---|---|---|---|---|")
+            "host's speed against the profile's in-situ runs), or the profile's. Host drift: the measured run's "
+            "host speed through the run, the lowest and highest of its eighths against its own median per op "
+            "(`sim.host_gaps.host_drift`).\n\n"
+            "| scenario | policy | host costs | host drift | kernel \\|err\\| median | kernel p90 | makespan | "
+            "mean JCT | mean TTFT | within 5% |\n|---|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 

@@ -158,3 +158,35 @@ def host_breakdown(schedule: ir.Schedule, stall_s: float = 1e-3, rank: int = 0, 
         "repeat_s": total - first_s,
         "top_stalls": [{"op": k, "n": v[0], "s": v[1], "first_use_n": v[2]} for k, v in top_stalls],
     }
+
+
+def host_drift(schedule: ir.Schedule, rank: int = 0, parts: int = 8) -> list[dict]:
+    """How the host's speed moved through a run: rank `rank`'s repeat-use launches (first uses
+    left out, they are slow for another reason), in `parts` runs of equal count in time order,
+    each with the median over its launches of the launch's host gap divided by the median of its
+    op name over the whole run (1 = the run's typical speed). A model charging one cost per op
+    name charges the run's average: where parts differ, early or late jobs are predicted long or
+    short by as much. On the H100, interleaved TP 2 (light) went from 0.72 to 1.09 of its own
+    medians between its first and last eighth, intra_op TP 2 from 1.08 to 0.97; intra_op TP 8
+    stayed within 0.99-1.01. Rows: part, t0_s, t1_s
+    (host times of its first and last launch), n, ratio."""
+    ops = schedule.by_rank()[rank] if rank < schedule.world else []
+    first = first_uses(ops)
+    index = {id(op): i for i, op in enumerate(ops)}
+    samples = [(op.t, op_name(op), gap) for op, gap in gaps(ops)
+               if op.op == "launch" and index[id(op)] not in first]
+    if parts < 1 or len(samples) < parts:
+        return []
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for _t, name, gap in samples:
+        by_name[name].append(gap)
+    med = {name: statistics.median(v) for name, v in by_name.items()}
+    ratios = [(t, gap / med[name]) for t, name, gap in samples if med[name] > 0]
+    if len(ratios) < parts:
+        return []
+    out = []
+    for p in range(parts):
+        chunk = ratios[p * len(ratios) // parts:(p + 1) * len(ratios) // parts]
+        out.append({"part": p, "t0_s": chunk[0][0], "t1_s": chunk[-1][0], "n": len(chunk),
+                    "ratio": statistics.median(r for _t, r in chunk)})
+    return out

@@ -31,7 +31,7 @@ import pandas as pd
 
 from sim import ir
 from sim.errors import LigerSimError
-from sim.host_gaps import host_breakdown, shape_key
+from sim.host_gaps import host_breakdown, host_drift, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
 from sim.outputs import _clean, run_tables, write_run
@@ -347,8 +347,9 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
         summary[mode]["by_kind"] = {kind: float(g["error"].abs().median())
                                     for kind, g in k.groupby("kind") if g["error"].notna().any()}
     if m_ir is not None:  # the host time of the run whose IR is here (the events-timed one)
-        summary["host"] = {**host_breakdown(m_ir, rank=min(summary["measured_ranks"], default=0)),
-                           "makespan_s": m_sum.get("makespan_s")}
+        rank = min(summary["measured_ranks"], default=0)
+        summary["host"] = {**host_breakdown(m_ir, rank=rank), "makespan_s": m_sum.get("makespan_s"),
+                           "drift": host_drift(m_ir, rank=rank)}
     if len(rows) == 0:
         raise LigerSimError("no closed_loop/ or replay/ predictions here; run `ligersim validate`", file=str(out))
     table = pd.concat(rows, ignore_index=True)
@@ -466,6 +467,15 @@ def host_markdown(host: dict | None) -> list[str]:
     mk = host.get("makespan_s")
     if mk and math.isfinite(mk) and mk > 0:
         lines += ["", f"The host gaps add up to {_pct(total / mk, False)} of the makespan."]
+    drift = host.get("drift") or []
+    if drift:
+        ratios = [d["ratio"] for d in drift]
+        lines += ["", f"Host speed through the run: its repeat launches in {len(drift)} parts of equal count, in "
+                  "time order, each part's median host time per op over that op's median for the whole run: "
+                  + ", ".join(f"{r:.2f}" for r in ratios) + f" (range {min(ratios):.2f}–{max(ratios):.2f}). "
+                  "The simulator charges one cost per op name, the run's average (or its first jobs'), so "
+                  "where this range is wide, jobs early or late in the run are predicted long or short by as "
+                  "much (`sim.host_gaps.host_drift`)."]
     if host["top_stalls"]:
         lines += ["", f"Most stall time (gaps ≥ {ms}) by op: " + ", ".join(
             f"{t['op']} {1e3 * t['s']:.1f} ms ({_count(t['n'], 'gap')}, {_count(t['first_use_n'], 'first use')})"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim.host_gaps import blocking_costs, host_breakdown, op_costs
+from sim.host_gaps import blocking_costs, host_breakdown, host_drift, op_costs
 from sim.ir import Op, Schedule
 from sim.kernels import Kernel, KernelSpec, pointwise
 from sim.validation import build_report, report_markdown
@@ -109,6 +109,24 @@ def test_host_breakdown_per_rank_and_threshold():
     assert empty["gaps_n"] == 0 and empty["total_s"] == 0.0 and empty["n_median_s"] == 0
 
 
+def test_host_drift_follows_the_host_speed_through_a_run():
+    """Repeat launches of a and b alternate; the host takes 1 s per launch in the first half of
+    them and 3 s in the second, so each name's median is 2 and the halves run at 0.5 and 1.5 of it.
+    First uses (5 s each) and records are left out; too few launches for the parts give none."""
+    ops, t = [], 0.0
+    for i, gap in enumerate([5.0, 5.0] + [1.0] * 8 + [3.0] * 8 + [0.0]):
+        ops.append(Op(0, "launch", t, 0, kernel=k("ab"[i % 2])))
+        if i == 4:  # a record halves this launch's gap (0.25 of a's median); its own gap is not a launch's
+            ops.append(Op(0, "record", t + 0.5, 0, event=1))
+        t += gap
+    sched = Schedule(1, ops, {})
+    assert [round(d["ratio"], 9) for d in host_drift(sched, parts=2)] == [0.5, 1.5]
+    four = host_drift(sched, parts=4)
+    assert [d["ratio"] for d in four] == [0.5, 0.5, 1.5, 1.5] and [d["n"] for d in four] == [4] * 4
+    assert four[0]["t0_s"] == 10.0 and four[-1]["t1_s"] == max(op.t for op in ops[:-1])
+    assert host_drift(sched, parts=17) == [] and host_drift(sched, rank=3) == []
+
+
 def test_sim_host_gaps_is_torch_free_and_hw_keeps_op_costs():
     code = ("import sys, sim.host_gaps, sim.validation; "
             "assert not {'torch', 'hw'} & set(sys.modules), sorted(m for m in sys.modules if m in ('torch', 'hw'))")
@@ -143,6 +161,8 @@ def test_report_on_the_recorded_run_has_its_host_section(tmp_path, gz):
     md = (out / "report.md").read_text()
     assert "## Host time of the measured run" in md and f"| total | {host['gaps_n']} |" in md
     assert "| replay | " in md  # the rest of the report is still there
+    assert len(host["drift"]) == 8 and all(d["ratio"] > 0 for d in host["drift"])
+    assert "Host speed through the run" in md and f"{host['drift'][0]['ratio']:.2f}, " in md
     # without the host breakdown (a run without its IR) the section is left out
     table = pd.read_csv(out / "validation.csv")
     assert "Host time" not in report_markdown({k: v for k, v in s.items() if k != "host"}, table)

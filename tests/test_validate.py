@@ -181,7 +181,9 @@ def test_gpu_tables_from_recorded_results(tmp_path):
     spec.loader.exec_module(gt)
     predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path / "val" / "fixture")
     table = gt.validation_table(tmp_path / "val")
-    assert "| fixture | interleaved | profile |" in table and "closed loop / replay" in table
+    assert "| fixture | interleaved | profile | " in table and "closed loop / replay" in table
+    drift = [d["ratio"] for d in json.loads((tmp_path / "val" / "fixture" / "summary.json").read_text())["host"]["drift"]]
+    assert f"| profile | {min(drift):.2f}–{max(drift):.2f} | " in table
     assert "Measured on cpu" in table
     assert gt.misses({"kernel_err_median": 0.01, "makespan_err": -0.049, "jct_mean_err": 0.2}) == ["jct_mean_err"]
     hw = tmp_path / "hw"
