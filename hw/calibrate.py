@@ -219,9 +219,20 @@ def cold_op(spec: KernelSpec) -> bool:
     return spec.kind != "gemm" and not spec.is_collective
 
 
-def entry_key(spec: KernelSpec) -> tuple:
-    name = "" if spec.kind == "gemm" else spec.name
+def entry_key(spec: KernelSpec, by_op: bool = False) -> tuple:
+    """What one profile entry stands for: a GEMM's shape (any op of that shape shares it), any other
+    kernel's op and shape; with `by_op` (in-context timing) every whole kernel's op and shape. In a
+    run, which op precedes a kernel sets what it finds in L2: the H100's encoder runs took their Q
+    projection 7-12% longer than calibration's time for the shape, K and V of the same shape 0-5%
+    (median per run). Split GEMM pieces, timed alone either way, stay keyed by shape."""
+    named = spec.kind != "gemm" or (by_op and not is_piece(spec))
+    name = spec.name if named else ""
     return (spec.kind, name, *shape_key(spec.kind, spec.dims, name))
+
+
+def is_piece(spec: KernelSpec) -> bool:
+    """A piece of a split GEMM (or collective): its dims say where in the whole it lies."""
+    return "n_full" in spec.dims or spec.fraction != 1.0
 
 
 # ---------------------------------------------------------------------- timing
@@ -496,7 +507,7 @@ class Calibration:
         for t in targets(self.s):
             new = []
             for spec in specs_of(t, self.s.fractions):
-                k = entry_key(spec)
+                k = self._key(spec)
                 if k not in seen:
                     seen.add(k)
                     new.append(spec)
@@ -505,8 +516,8 @@ class Calibration:
                 todo += len(new)
         gen_plan: dict[tuple, list[tuple[IterShape, list[KernelSpec]]]] = {}
         for sh in gen_targets(self.s):
-            new = [spec for spec in sh.specs(self.s.fractions) if entry_key(spec) not in seen]
-            seen.update(entry_key(spec) for spec in new)
+            new = [spec for spec in sh.specs(self.s.fractions) if self._key(spec) not in seen]
+            seen.update(self._key(spec) for spec in new)
             gen_plan.setdefault((sh.model, sh.tp, sh.block), []).append((sh, new))
             todo += len(new)
         dtype_bytes = {m.dtype_bytes for m, _ in plan} | {m.dtype_bytes for m, _, _ in gen_plan}
@@ -555,8 +566,8 @@ class Calibration:
         layers of the same job, differed from their median by 0.2-1.3% (median per run), and two
         runs of the same shapes in different processes and policies by 1.0-1.1%, while the profile,
         each kernel timed alone under rules of what L2 holds, was off by 3-10%: the runs' kernels
-        are reproducible, the isolated protocol is what misses. Kernels of one shape within the
-        sequence (LLaMA's or an encoder's Q, K and V projections) share one entry: their median."""
+        are reproducible, the isolated protocol is what misses. Each op has its own entries
+        (`entry_key(by_op=True)`): an encoder's Q, K and V projections share a shape, not a time."""
         m = t.model
         seq = ([(s, -1) for s in prologue_kernels(m, t.tp, t.batch, t.seq)]
                + [(s, layer) for layer in range(m.layers) for s in layer_kernels(m, t.tp, t.batch, t.seq)]
@@ -586,8 +597,8 @@ class Calibration:
         `specs` among them, each the median over its kernels, passes and layers; returns the rest."""
         from collections import defaultdict
 
-        want = {entry_key(s) for s in specs}
-        keys = [entry_key(s) for s, _ in seq]
+        want = {self._key(s) for s in specs}
+        keys = [self._key(s) for s, _ in seq]
         if not want.intersection(keys):
             return specs
         samples: dict[tuple, list[float]] = defaultdict(list)
@@ -599,7 +610,7 @@ class Calibration:
             if key in samples:
                 self._record(s, samples.pop(key))
                 bar.update()
-        return [s for s in specs if entry_key(s) not in self.done]
+        return [s for s in specs if self._key(s) not in self.done]
 
     def _iterations(self, model: ModelShape, tp: int, items: list[tuple[IterShape, list[KernelSpec]]], bar) -> None:
         """Time the new kernels of synthetic generative iterations: each iteration's state (paged
@@ -680,12 +691,15 @@ class Calibration:
         for spec in epilogue_kernels(m, t.tp, t.batch, t.seq):  # direct: lib.run would release the state
             lib.ops[spec.name](lib, st, Kernel(spec, 0, rid, m.layers - 1))
 
+    def _key(self, spec: KernelSpec) -> tuple:
+        return entry_key(spec, self.s.in_context)
+
     def _record(self, spec: KernelSpec, ts: list[float]) -> None:
-        name = "" if spec.kind == "gemm" else spec.name
+        key = self._key(spec)
         dims = {k: v for k, v in spec.dims.items() if k not in ("n0", "n_full")}
         self.profile.kernels.setdefault(spec.kind, []).append(
-            Measurement(dims, name=name, flops=spec.flops, bytes=spec.bytes, **stats(ts)))
-        self.done.add(entry_key(spec))
+            Measurement(dims, name=key[1], flops=spec.flops, bytes=spec.bytes, **stats(ts)))
+        self.done.add(key)
         self.save()
 
     def _dev(self) -> str:

@@ -470,6 +470,10 @@ class MeasuredKernels:
     def __init__(self, profile: Profile, roofline: Callable[[KernelSpec], float]):
         self.profile, self.roofline = profile, roofline
         self.exact: dict[tuple, float] = {}
+        # an in-context profile's entries of kinds otherwise keyed by shape alone (GEMMs, attention),
+        # per op: in context an op's time depends on the op before it (`hw.calibrate.entry_key`)
+        self.by_op: dict[tuple, float] = {}
+        by_op = bool(profile.settings.get("in_context"))
         self.fams: dict[tuple, _Family] = {}
         self.warned: set[tuple] = set()
         points: dict[tuple, dict[float, list[tuple[float, float]]]] = {}
@@ -481,7 +485,11 @@ class MeasuredKernels:
                     self.exact.setdefault((kind, *shape_key(kind, m.dims)), m.median_s)
                 x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
                 r = math.log(m.median_s / max(roofline(spec) * padding(kind, spec.dims), 1e-12))
-                for fam in families(kind, m.dims, m.name):
+                fams = families(kind, m.dims, m.name)
+                if by_op and m.name and kind in SHAPE_DIMS:
+                    self.by_op[(kind, m.name, *shape_key(kind, m.dims))] = m.median_s
+                    fams = [("op", m.name, *fams[0]), *fams]
+                for fam in fams:
                     points.setdefault((kind, *fam), {}).setdefault(x, []).append((math.log(m.median_s), r))
         for key, by_x in points.items():
             xs = sorted(by_x)
@@ -505,13 +513,24 @@ class MeasuredKernels:
         kind = spec.kind
         if kind not in self.profile.kernels or not self.profile.kernels[kind]:
             self.require([kind])
+        x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
+        keys = families(kind, spec.dims, spec.name)
+        if self.by_op and kind in SHAPE_DIMS and spec.fraction == 1.0 and "n_full" not in spec.dims:
+            # the op's own entries first: exact, then along its own points (before a shape another
+            # op, or a piece timed alone, measured)
+            t = self.by_op.get((kind, spec.name, *shape_key(kind, spec.dims)))
+            if t is not None:
+                return t
+            keys = [("op", spec.name, *keys[0]), *keys]
+            fam = self.fams.get((kind, *keys[0]))
+            if fam is not None and len(fam.x) > 1 and fam.x[0] <= x <= fam.x[-1]:
+                return math.exp(_lerp(fam.x, fam.y, x))
         t = self.exact.get((kind, *shape_key(kind, spec.dims, spec.name)))
         if t is None:
             t = self.exact.get((kind, *shape_key(kind, spec.dims)))
         if t is not None:
             return t
-        x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
-        fams = [self.fams.get((kind, *f)) for f in families(kind, spec.dims, spec.name)]
+        fams = [self.fams.get((kind, *f)) for f in keys]
         for fam in fams:
             if fam is not None and len(fam.x) > 1 and fam.x[0] <= x <= fam.x[-1]:
                 return math.exp(_lerp(fam.x, fam.y, x))

@@ -100,6 +100,31 @@ def test_interpolation_exact_at_measured_points_and_monotone_between():
     assert 2e-6 * (1 + 4096 / 1e5) < t < 2e-6 * (1 + 65536 / 1e5)
 
 
+def test_an_in_context_profile_prices_each_op_of_a_shared_shape_by_its_own_entries():
+    """Timed in context, the Q and K projections of one shape took different times (which op runs
+    before a kernel sets what it finds in L2): an in-context profile keeps an entry per op, used
+    exactly and for interpolation along the op's own points; an op or piece without entries, and
+    any profile timed alone, price the shape as before."""
+    named = [Measurement({"m": m, "n": 1024, "k": 1024}, f * 1e-5 * (1 + m / 64), 0, 0, 9, name=op)
+             for op, f in (("q_proj", 1.1), ("k_proj", 1.0)) for m in (16, 256)]
+    prof = a_profile()
+    prof.kernels["gemm"] = prof.kernels["gemm"] + named
+    plain = MeasuredKernels(prof, roofline().spec_solo)
+    prof.settings["in_context"] = True
+    mk = MeasuredKernels(prof, roofline().spec_solo)
+    q, kk = K.gemm("q_proj", 256, 1024, 1024), K.gemm("k_proj", 256, 1024, 1024)
+    assert mk.estimate(q) == pytest.approx(1.1e-5 * 5, rel=1e-12)
+    assert mk.estimate(kk) == pytest.approx(1e-5 * 5, rel=1e-12)
+    # between the op's own points: q stays 1.1x k (the anonymous family would give the shape's average)
+    q_mid, k_mid = mk.estimate(K.gemm("q_proj", 64, 1024, 1024)), mk.estimate(K.gemm("k_proj", 64, 1024, 1024))
+    assert q_mid == pytest.approx(1.1 * k_mid, rel=1e-9)
+    # an op without entries, a piece of a split q_proj, and the profile timed alone: the shape's time
+    v = K.gemm("v_proj", 256, 1024, 1024)
+    piece = K.split_gemm(K.gemm("q_proj", 256, 2048, 1024), 0.5)[0]
+    assert piece.dims["n"] == 1024 and mk.estimate(piece) == mk.estimate(v) == plain.estimate(v)
+    assert plain.estimate(q) == plain.estimate(kk) == plain.estimate(v)
+
+
 def test_decode_attention_follows_the_longest_context_within_its_batch_size():
     """Decode attention is measured per batch size at even contexts; an iteration with uneven
     contexts costs what b x the longest context costs (padded or per-sequence kernels), and two
