@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 
 from hw.collectives import Collectives, DistCollectives, EmulatedCollectives, NoCollectives
 from hw.kernels import KernelLibrary
-from hw.memory import oom_message
+from hw.memory import host_available_bytes, host_bytes_needed, host_oom_message, oom_message
 from hw.run import Options, Plan, RankResult, Source, build_plan, write_outputs
 from hw.runtime import TorchRuntime, drive
 from hw.torchenv import torch_dtype
@@ -69,11 +69,13 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
             raise LigerSimError(f"torchrun started {world} processes but the scenario has {plan.world} ranks")
         summary = _rank_main(int(os.environ["RANK"]), world, src, out, opts, "env://", None)
         return summary or {}
+    if opts.device == "cpu":
+        _check_host_memory(plan, mode)
     if opts.host_probe_jobs and mode in ("spawn", "torchrun"):  # each rank is a process of its own
         print(f"ligersim: no host probe: a {mode} run has one process per rank (run rank 0 alone with --emulate "
               "on a GPU to probe it)", file=sys.stderr)
     if mode == "spawn":
-        return _spawn(plan.world, src, out, opts)
+        return _spawn(plan.world, src, out, opts, plan)
     comm: Collectives = NoCollectives()
     if mode == "emulate":
         comm = EmulatedCollectives(0, plan.topology, opts.channels)
@@ -221,14 +223,53 @@ class _oom_guard:
             except (RuntimeError, AssertionError):  # the error came from elsewhere: no device to ask
                 free, total, name = 0.0, 0.0, "the GPU"
             b, s = self.plan.max_shape
-            m, kv = self.plan.scenario.model.shape(), 0.0
-            if self.plan.generative:  # the pools of the layers a rank holds, at the simulator's capacity
-                layers = max(len(self.plan.kv_layers(r)) for r in range(self.plan.world))
-                kv = (self.plan.composition.capacity_tokens * layers * 2 * max(1, m.kv_heads // self.plan.tp)
-                      * m.head_dim * m.dtype_bytes)
+            m = self.plan.scenario.model.shape()
+            kv = max(_kv_bytes(self.plan, r, m.dtype_bytes) for r in range(self.plan.world))
             held = max(len(rank_layers(self.plan, r)) for r in range(self.plan.world))  # layers' weights
             raise LigerSimError(oom_message(m, self.plan.tp, b, s, name, total, free, kv, held)) from None
         return False
+
+
+def _kv_bytes(plan: Plan, rank: int, dtype_bytes: int) -> float:
+    """A generative rank's KV pools: its layers', at the simulator's capacity (0 otherwise)."""
+    if not plan.generative:
+        return 0.0
+    m = plan.scenario.model.shape()
+    return (plan.composition.capacity_tokens * len(plan.kv_layers(rank)) * 2 * max(1, m.kv_heads // plan.tp)
+            * m.head_dim * dtype_bytes)
+
+
+def _host_need(plan: Plan, mode: str) -> float:
+    """Host memory of a CPU run: one process per rank when spawned, else rank 0 alone."""
+    ranks = range(plan.world) if mode == "spawn" else range(1)
+    b, s = plan.max_shape
+    return sum(host_bytes_needed(plan.scenario.model.shape(), plan.tp, b, s, [len(rank_layers(plan, r))],
+                                 _kv_bytes(plan, r, 4)) for r in ranks)
+
+
+def _check_host_memory(plan: Plan, mode: str) -> None:
+    """Refuse a CPU run that cannot fit in this machine's memory before starting it: otherwise the
+    OS kills a rank part-way (on the 23 GB development machine, the 4-rank encoder validation
+    scenario needed ~58 GB) and the run dies with a signal instead of a reason."""
+    available = host_available_bytes()
+    need = _host_need(plan, mode)
+    if available is not None and need > available:
+        raise LigerSimError(host_oom_message(plan.scenario.model.shape(), plan.tp,
+                                             plan.world if mode == "spawn" else 1, need, available))
+
+
+def killed_rank_message(e: mp.ProcessExitedException, plan: Plan | None) -> str:
+    """Why a spawned rank vanished, in words: a SIGKILL is most often the OS's out-of-memory killer."""
+    how = f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
+    msg = f"rank {e.error_index} (pid {e.error_pid}) {how} before the run finished"
+    if e.signal_name == "SIGKILL":
+        msg += ", most likely by the operating system for lack of memory"
+        if plan is not None:
+            avail = host_available_bytes()
+            msg += (f" (this run needs about {_host_need(plan, 'spawn') / 1e9:.1f} GB"
+                    + (f"; {avail / 1e9:.1f} GB is available now" if avail is not None else "") + ")")
+        msg += "; run it on a GPU (rank 0 alone with --emulate), or with fewer layers or a smaller model"
+    return msg
 
 
 def _info(plan: Plan, opts: Options, mode: str) -> dict:
@@ -267,7 +308,7 @@ def _agree(group):
     return agree
 
 
-def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
+def _spawn(world: int, src: Source, out: Path, opts: Options, plan: Plan | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory(prefix="ligersim-rdzv-") as tmp:
@@ -287,6 +328,8 @@ def _spawn(world: int, src: Source, out: Path, opts: Options) -> dict:
                 if kind == "error":
                     raise LigerSimError(msg) from None
             raise RuntimeError(f"a rank failed:\n{e}") from None
+        except mp.ProcessExitedException as e:
+            raise LigerSimError(killed_rank_message(e, plan)) from None
     for kind, msg in _drain(queue):
         if kind == "error":
             raise LigerSimError(msg)

@@ -8,6 +8,9 @@ while it generates them, and activations for the requests in flight; the simulat
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 from sim.layers import ModelShape, activation_bytes_per_gpu, layer_params, weight_bytes_per_gpu
 
 
@@ -30,3 +33,31 @@ def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, 
             + f"; a full deployment would hold "
             f"{weight_bytes_per_gpu(m, tp) / 1e9:.1f} GB of weights) but {device_name} has {total / 1e9:.1f} GB "
             f"({free / 1e9:.1f} GB free); use a GPU with more memory, a larger tp, or a smaller model")
+
+
+def host_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, layers_per_rank: list[int],
+                      kv_bytes_per_rank: float = 0.0) -> float:
+    """Host memory a CPU run needs: every rank is a process holding its layers' weights in float32
+    (`hw.torchenv.torch_dtype`), one layer's fp32 generation buffer and activations of the jobs in
+    flight (`hw_bytes_needed` at 4 bytes an element), and its KV pool."""
+    m32 = replace(m, dtype_bytes=4)
+    return sum(hw_bytes_needed(m32, tp, batch, seq, layers=n) + kv_bytes_per_rank for n in layers_per_rank)
+
+
+def host_available_bytes() -> float | None:
+    """Memory the OS can still give processes (Linux `MemAvailable`), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def host_oom_message(m: ModelShape, tp: int, ranks: int, need: float, available: float) -> str:
+    return (f"this scenario needs about {need / 1e9:.1f} GB of host memory on the CPU backend ({ranks} "
+            f"{'processes' if ranks > 1 else 'process'}, each holding its {m.name} layers' weights at tp={tp} in "
+            f"float32, one layer's generation buffer and its jobs' activations) but this machine has "
+            f"{available / 1e9:.1f} GB available; run it on a GPU (rank 0 alone with --emulate), or give the "
+            "scenario fewer layers (model.layers) or a smaller model")

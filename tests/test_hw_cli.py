@@ -91,6 +91,48 @@ def test_out_of_memory_becomes_a_sized_error(scenario):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
 
+def test_a_cpu_run_that_cannot_fit_in_host_memory_is_refused_before_it_starts(tmp_path, scenario, monkeypatch,
+                                                                             capsys):
+    """A CPU run holds every rank's weights in float32 in this machine's memory; one that needs more
+    than the OS can give is refused up front with what it needs (the 4-rank encoder validation
+    scenario needed ~58 GB on a 23 GB machine and lost a rank to SIGKILL part-way)."""
+    pytest.importorskip("torch")
+    from hw import launch
+    from hw.memory import host_available_bytes
+    from hw.run import Source, build_plan
+
+    avail = host_available_bytes()
+    assert avail is None or avail > 0
+    plan = build_plan(Source("scenario", str(scenario)))
+    need = launch._host_need(plan, "single")
+    assert 0 < need < 1e9  # the tiny model: its weights, generation buffer and activations
+    two = dict(ONE_GPU, hardware=dict(ONE_GPU["hardware"], count=2), policy={"name": "inter_op"})
+    p2 = tmp_path / "two.yaml"
+    p2.write_text(yaml.safe_dump(two))
+    assert launch._host_need(build_plan(Source("scenario", str(p2))), "spawn") > 0
+    monkeypatch.setattr(launch, "host_available_bytes", lambda: need / 2)
+    assert cli.main(["hw", "run", str(scenario), "-o", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"needs about {need / 1e9:.1f} GB of host memory on the CPU backend (1 process" in err
+    assert f"this machine has {need / 2e9:.1f} GB available" in err and not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_the_likely_cause(scenario):
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    from hw.launch import killed_rank_message
+    from hw.run import Source, build_plan
+
+    plan = build_plan(Source("scenario", str(scenario)))
+    msg = killed_rank_message(mp.ProcessExitedException("x", 2, 4321, -9, "SIGKILL"), plan)
+    assert msg.startswith("rank 2 (pid 4321) was killed by SIGKILL before the run finished, most likely by the "
+                          "operating system for lack of memory (this run needs about ")
+    assert "--emulate" in msg
+    assert killed_rank_message(mp.ProcessExitedException("x", 1, 99, 3), None) == (
+        "rank 1 (pid 99) exited with code 3 before the run finished")
+
+
 def test_single_rank_run_from_the_command_line(tmp_path, scenario, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "out"
