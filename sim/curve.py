@@ -98,6 +98,11 @@ def jpc(curve: pd.DataFrame) -> pd.DataFrame:
 def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
           out: Path, jobs: int | None = None, workers: int | None = None, resume: bool = False,
           file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False) -> pd.DataFrame:
+    if workers is not None and workers < 1:
+        raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
+    if jobs is not None and jobs < 1:
+        raise LigerSimError(f"--jobs {jobs}: give how many of the workload's first jobs to use, at least 1",
+                            field="--jobs")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)

@@ -64,6 +64,9 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
 
 
 def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) -> list[Job]:
+    if limit is not None and limit < 1:  # a negative slice would silently drop the last jobs instead
+        raise LigerSimError(f"--jobs {limit}: give how many of the workload's first jobs to use, at least 1",
+                            field="--jobs")
     jobs = build_jobs(scn.workload, scn.seed, base_dir)
     if limit is not None:
         jobs = jobs[:limit]

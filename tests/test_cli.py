@@ -72,6 +72,21 @@ def test_bad_rates_are_a_clear_error(scenario_file, tmp_path, capsys):
     assert "--rates" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, field", [
+    (["run", "{s}", "--jobs", "-3"], "--jobs -3"),  # a slice [:-3] would silently drop the last three jobs
+    (["run", "{s}", "--jobs", "0"], "--jobs 0"),
+    (["curve", "{s}", "--rates", "100", "--jobs", "-1"], "--jobs -1"),
+    (["curve", "{s}", "--rates", "100", "--workers", "-2"], "--workers -2"),
+    (["trace", "gen", "{s}", "--jobs", "-5"], "--jobs -5"),
+])
+def test_counts_below_one_are_a_clear_error(scenario_file, tmp_path, capsys, argv, field):
+    argv = [a.format(s=scenario_file) for a in argv] + ["-o", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: give" in err and "at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_trace_gen_round_trips(scenario_file, tmp_path):
     path = tmp_path / "t.csv"
     assert main(["trace", "gen", str(scenario_file), "-o", str(path), "--rate", "50", "--jobs", "10"]) == 0
