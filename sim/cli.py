@@ -269,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Run a command; user errors print one line and exit 2, Ctrl-C exits 130."""
     args = (parser or build_parser()).parse_args(argv)
+    import warnings
+
+    from sim.errors import ScenarioWarning
+    from sim.profile import ProfileWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (ScenarioWarning, ProfileWarning)):  # about the user's files: one line
+            print(f"ligersim: warning: {message}", file=sys.stderr)
+        else:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
     try:
         args.func(args)
     except LigerSimError as e:

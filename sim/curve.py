@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from sim.errors import LigerSimError
+from sim.errors import LigerSimError, ScenarioWarning
 from sim.scenario import Scenario, parse_scenario
 from sim.simulate import load_jobs, simulate
 from sim.workload import with_rate
@@ -69,7 +70,9 @@ def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jo
     """One point of a curve (top-level so worker processes can run it)."""
     scn = parse_scenario(policy_variant(scn_dict, policy), file)
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
-    job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
+    with warnings.catch_warnings():  # the sweep said it once, before the workers started
+        warnings.simplefilter("ignore", ScenarioWarning)
+        job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
     from sim.simulate import SYMMETRIC_POLICIES
 
     run = simulate(scn, job_list, record_ir=False, file=file, fold_ranks=fold_ranks and policy in SYMMETRIC_POLICIES)
@@ -110,6 +113,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     todo = [(p, r) for p in policies for r in rates if (p, round(r, 9)) not in have]
     for p in policies:  # fail fast, in this process, on a policy the scenario cannot run
         parse_scenario(policy_variant(scn_dict, p), file)
+    load_jobs(scn, base_dir, jobs)  # and on the workload, with its warnings said once
     if not resume or not path.exists():
         pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1

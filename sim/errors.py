@@ -7,6 +7,11 @@ else escaping is a bug in ligersim, not in the user's input.
 from __future__ import annotations
 
 
+class ScenarioWarning(UserWarning):
+    """Something in the scenario that runs, but that the user should know (the CLI prints it as one
+    `ligersim: warning:` line)."""
+
+
 class LigerSimError(Exception):
     """An error in the user's input (scenario, trace, IR, profile) or environment."""
 

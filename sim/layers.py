@@ -30,6 +30,7 @@ class ModelShape:
     norm: str  # layernorm | rmsnorm
     rope: bool
     dtype_bytes: int
+    context: int = 0  # tokens per sequence the model was trained for (0: not given)
 
 
 def tp_errors(m: ModelShape, tp: int) -> str | None:

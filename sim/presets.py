@@ -91,28 +91,29 @@ MODELS: dict[str, dict[str, Any]] = {
                           kv_heads=128, head_dim=96, ffn=4 * 12288, gated=False, vocab=0,
                           norm="layernorm", rope=False, dtype_bytes=2),
     # GLM-130B (Zeng et al., ICLR 2023, Table/appendix config): 70 layers, hidden 12288,
-    # 96 heads x 128, GeGLU FFN of 32768, vocab 150,528.
+    # 96 heads x 128, GeGLU FFN of 32768, vocab 150,528, trained on 2,048-token sequences.
     "glm-130b": dict(name="glm-130b", arch="encoder", layers=70, hidden=12288, heads=96, kv_heads=96,
                      head_dim=128, ffn=32768, gated=True, vocab=150528, norm="layernorm", rope=True,
-                     dtype_bytes=2),
-    # LLaMA 2 (Touvron et al. 2023, Table 1 and the released config.json files).
+                     dtype_bytes=2, context=2048),
+    # LLaMA 2 (Touvron et al. 2023, Table 1 and the released config.json files): 4k context.
     "llama2-7b": dict(name="llama2-7b", arch="decoder", layers=32, hidden=4096, heads=32, kv_heads=32,
                       head_dim=128, ffn=11008, gated=True, vocab=32000, norm="rmsnorm", rope=True,
-                      dtype_bytes=2),
+                      dtype_bytes=2, context=4096),
     "llama2-13b": dict(name="llama2-13b", arch="decoder", layers=40, hidden=5120, heads=40, kv_heads=40,
                        head_dim=128, ffn=13824, gated=True, vocab=32000, norm="rmsnorm", rope=True,
-                       dtype_bytes=2),
+                       dtype_bytes=2, context=4096),
     # 70B uses grouped-query attention: 64 query heads share 8 KV heads.
     "llama2-70b": dict(name="llama2-70b", arch="decoder", layers=80, hidden=8192, heads=64, kv_heads=8,
                        head_dim=128, ffn=28672, gated=True, vocab=32000, norm="rmsnorm", rope=True,
-                       dtype_bytes=2),
-    # OPT (Zhang et al. 2022, Table 1): ReLU FFN of 4x hidden, LayerNorm, learned positions.
+                       dtype_bytes=2, context=4096),
+    # OPT (Zhang et al. 2022, Table 1): ReLU FFN of 4x hidden, LayerNorm, learned positions for a
+    # 2048-token context.
     "opt-30b": dict(name="opt-30b", arch="decoder", layers=48, hidden=7168, heads=56, kv_heads=56,
                     head_dim=128, ffn=28672, gated=False, vocab=50272, norm="layernorm", rope=False,
-                    dtype_bytes=2),
+                    dtype_bytes=2, context=2048),
     "opt-66b": dict(name="opt-66b", arch="decoder", layers=64, hidden=9216, heads=72, kv_heads=72,
                     head_dim=128, ffn=36864, gated=False, vocab=50272, norm="layernorm", rope=False,
-                    dtype_bytes=2),
+                    dtype_bytes=2, context=2048),
 }
 
 # --------------------------------------------------------------------------- host

@@ -135,6 +135,9 @@ class ModelSpec(_Model):
     norm: Literal["layernorm", "rmsnorm"] = Field(description="Normalisation kernel.")
     rope: bool = Field(description="Rotary position embedding kernel.")
     dtype_bytes: int = Field(2, ge=1, le=8, description="Bytes per element (2 = fp16/bf16).")
+    context: int = Field(0, ge=0, description="Context length: tokens per sequence (prompt + output) the model "
+                         "was trained for; 0 = not given. Longer requests run as asked, with a warning, unless "
+                         "serving.over_context is `enforce`.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("model", "model")(v)))
 
     @model_validator(mode="after")

@@ -47,6 +47,10 @@ class ServingSpec(BaseModel):
         "decodes run out of blocks.")
     groups: int = Field(2, ge=1, description="generative interleaved: batch groups whose iterations alternate "
                         "on the main and sub streams (inter_op/hybrid: micro-batch groups, default pp).")
+    over_context: Literal["allow", "enforce"] = Field(
+        "allow", description="Requests longer than model.context: allow = run them as asked (with a warning); "
+        "enforce = as vLLM does with max_model_len, reject a prompt that does not leave room for one output "
+        "token and stop generation at the context (a job of the encoder setting longer than it is rejected).")
     slo_ttft_s: float | None = Field(None, gt=0, description="SLO on time to first token, s (for goodput and JPC).")
     slo_tpot_s: float | None = Field(None, gt=0, description="SLO on mean time per output token, s.")
 

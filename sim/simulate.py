@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from sim import policies
 from sim.contention import ContentionTable
 from sim.costs import ProfileCost, RooflineCost
 from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
-from sim.errors import LigerSimError
+from sim.errors import LigerSimError, ScenarioWarning
 from sim.eventlog import EventLog, group_label
 from sim.ir import Schedule
 from sim.jobs import Job
@@ -72,7 +73,51 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) ->
         jobs = jobs[:limit]
     if not jobs:
         raise LigerSimError("the workload has no jobs", field="workload")
-    return jobs
+    return fit_context(scn, jobs)
+
+
+def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
+    """Jobs against the model's context length (`model.context`): with `serving.over_context: allow`
+    all of them, with a warning naming how many are longer; with `enforce`, as vLLM treats requests
+    against max_model_len: a prompt with no room for one output token is rejected, generation stops
+    at the context, and an encoder-setting job longer than it is rejected. The Azure conversation
+    trace has 1,612 of its 19,366 requests over LLaMA-2's 4,096 tokens (prompts up to 14,050)."""
+    ctx = scn.model.context
+    if not ctx:
+        return jobs
+    generative = scn.serving.mode == "generative"
+
+    def length(j: Job) -> int:
+        return (j.prompt_tokens or j.seq_len) + j.output_tokens if generative else j.seq_len
+
+    over = [j for j in jobs if length(j) > ctx]
+    if not over:
+        return jobs
+    what = "prompt + output" if generative else "sequence"
+    if scn.serving.over_context == "allow":
+        warnings.warn(f"{len(over)} of {len(jobs)} requests are longer ({what}) than {scn.model.name}'s context of "
+                      f"{ctx:,} tokens (the longest {max(length(j) for j in over):,}); they run as asked. "
+                      "serving.over_context: enforce rejects or cuts them as a server would", ScenarioWarning,
+                      stacklevel=3)
+        return jobs
+    kept, rejected, cut = [], 0, 0
+    for j in jobs:
+        prompt = j.prompt_tokens or j.seq_len
+        if (prompt >= ctx) if generative else (j.seq_len > ctx):
+            rejected += 1
+        elif generative and prompt + j.output_tokens > ctx:
+            cut += 1
+            kept.append(replace(j, output_tokens=ctx - prompt))
+        else:
+            kept.append(j)
+    if not kept:
+        raise LigerSimError(f"every one of the {len(jobs)} requests is longer than {scn.model.name}'s context of "
+                            f"{ctx:,} tokens; use a model with a longer context (model.context) or "
+                            "serving.over_context: allow", field="serving.over_context")
+    warnings.warn(f"serving.over_context: enforce: {rejected} of {len(jobs)} requests rejected (no room in "
+                  f"{scn.model.name}'s context of {ctx:,} tokens)"
+                  + (f", {cut} stopped at the context" if generative else ""), ScenarioWarning, stacklevel=3)
+    return kept
 
 
 def run_meta(scn: Scenario, jobs: list[Job]) -> dict:

@@ -157,3 +157,66 @@ def test_interleaved_groups_preempt_each_other_when_the_cache_is_full():
     r, req, _ = run(d)
     assert (req["tokens"] == req["output_tokens"]).all()
     assert sum(n for _, n in r.result.meta["preemptions"]) > 0
+
+
+def test_requests_longer_than_the_models_context_run_with_a_warning_or_as_a_server_treats_them():
+    """LLaMA-2's context is 4,096 tokens; the Azure conversation trace has prompts up to 14,050.
+    `allow` runs them as asked and says how many are longer; `enforce`, as vLLM with
+    max_model_len, rejects a prompt with no room for an output token and stops generation at the
+    context: the cut request yields exactly the tokens that fit."""
+    from sim.errors import ScenarioWarning
+
+    d = gen("intra_op", jobs=30)
+    d["model"]["context"] = 330  # prompts up to 374, outputs 1-24: one prompt fills it, some outputs overrun it
+    scn = parse_scenario(d)
+    with pytest.warns(ScenarioWarning, match=r"of 30 requests are longer \(prompt \+ output\) than llama2-7b's "
+                                             r"context of 330 tokens"):
+        every = load_jobs(scn, None)
+    assert len(every) == 30
+    over = [j for j in every if j.prompt_tokens + j.output_tokens > 330]
+    rejected = [j for j in over if j.prompt_tokens >= 330]
+    cut = [j for j in over if j.prompt_tokens < 330]
+    assert rejected and cut, "the scenario must have a prompt that fills the context and an output that overruns it"
+    d["serving"]["over_context"] = "enforce"
+    scn = parse_scenario(d)
+    with pytest.warns(ScenarioWarning, match=rf"enforce: {len(rejected)} of 30 requests rejected .*, {len(cut)} "
+                                             "stopped at the context"):
+        jobs = load_jobs(scn, None)
+    assert {j.request_id for j in jobs} == {j.request_id for j in every} - {j.request_id for j in rejected}
+    r = simulate(scn, jobs)
+    req, _ = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    tokens = dict(zip(req["request_id"], req["tokens"]))
+    assert all(tokens[j.request_id] == 330 - j.prompt_tokens for j in cut)
+    assert all(tokens[j.request_id] == j.output_tokens for j in every if j not in over)
+    # a context no request fits, and the encoder setting's jobs against it
+    d["model"]["context"] = 10
+    with pytest.raises(LigerSimError, match=r"serving.over_context: every one of the 30 requests is longer"):
+        load_jobs(parse_scenario(d), None)
+    enc = {"name": "e", "hardware": {"gpu": "A100-SXM", "count": 2, "interconnect": "nvswitch-a100"},
+           "model": {"preset": "llama2-7b", "layers": 2, "context": 64},
+           "workload": {"kind": "generate", "jobs": 20, "arrival": {"process": "poisson", "rate": 50},
+                        "batch": 1, "seq_len": {"dist": "uniform", "low": 16, "high": 128}},
+           "serving": {"over_context": "enforce"}, "policy": {"name": "intra_op"}}
+    with pytest.warns(ScenarioWarning, match=r"enforce: \d+ of 20 requests rejected"):
+        kept = load_jobs(parse_scenario(enc), None)
+    assert kept and all(j.seq_len <= 64 for j in kept) and len(kept) < 20
+    enc["model"]["context"] = 0  # not given: nothing to check
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_jobs(parse_scenario(enc), None)) == 20
+
+
+def test_a_context_warning_is_one_line_on_the_command_line(tmp_path, capsys):
+    import yaml
+
+    from sim.cli import main
+
+    d = gen("intra_op", jobs=6)
+    d["model"]["context"] = 200
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["run", str(p), "-o", str(tmp_path / "o"), "--no-trace", "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("ligersim: warning: ") == 1 and "context of 200 tokens" in err and "simulate.py" not in err
