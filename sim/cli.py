@@ -280,15 +280,16 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         else:
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
-    warnings.showwarning = show
-    try:
-        args.func(args)
-    except LigerSimError as e:
-        print(f"ligersim: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ligersim: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # the caller's warning display is back as it was afterwards
+        warnings.showwarning = show
+        try:
+            args.func(args)
+        except LigerSimError as e:
+            print(f"ligersim: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("ligersim: interrupted", file=sys.stderr)
+            return 130
     return 0
 
 
