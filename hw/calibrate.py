@@ -444,6 +444,9 @@ class Calibration:
                 raise LigerSimError(f"holds kernels timed {was} (settings.in_context); pass --fresh to start over, "
                                     f"or {'add' if old.settings.get('in_context') else 'drop'} --in-context to match "
                                     "it", file=str(self.out))
+            if self.s.in_context and old.kernels and old.settings.get("entries") != "by_op":
+                raise LigerSimError("holds kernels timed in context with one entry per shape (before entries were "
+                                    "kept per op: settings.entries); pass --fresh to start over", file=str(self.out))
             old.status, old.command = "partial", command
             old.settings["code"] = code_version()
             return old
@@ -456,6 +459,7 @@ class Calibration:
                                  "evict_weights": self.s.evict_weights and self.s.device == "cuda",
                                  "cold_ops": self.s.cold_ops and self.s.device == "cuda",
                                  "in_context": self.s.in_context,
+                                 **({"entries": "by_op"} if self.s.in_context else {}),
                                  "l2_bytes": self.timer.l2_bytes,
                                  "profile_version": PROFILE_VERSION, "code": code_version()})
 

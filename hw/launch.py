@@ -75,7 +75,7 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
         print(f"ligersim: no host probe: a {mode} run has one process per rank (run rank 0 alone with --emulate "
               "on a GPU to probe it)", file=sys.stderr)
     if mode == "spawn":
-        return _spawn(plan.world, src, out, opts, plan)
+        return _spawn(plan.world, src, out, opts, plan if opts.device == "cpu" else None)
     comm: Collectives = NoCollectives()
     if mode == "emulate":
         comm = EmulatedCollectives(0, plan.topology, opts.channels)
@@ -259,16 +259,17 @@ def _check_host_memory(plan: Plan, mode: str) -> None:
 
 
 def killed_rank_message(e: mp.ProcessExitedException, plan: Plan | None) -> str:
-    """Why a spawned rank vanished, in words: a SIGKILL is most often the OS's out-of-memory killer."""
+    """Why a spawned rank vanished, in words: a SIGKILL is most often the OS's out-of-memory killer.
+    `plan` is given for a CPU run, whose ranks hold their weights in this machine's memory."""
     how = f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
     msg = f"rank {e.error_index} (pid {e.error_pid}) {how} before the run finished"
     if e.signal_name == "SIGKILL":
         msg += ", most likely by the operating system for lack of memory"
         if plan is not None:
             avail = host_available_bytes()
-            msg += (f" (this run needs about {_host_need(plan, 'spawn') / 1e9:.1f} GB"
-                    + (f"; {avail / 1e9:.1f} GB is available now" if avail is not None else "") + ")")
-        msg += "; run it on a GPU (rank 0 alone with --emulate), or with fewer layers or a smaller model"
+            msg += (f" (this CPU run needs about {_host_need(plan, 'spawn') / 1e9:.1f} GB"
+                    + (f"; {avail / 1e9:.1f} GB is available now" if avail is not None else "") + "); run it on "
+                    "a GPU (rank 0 alone with --emulate), or with fewer layers or a smaller model")
     return msg
 
 

@@ -85,7 +85,7 @@ def _trace_gen(args: argparse.Namespace) -> None:
 
     scn, base = load_scenario(args.scenario)
     wl = with_rate(scn.workload, args.rate) if args.rate else scn.workload
-    jobs = load_jobs(scn.model_copy(update={"workload": wl}), base, args.jobs)
+    jobs = load_jobs(scn.model_copy(update={"workload": wl}), base, args.jobs, fit=False)
     path = write_trace(jobs, args.output)
     print(f"wrote {len(jobs)} jobs to {path}")
 

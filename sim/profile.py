@@ -478,9 +478,13 @@ class MeasuredKernels:
         self.warned: set[tuple] = set()
         points: dict[tuple, dict[float, list[tuple[float, float]]]] = {}
         for kind, entries in profile.kernels.items():
-            for m in entries:
+            # an in-context profile's ops of a shape-keyed kind answer for their shape only where no
+            # entry timed alone (a split GEMM piece) does, and not for one another: after the rest
+            later = by_op and kind in SHAPE_DIMS
+            for m in sorted(entries, key=lambda e: bool(e.name)) if later else entries:
                 spec = _spec_of(kind, m)
-                self.exact[(kind, *shape_key(kind, m.dims, m.name))] = m.median_s
+                if not (later and m.name):
+                    self.exact[(kind, *shape_key(kind, m.dims, m.name))] = m.median_s
                 if m.name:  # a named op also answers for its kind's anonymous shape
                     self.exact.setdefault((kind, *shape_key(kind, m.dims)), m.median_s)
                 x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))

@@ -64,7 +64,9 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
     return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
 
 
-def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) -> list[Job]:
+def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None, fit: bool = True) -> list[Job]:
+    """The workload's jobs (its first `limit`), held against the model's context (`fit_context`)
+    unless `fit` is off (`trace gen` writes the workload itself, not what a server would serve)."""
     if limit is not None and limit < 1:  # a negative slice would silently drop the last jobs instead
         raise LigerSimError(f"--jobs {limit}: give how many of the workload's first jobs to use, at least 1",
                             field="--jobs")
@@ -73,7 +75,7 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None) ->
         jobs = jobs[:limit]
     if not jobs:
         raise LigerSimError("the workload has no jobs", field="workload")
-    return fit_context(scn, jobs)
+    return fit_context(scn, jobs) if fit else jobs
 
 
 def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:

@@ -433,8 +433,9 @@ def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_p
     # the Q, K and V projections of an encoder share a shape, each its own entry of layers x passes samples
     gemm = [m for m in prof.kernels["gemm"] if m.dims == {"m": t.batch * t.seq, "n": t.model.hidden // t.tp,
                                                             "k": t.model.hidden}]
-    assert {m.name for m in gemm} >= {"q_proj", "k_proj", "v_proj"}
-    assert all(m.reps == t.model.layers * settings.context_passes for m in gemm if m.name in ("q_proj", "k_proj"))
+    assert {m.name for m in gemm} >= {"q_proj", "k_proj", "v_proj"} and prof.settings["entries"] == "by_op"
+    assert all(m.reps == t.model.layers * settings.context_passes for m in gemm if m.name)
+    assert any(not m.name for m in prof.kernels["gemm"])  # split pieces, timed alone, are keyed by shape
     # generative iterations too: a decode attention runs once per layer of each pass
     gen = next(tt for tt in cal.gen_targets(settings))
     dec = [m_ for m_ in prof.kernels["decode_attention"]]
@@ -446,6 +447,13 @@ def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_p
     with pytest.raises(LigerSimError, match=r"timed inside each job's sequence \(settings.in_context\); pass "
                                              r"--fresh to start over, or add --in-context"):
         calibrate(out, device="cpu", quick=True, progress=False)
+    from sim.profile import load_profile, save_profile
+
+    per_shape = load_profile(out)  # an in-context profile from before entries were kept per op
+    del per_shape.settings["entries"]
+    save_profile(per_shape, tmp_path / "per-shape.yaml")
+    with pytest.raises(LigerSimError, match=r"one entry per shape .*pass --fresh"):
+        calibrate(tmp_path / "per-shape.yaml", device="cpu", quick=True, progress=False, in_context=True)
     alone = tmp_path / "alone.yaml"
     calibrate(alone, device="cpu", quick=True, progress=False)
     with pytest.raises(LigerSimError, match=r"timed alone \(settings.in_context\).*drop --in-context"):

@@ -220,3 +220,12 @@ def test_a_context_warning_is_one_line_on_the_command_line(tmp_path, capsys):
     assert main(["run", str(p), "-o", str(tmp_path / "o"), "--no-trace", "--no-plot"]) == 0
     err = capsys.readouterr().err
     assert err.count("ligersim: warning: ") == 1 and "context of 200 tokens" in err and "simulate.py" not in err
+    # `trace gen` writes the workload itself, whatever a server would make of it
+    d["serving"]["over_context"] = "enforce"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["trace", "gen", str(p), "-o", str(tmp_path / "t.csv")]) == 0
+    assert "wrote 6 jobs" in capsys.readouterr().out
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "t.csv")["output_tokens"]) == [j.output_tokens for j in
+                                                                     load_jobs(parse_scenario(gen("intra_op", jobs=6)), None)]

@@ -127,8 +127,12 @@ def test_a_rank_killed_by_a_signal_is_named_with_the_likely_cause(scenario):
     plan = build_plan(Source("scenario", str(scenario)))
     msg = killed_rank_message(mp.ProcessExitedException("x", 2, 4321, -9, "SIGKILL"), plan)
     assert msg.startswith("rank 2 (pid 4321) was killed by SIGKILL before the run finished, most likely by the "
-                          "operating system for lack of memory (this run needs about ")
+                          "operating system for lack of memory (this CPU run needs about ")
     assert "--emulate" in msg
+    # a GPU run's ranks: no host-memory estimate or advice that does not apply
+    assert killed_rank_message(mp.ProcessExitedException("x", 0, 7, -9, "SIGKILL"), None) == (
+        "rank 0 (pid 7) was killed by SIGKILL before the run finished, most likely by the operating system for "
+        "lack of memory")
     assert killed_rank_message(mp.ProcessExitedException("x", 1, 99, 3), None) == (
         "rank 1 (pid 99) exited with code 3 before the run finished")
 
