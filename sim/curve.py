@@ -103,9 +103,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
           file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False) -> pd.DataFrame:
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
-    if jobs is not None and jobs < 1:
-        raise LigerSimError(f"--jobs {jobs}: give how many of the workload's first jobs to use, at least 1",
-                            field="--jobs")
+    load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
@@ -113,7 +111,6 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     todo = [(p, r) for p in policies for r in rates if (p, round(r, 9)) not in have]
     for p in policies:  # fail fast, in this process, on a policy the scenario cannot run
         parse_scenario(policy_variant(scn_dict, p), file)
-    load_jobs(scn, base_dir, jobs)  # and on the workload, with its warnings said once
     if not resume or not path.exists():
         pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
