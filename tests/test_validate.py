@@ -76,7 +76,10 @@ def test_validate_cli_with_a_recorded_run_and_its_errors(tmp_path, capsys):
     out = tmp_path / "v"
     args = ["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o", str(out)]
     assert main([*args, "--measured", str(FIX / "measured")]) == 0
-    assert "replay: kernel |err| median" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "replay: kernel |err| median" in printed
+    drift = [d["ratio"] for d in json.loads((out / "summary.json").read_text())["host"]["drift"]]
+    assert f"host speed through the measured run: {min(drift):.2f}-{max(drift):.2f} of its own median" in printed
     assert (out / "report.md").exists()
     bad = yaml.safe_load((FIX / "profile-cpu.yaml").read_text())
     bad["version"] = 2
