@@ -225,14 +225,9 @@ def entry_key(spec: KernelSpec, by_op: bool = False) -> tuple:
     run, which op precedes a kernel sets what it finds in L2: the H100's encoder runs took their Q
     projection 7-12% longer than calibration's time for the shape, K and V of the same shape 0-5%
     (median per run). Split GEMM pieces, timed alone either way, stay keyed by shape."""
-    named = spec.kind != "gemm" or (by_op and not is_piece(spec))
+    named = spec.kind != "gemm" or (by_op and not spec.is_piece)
     name = spec.name if named else ""
     return (spec.kind, name, *shape_key(spec.kind, spec.dims, name))
-
-
-def is_piece(spec: KernelSpec) -> bool:
-    """A piece of a split GEMM (or collective): its dims say where in the whole it lies."""
-    return "n_full" in spec.dims or spec.fraction != 1.0
 
 
 # ---------------------------------------------------------------------- timing

@@ -112,6 +112,14 @@ def first_uses(ops: list[ir.Op]) -> set[int]:
     return out
 
 
+def gaps_by_use(ops: list[ir.Op]) -> Iterator[tuple[ir.Op, float, bool]]:
+    """`gaps(ops)`, each with whether the op is the first use of its kernel shape (`first_uses`)."""
+    first = first_uses(ops)
+    index = {id(op): i for i, op in enumerate(ops)}
+    for op, gap in gaps(ops):
+        yield op, gap, index[id(op)] in first
+
+
 def host_breakdown(schedule: ir.Schedule, stall_s: float = 1e-3, rank: int = 0, top: int = 5) -> dict:
     """Where rank `rank`'s host gaps went, in seconds: all of them (`total_s`, `gaps_n`), first
     uses of a kernel shape (`first_use_n`/`_s`; `shapes_n` shapes were launched in all), gaps of
@@ -119,16 +127,13 @@ def host_breakdown(schedule: ir.Schedule, stall_s: float = 1e-3, rank: int = 0, 
     per-op-name medians account for: n × median (`n_median_s`; `repeat_n_median_s` over the repeat
     uses, whose sum is `repeat_s`). `top_stalls`: the `top` op names with the most stall seconds."""
     ops = schedule.by_rank()[rank] if rank < schedule.world else []
-    first = first_uses(ops)
-    index = {id(op): i for i, op in enumerate(ops)}
     samples: dict[str, list[float]] = defaultdict(list)
     repeat: dict[str, list[float]] = defaultdict(list)
     stalls: dict[str, list] = defaultdict(lambda: [0, 0.0, 0])  # name -> [n, seconds, first uses]
     total = first_s = stall_s_sum = stall_first_s = 0.0
     n = first_n = stall_n = stall_first_n = 0
-    for op, gap in gaps(ops):
+    for op, gap, is_first in gaps_by_use(ops):
         name = op_name(op)
-        is_first = index[id(op)] in first
         samples[name].append(gap)
         n += 1
         total += gap
@@ -150,7 +155,7 @@ def host_breakdown(schedule: ir.Schedule, stall_s: float = 1e-3, rank: int = 0, 
     top_stalls = sorted(stalls.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top]
     return {
         "rank": rank, "stall_threshold_s": stall_s, "gaps_n": n, "total_s": total,
-        "shapes_n": len(first), "first_use_n": first_n, "first_use_s": first_s,
+        "shapes_n": len(first_uses(ops)), "first_use_n": first_n, "first_use_s": first_s,
         "stalls_n": stall_n, "stalls_s": stall_s_sum,
         "stall_first_use_n": stall_first_n, "stall_first_use_s": stall_first_s,
         "n_median_s": sum(len(v) * statistics.median(v) for v in samples.values()),
@@ -171,10 +176,7 @@ def host_drift(schedule: ir.Schedule, rank: int = 0, parts: int = 8) -> list[dic
     stayed within 0.99-1.01. Rows: part, t0_s, t1_s
     (host times of its first and last launch), n, ratio."""
     ops = schedule.by_rank()[rank] if rank < schedule.world else []
-    first = first_uses(ops)
-    index = {id(op): i for i, op in enumerate(ops)}
-    samples = [(op.t, op_name(op), gap) for op, gap in gaps(ops)
-               if op.op == "launch" and index[id(op)] not in first]
+    samples = [(op.t, op_name(op), gap) for op, gap, first in gaps_by_use(ops) if op.op == "launch" and not first]
     if parts < 1 or len(samples) < parts:
         return []
     by_name: dict[str, list[float]] = defaultdict(list)
@@ -190,3 +192,9 @@ def host_drift(schedule: ir.Schedule, rank: int = 0, parts: int = 8) -> list[dic
         out.append({"part": p, "t0_s": chunk[0][0], "t1_s": chunk[-1][0], "n": len(chunk),
                     "ratio": statistics.median(r for _t, r in chunk)})
     return out
+
+
+def drift_range(drift: list[dict]) -> tuple[float, float] | None:
+    """The slowest and fastest parts of a `host_drift` (None when it has none)."""
+    ratios = [d["ratio"] for d in drift or []]
+    return (min(ratios), max(ratios)) if ratios else None

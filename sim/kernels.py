@@ -57,6 +57,11 @@ class KernelSpec:
     def is_collective(self) -> bool:
         return self.kind in COLLECTIVE_KINDS
 
+    @property
+    def is_piece(self) -> bool:
+        """A piece of a split GEMM (or collective): its dims say where in the whole it lies."""
+        return self.fraction != 1.0 or "n_full" in self.dims
+
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "name": self.name, "dims": self.dims, "flops": self.flops,
              "bytes": self.bytes, "dtype_bytes": self.dtype_bytes}

@@ -519,7 +519,7 @@ class MeasuredKernels:
             self.require([kind])
         x = math.log(work(kind, spec.flops, spec.bytes, spec.dims))
         keys = families(kind, spec.dims, spec.name)
-        if self.by_op and kind in SHAPE_DIMS and spec.fraction == 1.0 and "n_full" not in spec.dims:
+        if self.by_op and kind in SHAPE_DIMS and not spec.is_piece:
             # the op's own entries first: exact, then along its own points (before a shape another
             # op, or a piece timed alone, measured)
             t = self.by_op.get((kind, spec.name, *shape_key(kind, spec.dims)))

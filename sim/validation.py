@@ -31,7 +31,7 @@ import pandas as pd
 
 from sim import ir
 from sim.errors import LigerSimError
-from sim.host_gaps import host_breakdown, host_drift, shape_key
+from sim.host_gaps import drift_range, host_breakdown, host_drift, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
 from sim.outputs import _clean, run_tables, write_run
@@ -468,11 +468,11 @@ def host_markdown(host: dict | None) -> list[str]:
     if mk and math.isfinite(mk) and mk > 0:
         lines += ["", f"The host gaps add up to {_pct(total / mk, False)} of the makespan."]
     drift = host.get("drift") or []
-    if drift:
-        ratios = [d["ratio"] for d in drift]
+    span = drift_range(drift)
+    if span:
         lines += ["", f"Host speed through the run: its repeat launches in {len(drift)} parts of equal count, in "
                   "time order, each part's median host time per op over that op's median for the whole run: "
-                  + ", ".join(f"{r:.2f}" for r in ratios) + f" (range {min(ratios):.2f}–{max(ratios):.2f}). "
+                  + ", ".join(f"{d['ratio']:.2f}" for d in drift) + f" (range {span[0]:.2f}–{span[1]:.2f}). "
                   "The simulator charges one cost per op name, the run's average (or its first jobs'), so "
                   "where this range is wide, jobs early or late in the run are predicted long or short by as "
                   "much (`sim.host_gaps.host_drift`)."]
