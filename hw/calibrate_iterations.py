@@ -63,8 +63,8 @@ def _grid(lo: int, hi: int, points: int) -> list[int]:
 def iteration_shapes(scn, jobs, seq_points: int) -> list[IterShape]:
     """Synthetic iterations spanning a generative scenario's workload (see the module docstring)."""
     sv, m, tp = scn.serving, scn.model.shape(), scn.tp()
-    prompts = [j.prompt_tokens or j.seq_len for j in jobs]
-    longest = max((j.prompt_tokens or j.seq_len) + j.output_tokens for j in jobs)
+    prompts = [j.prompt for j in jobs]
+    longest = max(j.prompt + j.output_tokens for j in jobs)
     max_seqs = max(1, min(sv.max_batch_seqs, sv.max_batch_tokens, len(jobs)))
     batches = sorted({2 ** i for i in range(max_seqs.bit_length()) if 2 ** i <= max_seqs} | {max_seqs})
     out: list[IterShape] = []

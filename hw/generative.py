@@ -97,7 +97,7 @@ class Composition:
 
     def __init__(self, jobs: list[Job], block: int, capacity_tokens: int, scheduler=None):
         self.jobs = {j.request_id: j for j in jobs}
-        self.prompt = {j.request_id: j.prompt_tokens or j.seq_len for j in jobs}
+        self.prompt = {j.request_id: j.prompt for j in jobs}
         self.output = {j.request_id: j.output_tokens for j in jobs}
         self.block = block
         # what the workload can hold at once, at most: every request at prompt + output
@@ -123,7 +123,7 @@ class Composition:
             raise LigerSimError("a generative IR needs meta.iterations (which requests each iteration ran) to be "
                                 "replayed on the hw backend; record it with `ligersim run`", file=file,
                                 field="meta.iterations")
-        capacity = meta.get("kv_capacity_tokens") or sum((j.prompt_tokens or j.seq_len) + j.output_tokens
+        capacity = meta.get("kv_capacity_tokens") or sum(j.prompt + j.output_tokens
                                                          for j in jobs)
         comp = cls(jobs, block, int(capacity))
         comp._raw = reconstruct(meta["iterations"], comp.prompt, attention_dims(ops), file)

@@ -243,7 +243,7 @@ def _host_need(plan: Plan, mode: str) -> float:
     """Host memory of a CPU run: one process per rank when spawned, else rank 0 alone."""
     ranks = range(plan.world) if mode == "spawn" else range(1)
     b, s = plan.max_shape
-    return sum(host_bytes_needed(plan.scenario.model.shape(), plan.tp, b, s, [len(rank_layers(plan, r))],
+    return sum(host_bytes_needed(plan.scenario.model.shape(), plan.tp, b, s, len(rank_layers(plan, r)),
                                  _kv_bytes(plan, r, 4)) for r in ranks)
 
 

@@ -35,13 +35,11 @@ def oom_message(m: ModelShape, tp: int, batch: int, seq: int, device_name: str, 
             f"({free / 1e9:.1f} GB free); use a GPU with more memory, a larger tp, or a smaller model")
 
 
-def host_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, layers_per_rank: list[int],
-                      kv_bytes_per_rank: float = 0.0) -> float:
-    """Host memory a CPU run needs: every rank is a process holding its layers' weights in float32
-    (`hw.torchenv.torch_dtype`), one layer's fp32 generation buffer and activations of the jobs in
-    flight (`hw_bytes_needed` at 4 bytes an element), and its KV pool."""
-    m32 = replace(m, dtype_bytes=4)
-    return sum(hw_bytes_needed(m32, tp, batch, seq, layers=n) + kv_bytes_per_rank for n in layers_per_rank)
+def host_bytes_needed(m: ModelShape, tp: int, batch: int, seq: int, layers: int, kv_bytes: float = 0.0) -> float:
+    """Host memory one rank of a CPU run needs (each rank is a process): its `layers` layers' weights
+    in float32 (`hw.torchenv.torch_dtype`), one layer's fp32 generation buffer and activations of the
+    jobs in flight (`hw_bytes_needed` at 4 bytes an element), and its KV pool."""
+    return hw_bytes_needed(replace(m, dtype_bytes=4), tp, batch, seq, layers=layers) + kv_bytes
 
 
 def host_available_bytes() -> float | None:

@@ -20,3 +20,8 @@ class Job:
     seq_len: int = 128
     prompt_tokens: int = 0
     output_tokens: int = 0
+
+    @property
+    def prompt(self) -> int:
+        """The tokens a generative server prefills: `prompt_tokens`, else `seq_len`."""
+        return self.prompt_tokens or self.seq_len

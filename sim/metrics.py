@@ -102,7 +102,7 @@ def generative_requests_frame(events: pd.DataFrame, iterations: list[list], jobs
     first = it.groupby("request_id")["t0"].min()
     tok = it[it["emits"] == 1].groupby("request_id")["t1"].agg(["min", "max", "count"])
     df = pd.DataFrame({"request_id": [j.request_id for j in jobs], "arrival_s": [j.arrival_s for j in jobs],
-                       "prompt_tokens": [j.prompt_tokens or j.seq_len for j in jobs],
+                       "prompt_tokens": [j.prompt for j in jobs],
                        "output_tokens": [j.output_tokens for j in jobs]}).set_index("request_id")
     df["start_s"] = first
     df["first_token_s"] = tok["min"]

@@ -116,7 +116,7 @@ class BatchScheduler:
         self.waiting: deque[Seq] = deque()
         self.seqs: dict[int, Seq] = {}
         for j in jobs:
-            prompt = j.prompt_tokens or j.seq_len
+            prompt = j.prompt
             if j.output_tokens < 1:
                 raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
                                     "serving needs at least 1", file=file, field="workload.output_tokens")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +50,7 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
             keys = host_keys(scn)
             own = HOST_IN_PROCESS.get()
             if own is not None:  # the run's own, measured in its process (validation)
-                prof = dataclasses.replace(prof, host_in_situ={keys[0]: own})
+                prof = replace(prof, host_in_situ={keys[0]: own})
             after, late = prof.host_after(keys)
             record, wait = prof.host_record_wait(keys)
             host = HostParams(*prof.host_params(keys, host.launch_s, host.sync_wakeup_s),
@@ -90,7 +89,7 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
     generative = scn.serving.mode == "generative"
 
     def length(j: Job) -> int:
-        return (j.prompt_tokens or j.seq_len) + j.output_tokens if generative else j.seq_len
+        return j.prompt + j.output_tokens if generative else j.seq_len
 
     over = [j for j in jobs if length(j) > ctx]
     if not over:
@@ -104,7 +103,7 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
         return jobs
     kept, rejected, cut = [], 0, 0
     for j in jobs:
-        prompt = j.prompt_tokens or j.seq_len
+        prompt = j.prompt
         if (prompt >= ctx) if generative else (j.seq_len > ctx):
             rejected += 1
         elif generative and prompt + j.output_tokens > ctx:
