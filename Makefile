@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch 2.13.0 is a CPU build the machine keeps on disk; asking for it first stops the
 	# `hw` extra from pulling a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q torch
-	$(BIN)/python -m pip install -q -e ".[dev,hw]"
+	$(BIN)/python -m pip install -q -e ".[dev,hw,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

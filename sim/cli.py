@@ -70,7 +70,7 @@ def _curve(args: argparse.Namespace) -> None:
     rates = parse_rates(args.rates)
     out = Path(args.output)
     curve = sweep(scn, scn_dict, base, policies, rates, out, jobs=args.jobs, workers=args.workers,
-                  resume=args.resume, file=str(args.scenario), fold_ranks=args.fold_ranks)
+                  resume=args.resume, file=str(args.scenario), fold_ranks=args.fold_ranks, ray_address=args.ray)
     table = jpc(curve)
     plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
     print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rates", required=True, help="offered rates in jobs/s: R1,R2,... or START:STOP:STEP")
     c.add_argument("-o", "--output", default="out/curve", help="output folder")
     c.add_argument("--jobs", type=int, default=None, help="use only the first N jobs at each rate")
-    c.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    c.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core); with --ray, the most points queued at once")
+    c.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the points on a Ray cluster: ADDRESS as ray.init takes it ('auto', 'ray://HOST:10001'); "
+                        "without one, RAY_ADDRESS or a Ray started on this machine (pip install 'ligersim[ray]')")
     c.add_argument("--resume", action="store_true", help="keep points already in OUTPUT/curve.csv")
     c.add_argument("--fold-ranks", action="store_true",
                    help="simulate rank 0 only for the tensor-parallel policies (exact, faster)")

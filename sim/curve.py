@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -65,16 +66,21 @@ def policy_variant(scn_dict: dict, policy: str) -> dict:
     return {**scn_dict, "policy": pol}
 
 
-def run_point(scn_dict: dict, base_dir: str | None, policy: str, rate: float, jobs: int | None,
-              file: str, fold_ranks: bool = False) -> dict:
-    """One point of a curve (top-level so worker processes can run it)."""
-    scn = parse_scenario(policy_variant(scn_dict, policy), file)
+def jobs_at_rate(scn: Scenario, base_dir: Path | None, rate: float, jobs: int | None) -> list:
+    """The workload's jobs offered at `rate` (the same for every policy, so loaded once per rate)."""
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
-    with warnings.catch_warnings():  # the sweep said it once, before the workers started
+    with warnings.catch_warnings():  # the sweep said it once, before the points started
         warnings.simplefilter("ignore", ScenarioWarning)
-        job_list = load_jobs(scn, Path(base_dir) if base_dir else None, jobs)
+        return load_jobs(scn, base_dir, jobs)
+
+
+def run_point(scn_dict: dict, policy: str, rate: float, job_list: list, file: str,
+              fold_ranks: bool = False) -> dict:
+    """One point of a curve (top-level so worker processes and Ray tasks can run it)."""
     from sim.simulate import SYMMETRIC_POLICIES
 
+    scn = parse_scenario(policy_variant(scn_dict, policy), file)
+    scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
     run = simulate(scn, job_list, record_ir=False, file=file, fold_ranks=fold_ranks and policy in SYMMETRIC_POLICIES)
     from sim.outputs import run_tables
 
@@ -98,12 +104,39 @@ def jpc(curve: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["policy", "jpc_jobs_s", "capacity_jobs_s"])
 
 
+def resolved_dict(scn: Scenario, scn_dict: dict) -> dict:
+    """The scenario's mapping with its profile's path as `load_scenario` resolved it (relative to
+    the scenario file), so a point finds it from any working directory."""
+    hw = scn_dict.get("hardware")
+    if scn.hardware.profile and isinstance(hw, dict):
+        return {**scn_dict, "hardware": {**hw, "profile": scn.hardware.profile}}
+    return scn_dict
+
+
+def _run_local(scn_dict: dict, todo: list[tuple[str, float]], jobs_at, file: str, fold_ranks: bool,
+               workers: int) -> Iterator[dict]:
+    """Each point's row as it finishes, from worker processes on this machine."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futs = [pool.submit(run_point, scn_dict, p, r, jobs_at(r), file, fold_ranks) for p, r in todo]
+        try:
+            for fut in as_completed(futs):
+                yield fut.result()
+        finally:
+            for fut in futs:
+                fut.cancel()
+
+
 def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
           out: Path, jobs: int | None = None, workers: int | None = None, resume: bool = False,
-          file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False) -> pd.DataFrame:
+          file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False,
+          ray_address: str | None = None) -> pd.DataFrame:
+    """Run every (policy, rate) point not yet in `out/curve.csv`, appending each row as it
+    finishes, then write the sorted curve and `jpc.csv`. Points run in local worker processes, or
+    on a Ray cluster when `ray_address` is given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
     load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
+    scn_dict = resolved_dict(scn, scn_dict)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
@@ -113,18 +146,27 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         parse_scenario(policy_variant(scn_dict, p), file)
     if not resume or not path.exists():
         pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
-    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
-    base = str(base_dir) if base_dir else None
+    loaded: dict[float, list] = {}
+
+    def jobs_at(rate: float) -> list:
+        if rate not in loaded:
+            loaded[rate] = jobs_at_rate(scn, base_dir, rate, jobs)
+        return loaded[rate]
+
+    if ray_address is not None:
+        from sim.sweep_ray import run_on_ray
+
+        rows = run_on_ray(scn_dict, todo, jobs_at, file, fold_ranks, ray_address, workers)
+    else:
+        rows = _run_local(scn_dict, todo, jobs_at, file, fold_ranks, workers or min(len(todo), os.cpu_count() or 1) or 1)
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = {pool.submit(run_point, scn_dict, base, p, r, jobs, file, fold_ranks): (p, r) for p, r in todo}
-            for fut in as_completed(futs):
-                row = fut.result()
-                pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
-                bar.set_postfix_str(f"{row['policy']} @ {row['offered_rate']:g}/s")
-                bar.update()
+        for row in rows:
+            pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
+            bar.set_postfix_str(f"{row['policy']} @ {row['offered_rate']:g}/s")
+            bar.update()
     finally:
+        rows.close()
         bar.close()
     curve = pd.read_csv(path)
     order = {p: i for i, p in enumerate(policies)}

@@ -1,0 +1,132 @@
+"""Running a curve's points on a Ray cluster (`ligersim curve --ray [ADDRESS]`).
+
+A point needs the scenario, its jobs and, when the scenario names one, its profile. The nodes of
+a cluster need not share a file system, so the driver sends all three: the jobs it loaded (a
+trace is read once, here) and the profile's text, which a worker writes once to its own temporary
+folder. The driver's `sim` package travels with the tasks (`runtime_env.py_modules`), so every
+node simulates with the same code as the driver, and a point's result does not depend on where
+it ran. Ray itself, simpy, pandas and pydantic must be installed on the nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sim.errors import LigerSimError
+
+Task = tuple[str, float]  # (policy, offered rate)
+
+
+def profile_text(scn_dict: dict) -> str | None:
+    """The profile's YAML, read by the driver (None when the scenario has no profile)."""
+    prof = (scn_dict.get("hardware") or {}).get("profile") if isinstance(scn_dict.get("hardware"), dict) else None
+    if not prof:
+        return None
+    try:
+        return Path(prof).read_text()
+    except OSError as e:
+        raise LigerSimError(f"cannot read profile ({e.strerror})", file=str(prof), field="hardware.profile") from None
+
+
+def with_local_profile(scn_dict: dict, text: str | None) -> dict:
+    """The scenario with its profile written on this node (once per content, under the node's
+    temporary folder), so a worker never reads the driver's file system."""
+    if text is None:
+        return scn_dict
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "ligersim-profiles" / f"{digest}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(f".{digest}.part")
+        part.write_text(text)
+        part.replace(path)  # atomic: workers on one node may write it at once
+    return {**scn_dict, "hardware": {**scn_dict["hardware"], "profile": str(path)}}
+
+
+def _point_on_node(scn_dict: dict, prof_text: str | None, policy: str, rate: float, jobs: list,
+                   file: str, fold_ranks: bool) -> dict:
+    from sim.curve import run_point
+
+    return run_point(with_local_profile(scn_dict, prof_text), policy, rate, jobs, file, fold_ranks)
+
+
+def _connect(address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise LigerSimError("--ray needs Ray: pip install 'ligersim[ray]' (or `pip install ray`)",
+                            field="--ray") from None
+    if ray.is_initialized():  # a notebook or test that started Ray itself keeps it
+        return ray, False
+    import sim
+
+    _check_reachable(address)
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"py_modules": [str(Path(sim.__file__).parent)]})
+    except ConnectionError as e:
+        raise LigerSimError(f"cannot reach a Ray cluster at {address!r}: {e}", field="--ray") from None
+    return ray, True
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT (or ray://HOST:PORT) nobody answers at: Ray itself retries
+    for minutes before it gives up."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise LigerSimError(f"{address!r}: give HOST:PORT, ray://HOST:PORT or auto", field="--ray")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise LigerSimError(f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); start one with "
+                            "`ray start --head` or leave ADDRESS out to run Ray on this machine", field="--ray") from None
+
+
+def run_on_ray(scn_dict: dict, tasks: list[Task], jobs_at: Callable[[float], list], file: str,
+               fold_ranks: bool, address: str | None, in_flight: int | None) -> Iterator[dict]:
+    """Yield each point's row as it finishes. At most `in_flight` points are queued at once (all, by
+    default; Ray runs as many as the cluster has CPUs). Stopping the generator (an error, Ctrl-C)
+    cancels the points not yet finished; a Ray started here is shut down."""
+    ray, started = _connect(address)
+    try:
+        remote = ray.remote(num_cpus=1)(_point_on_node)
+        prof = ray.put(profile_text(scn_dict))
+        job_refs: dict[float, object] = {}
+        queue = list(tasks)
+        pending: dict = {}
+        limit = in_flight or len(queue)
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    policy, rate = queue.pop(0)
+                    if rate not in job_refs:
+                        job_refs[rate] = ray.put(jobs_at(rate))
+                    ref = remote.remote(scn_dict, prof, policy, rate, job_refs[rate], file, fold_ranks)
+                    pending[ref] = (policy, rate)
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    pending.pop(ref)
+                    yield _result(ray, ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _result(ray, ref) -> dict:
+    """A point's row; a user error raised on a node arrives as that error, not as Ray's wrapper."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, LigerSimError):
+            raise e.cause from None
+        raise
