@@ -121,3 +121,17 @@ def test_plot_commands_write_images(scenario_file, tmp_path):
     assert main(["plot", "curve", str(cdir)]) == 0
     assert (cdir / "curve.png").stat().st_size > 5000 and (cdir / "curve.svg").exists()
     assert main(["plot", "curve", str(out)]) == 2  # no curve there: a clear error
+
+
+def test_chrome_trace_in_chunks_is_one_valid_document(scenario_file, tmp_path, monkeypatch):
+    import sim.outputs as outputs
+
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out)]) == 0
+    whole = json.loads((out / "trace.json").read_text())
+    monkeypatch.setattr(outputs, "TRACE_CHUNK", 7)  # many chunks, the last one short
+    events = pd.read_parquet(out / "events.parquet")
+    outputs.chrome_trace(events, tmp_path / "chunked.json", title="tiny")
+    chunked = json.loads((tmp_path / "chunked.json").read_text())
+    assert len(events) % 7 and chunked == whole
+    assert sum(e["ph"] == "X" for e in chunked["traceEvents"]) == len(events)
