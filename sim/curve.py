@@ -57,13 +57,60 @@ def parse_rates(text: str) -> list[float]:
 
 
 def policy_variant(scn_dict: dict, policy: str) -> dict:
-    """The scenario with another policy; TP/PP degrees are kept only where they apply."""
+    """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`), or
+    `hybrid:TPxPP` for a hybrid of those degrees (see `expand_policies`)."""
+    name, degrees = policy_degrees(policy)
     pol = dict(scn_dict.get("policy") or {})
-    if policy != "hybrid":
+    if name != "hybrid" or degrees:
         pol.pop("tp", None)
         pol.pop("pp", None)
-    pol["name"] = policy
+    if degrees:
+        pol["tp"], pol["pp"] = degrees
+    pol["name"] = name
     return {**scn_dict, "policy": pol}
+
+
+def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
+    """`hybrid:2x4` -> ("hybrid", (2, 4)); a plain name -> (name, None)."""
+    name, sep, rest = policy.partition(":")
+    if not sep:
+        return name, None
+    tp, x, pp = rest.lower().partition("x")
+    if name != "hybrid" or not x or not tp.isdigit() or not pp.isdigit() or int(tp) < 1 or int(pp) < 1:
+        raise LigerSimError(f"{policy!r}: give a policy name, hybrid:TPxPP (e.g. hybrid:2x2) or all",
+                            field="--policies")
+    return name, (int(tp), int(pp))
+
+
+def expand_policies(policies: list[str], scn: Scenario, scn_dict: dict, jobs: list, file: str) -> list[str]:
+    """The sweep's policies, each checked here, before any point runs (schema, TP against heads,
+    weights and KV cache against GPU memory, as the simulator checks them). `all` stands for every
+    way to parallelise the scenario's GPUs: intra_op, inter_op, interleaved and each hybrid
+    TPxPP with 1 < TP < GPUs; those the model cannot run are left out with a warning, while a
+    policy named explicitly that cannot run is an error."""
+    from sim.simulate import prepare
+
+    gpus = scn.hardware.count
+    every = ["intra_op", "inter_op", "interleaved"] + [
+        f"hybrid:{tp}x{gpus // tp}" for tp in range(2, gpus) if gpus % tp == 0]
+    out: list[str] = []
+    for asked in policies:
+        for policy in every if asked == "all" else [asked]:
+            if policy in out:
+                continue
+            try:
+                variant = parse_scenario(policy_variant(scn_dict, policy), file)
+                prepare(variant, jobs, record_ir=False, file=file)
+            except LigerSimError as e:
+                if asked != "all":
+                    raise
+                warnings.warn(f"--policies all: {policy} left out: {e}", ScenarioWarning, stacklevel=2)
+                continue
+            out.append(policy)
+    if not out:
+        raise LigerSimError("no policy of --policies all can run this scenario (see the warnings above)",
+                            field="--policies")
+    return out
 
 
 def jobs_at_rate(scn: Scenario, base_dir: Path | None, rate: float, jobs: int | None) -> list:
@@ -81,7 +128,8 @@ def run_point(scn_dict: dict, policy: str, rate: float, job_list: list, file: st
 
     scn = parse_scenario(policy_variant(scn_dict, policy), file)
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
-    run = simulate(scn, job_list, record_ir=False, file=file, fold_ranks=fold_ranks and policy in SYMMETRIC_POLICIES)
+    run = simulate(scn, job_list, record_ir=False, file=file,
+                   fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
     from sim.outputs import run_tables
 
     req, s = run_tables(run.events, job_list, run.result.meta, policy, run.result.sim_wall_s)
@@ -135,15 +183,14 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     on a Ray cluster when `ray_address` is given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
-    load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
+    first = load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
     scn_dict = resolved_dict(scn, scn_dict)
+    policies = expand_policies(policies, scn, scn_dict, first, file)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
     have = {(p, round(r, 9)) for p, r in zip(done["policy"], done["offered_rate"])}
     todo = [(p, r) for p in policies for r in rates if (p, round(r, 9)) not in have]
-    for p in policies:  # fail fast, in this process, on a policy the scenario cannot run
-        parse_scenario(policy_variant(scn_dict, p), file)
     if not resume or not path.exists():
         pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
     loaded: dict[float, list] = {}
