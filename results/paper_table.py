@@ -1,6 +1,6 @@
 """The simulated-vs-paper table in the README, from the committed curves.
 
-Run: `.venv/bin/python results/paper_table.py` (after `ligersim curve ... -o results/curves/NAME`).
+Run: `.venv/bin/python results/paper_table.py` (after `ligersim curve ... --policies all -o results/curves/NAME`).
 Paper (Liger, PPoPP'24, 4 devices): interleaved has 1.34x the JPC of intra-op, and 36.0% lower
 mean JCT than inter-op at the same JPC.
 """
@@ -46,6 +46,7 @@ def row(name: str) -> dict:
         return f"{j[p]:.0f} ({cap[p]:.0f})" + (" sweep ends" if cap[p] >= 0.9 * top else "")
     return {"setup": SCENARIOS[name], "JPC (capacity) intra_op": fmt("intra_op"),
             "inter_op": fmt("inter_op"), "interleaved": fmt("interleaved"),
+            "hybrid 2x2 (TP 2 in 2 stages)": fmt("hybrid:2x2") if "hybrid:2x2" in j else "–",
             "interleaved / intra_op JPC (capacity); paper 1.34x":
                 f"{j['interleaved'] / j['intra_op']:.2f}x ({cap['interleaved'] / cap['intra_op']:.2f}x)",
             "mean JCT interleaved vs inter_op; paper −36.0%: at half load": vs_inter(light),

@@ -108,8 +108,8 @@ def expand_policies(policies: list[str], scn: Scenario, scn_dict: dict, jobs: li
                 continue
             out.append(policy)
     if not out:
-        raise LigerSimError("no policy of --policies all can run this scenario (see the warnings above)",
-                            field="--policies")
+        raise LigerSimError("no policy of --policies all can run this scenario (see the warnings above)"
+                            if policies else "give at least one policy", field="--policies")
     return out
 
 
