@@ -23,7 +23,8 @@ Task = tuple[str, float]  # (policy, offered rate)
 
 def profile_text(scn_dict: dict) -> str | None:
     """The profile's YAML, read by the driver (None when the scenario has no profile)."""
-    prof = (scn_dict.get("hardware") or {}).get("profile") if isinstance(scn_dict.get("hardware"), dict) else None
+    hw = scn_dict.get("hardware")
+    prof = hw.get("profile") if isinstance(hw, dict) else None
     if not prof:
         return None
     try:
