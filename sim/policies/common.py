@@ -66,6 +66,48 @@ class PolicyContext:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class LayeredKernels:
+    """A job's kernels as their parts: the prologue (layer -1), one layer's list run for each of
+    `layers`, the epilogue (layer `last_layer`). An iteration of an 80-layer model has ~1,000
+    kernels and is launched once, so it is not spelled out as one `Step` per kernel."""
+
+    prologue: list[KernelSpec]
+    layer: list[KernelSpec]
+    layers: range
+    epilogue: list[KernelSpec]
+    last_layer: int
+
+    def __len__(self) -> int:
+        return len(self.prologue) + len(self.layer) * len(self.layers) + len(self.epilogue)
+
+    def specs(self) -> list[KernelSpec]:
+        """Every kernel's spec, in launch order."""
+        return self.prologue + self.layer * len(self.layers) + self.epilogue
+
+    def layer_of(self, i: int) -> int:
+        """The layer of the `i`-th kernel."""
+        j = i - len(self.prologue)
+        if j < 0:
+            return -1
+        per = len(self.layer)
+        if per and j < per * len(self.layers):
+            return self.layers[j // per]
+        return self.last_layer
+
+    def steps(self) -> list[Step]:
+        return [Step(s, self.layer_of(i)) for i, s in enumerate(self.specs())]
+
+
+def launch_layered(rt: Runtime, ks: LayeredKernels, stream: int, request_id: int,
+                   group: tuple[int, ...]) -> None:
+    """`launch_steps` over a `LayeredKernels`, without building a step per kernel."""
+    rank, launch = rt.rank, rt.launch
+    for layer, specs in ((-1, ks.prologue), *((i, ks.layer) for i in ks.layers), (ks.last_layer, ks.epilogue)):
+        for spec in specs:
+            launch(Kernel(spec, rank, request_id, layer, group if spec.is_collective else None), stream)
+
+
 def launch_steps(rt: Runtime, steps: list[Step], stream: int, request_id: int,
                  group: tuple[int, ...]) -> None:
     """Launch kernels in order on one stream (collectives over `group`)."""

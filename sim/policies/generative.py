@@ -18,12 +18,10 @@ launched as the policy launches jobs.
 
 from __future__ import annotations
 
-from collections import deque
-
 from sim.kernels import Kernel, collective
 from sim.layers import epilogue_kernels, prologue_kernels
-from sim.policies.common import PolicyContext, RankPolicy, Step, after, launch_steps
-from sim.policies.interleaved import JobState, Pending, build_interleaved
+from sim.policies.common import LayeredKernels, PolicyContext, RankPolicy, after, launch_layered
+from sim.policies.interleaved import JobState, LayeredQueue, build_interleaved
 from sim.policies.pipeline import stages
 from sim.runtime import PolicyGen, Runtime
 from sim.serving import BatchScheduler, Iteration, iteration_kernels
@@ -32,16 +30,13 @@ POLL_S, POLL_MAX_S = 20e-6, 200e-6  # a follower host looks for the next decisio
 
 
 def iteration_steps(ctx: PolicyContext, tp: int, it: Iteration, layers: range | None = None,
-                    first: bool = True, last: bool = True) -> list[Step]:
+                    first: bool = True, last: bool = True) -> LayeredKernels:
+    """An iteration's kernels (of the `layers` one pipeline stage holds), in launch order."""
     m = ctx.model
     layers = range(m.layers) if layers is None else layers
-    specs = iteration_kernels(m, tp, it)
-    out = [Step(s, -1) for s in prologue_kernels(m, tp, 1, it.tokens)] if first else []
-    for i in layers:
-        out.extend(Step(s, i) for s in specs)
-    if last and it.emits:
-        out.extend(Step(s, m.layers) for s in epilogue_kernels(m, tp, len(it.emits), 1))
-    return out
+    head = prologue_kernels(m, tp, 1, it.tokens) if first else []
+    tail = epilogue_kernels(m, tp, len(it.emits), 1) if last and it.emits else []
+    return LayeredKernels(head, iteration_kernels(m, tp, it), layers, tail, m.layers)
 
 
 class IterationPlan:
@@ -82,7 +77,7 @@ def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
             if isinstance(item, float):
                 yield rt.sleep_until(item)
                 continue
-            launch_steps(rt, iteration_steps(ctx, ctx.world, item), stream, item.index, group)
+            launch_layered(rt, iteration_steps(ctx, ctx.world, item), stream, item.index, group)
             rt.record(done, stream)
             yield rt.sync(done)
 
@@ -106,8 +101,7 @@ class IterationSource:
             if it is None:
                 continue
             self.busy[g] = self.by_index[it.index] = it
-            steps = iteration_steps(self.ctx, self.ctx.world, it)
-            out.append(JobState(it.index, now, deque(Pending(st.spec, st.layer, i) for i, st in enumerate(steps))))
+            out.append(JobState(it.index, now, LayeredQueue(iteration_steps(self.ctx, self.ctx.world, it))))
         return out
 
     def next_arrival(self) -> float | None:
@@ -183,7 +177,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
                 if item != skip and local == 0:
                     yield rt.sleep_until(item)
                 continue
-            launch_steps(rt, iteration_steps(ctx, tp, item, stage.layers, first=True, last=pp == 1),
+            launch_layered(rt, iteration_steps(ctx, tp, item, stage.layers, first=True, last=pp == 1),
                          compute, item.index, stage.ranks)
             back = rt.new_event()
             if nxt is None:
@@ -214,7 +208,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
             rt.launch(Kernel(collective("recv", "recv_activations", nbytes), rt.rank, item.index,
                              stage.layers.start, (prev, rt.rank)), inbox)
             after(rt, inbox, compute)
-            launch_steps(rt, iteration_steps(ctx, tp, item, stage.layers, first=False, last=last),
+            launch_layered(rt, iteration_steps(ctx, tp, item, stage.layers, first=False, last=last),
                          compute, item.index, stage.ranks)
             after(rt, compute, outbox)
             out = (collective("send", "send_tokens", 4 * max(1, len(item.emits))) if last
