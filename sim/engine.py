@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 import simpy
 
@@ -34,6 +35,52 @@ from sim.runtime import PolicyGen, RecordingRuntime
 
 _KERNEL, _RECORD, _WAIT = 0, 1, 2
 EVENT_COLUMNS = COLUMNS  # one row per completed kernel (sim.eventlog)
+
+
+class Clock(simpy.Environment):
+    """SimPy's environment with a cheap timed callback for the engine's own events (a kernel's
+    completion, a stream's wake-up): about two per kernel, so they skip the `Timeout` object, its
+    callback list and a closure. `call_in` queues `fn(a, b)` exactly where a timeout created at
+    that moment would be (same time, priority and place in the event-id order), so every event is
+    processed in the same order as with plain timeouts; host processes stay SimPy processes."""
+
+    def call_in(self, delay: float, fn: Callable, a, b=None) -> None:
+        heappush(self._queue, (self._now + delay, simpy.events.NORMAL, next(self._eid), (fn, a, b)))
+
+    def step(self) -> None:
+        try:
+            self._now, _, _, event = heappop(self._queue)
+        except IndexError:
+            raise simpy.core.EmptySchedule from None
+        if type(event) is tuple:
+            event[0](event[1], event[2])
+            return
+        self._process(event)
+
+    def _process(self, event: simpy.Event) -> None:
+        """What `simpy.Environment.step` does with a popped SimPy event."""
+        callbacks, event.callbacks = event.callbacks, None
+        try:
+            for callback in callbacks:
+                callback(event)
+        except simpy.core.StopSimulation:  # `run(until=...)` (the progress bar) stops here
+            event.callbacks = callbacks[callbacks.index(callback) + 1:]
+            self.schedule(event, simpy.events.EventPriority(-1))
+            raise
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+    def run_all(self) -> None:
+        """`run()` until no event is left, stepping in one loop (no method call per event)."""
+        queue, process = self._queue, self._process
+        while queue:
+            self._now, _, _, event = heappop(queue)
+            if type(event) is tuple:
+                event[0](event[1], event[2])
+            else:
+                process(event)
 
 
 class EventInstance:
@@ -118,7 +165,7 @@ class SimResult:
 class Engine:
     def __init__(self, world: int, solo: Callable[[Kernel], float], contention: ContentionTable,
                  topology: Topology, host: HostParams, record_ir: bool = True):
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.world = world
         self.solo = solo
         self.contention = contention
@@ -164,7 +211,7 @@ class Engine:
             if at > now:
                 if s.wake_at != at:
                     s.wake_at = at
-                    self.env.timeout(at - now).callbacks.append(lambda _e, s=s: self._wake(s))
+                    self.env.call_in(at - now, self._wake, s)
                 return
             if code == _KERNEL:
                 q.popleft()
@@ -179,7 +226,7 @@ class Engine:
                     return
                 q.popleft()
 
-    def _wake(self, s: Stream) -> None:
+    def _wake(self, s: Stream, _: None = None) -> None:
         s.wake_at = -1.0
         self._work.append(s)
         self._drain()
@@ -281,8 +328,7 @@ class Engine:
         return own / shared
 
     def _schedule(self, run: Run) -> None:
-        v = run.version
-        self.env.timeout(run.remaining / run.rate).callbacks.append(lambda _e: self._finish(run, v))
+        self.env.call_in(run.remaining / run.rate, self._finish, run, run.version)
 
     def _finish(self, run: Run, version: int) -> None:
         if version != run.version:
@@ -326,7 +372,7 @@ class Engine:
             if progress_horizon_s:
                 self._run_with_progress(progress_horizon_s)
             else:
-                self.env.run()
+                self.env.run_all()
         except KeyboardInterrupt:
             meta["interrupted"] = True
         if not meta.get("interrupted"):
