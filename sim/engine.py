@@ -179,6 +179,7 @@ class Engine:
         self.rows = self.log.rows  # appended to in the hot path; packed into columns as it grows
         self.ops: list[Op] | None = [] if record_ir else None
         self._work: list[Stream] = []
+        self._link_loads: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
         # Symmetric tensor parallelism: every rank runs the same kernels at the same times, so
         # simulating rank 0 alone (its collectives start when it reaches them) is exact and
         # `world` times faster. Only for policies whose ranks are all alike.
@@ -260,10 +261,18 @@ class Engine:
             streams = [a[1] for a in arrived]
             run = Run(kernels, streams, self.solo(k), self.env.now, k.spec.cls)
             run.launch = [a[2] for a in arrived]
-            run.links = self.topology.collective_loads(k.spec.kind, k.group)
+            run.links = self._loads(k.spec.kind, k.group)
             for st in streams:
                 st.busy = run
             self._start(run)
+
+    def _loads(self, kind: str, group: tuple[int, ...]) -> dict[int, int]:
+        """`Topology.collective_loads`, once per kind and group (runs only read it)."""
+        key = (kind, group)
+        loads = self._link_loads.get(key)
+        if loads is None:
+            loads = self._link_loads[key] = self.topology.collective_loads(kind, group)
+        return loads
 
     def _start(self, run: Run) -> None:
         ranks = [st.rank for st in run.streams]
@@ -274,8 +283,8 @@ class Engine:
             if self.running[r]:
                 alone = False
             self.running[r].append(run)
-        if alone and not run.links:
-            run.rate = 1.0
+        if alone and (not run.links or all(len(self.link_runs[link]) == 1 for link in run.links)):
+            run.rate = 1.0  # nothing shares its GPUs or links: what `_rerate` would find, without the search
             self._schedule(run)
             return
         self._rerate(self._affected(run, ranks))
