@@ -42,7 +42,8 @@ class Clock(simpy.Environment):
     completion, a stream's wake-up): about two per kernel, so they skip the `Timeout` object, its
     callback list and a closure. `call_in` queues `fn(a, b)` exactly where a timeout created at
     that moment would be (same time, priority and place in the event-id order), so every event is
-    processed in the same order as with plain timeouts; host processes stay SimPy processes."""
+    processed in the same order as with plain timeouts; host processes stay SimPy processes.
+    It reads SimPy 4's queue entries (time, priority, event id, event): pyproject pins simpy < 5."""
 
     def call_in(self, delay: float, fn: Callable, a, b=None) -> None:
         heappush(self._queue, (self._now + delay, simpy.events.NORMAL, next(self._eid), (fn, a, b)))

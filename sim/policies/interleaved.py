@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sim.kernels import Kernel, KernelSpec, split_collective, split_gemm
-from sim.policies.common import LayeredKernels, PolicyContext, RankPolicy, Step
+from sim.policies.common import PolicyContext, RankPolicy, Step
 from sim.runtime import PolicyGen, Runtime
 
 MAIN_PRIORITY, SUB_PRIORITY = -1, 0
@@ -46,48 +46,11 @@ class Pending:
     parent: int  # index of the original kernel within its job
 
 
-class LayeredQueue:
-    """A job's not-yet-launched kernels over a `LayeredKernels`, with a deque's `q[0]`,
-    `q[0] = piece`, `popleft` and `len`: each `Pending` is made when it reaches the front, not
-    one per kernel when an iteration of ~1,000 kernels is admitted."""
-
-    __slots__ = ("_ks", "_specs", "_pos", "_head")
-
-    def __init__(self, ks: LayeredKernels):
-        self._ks = ks
-        self._specs = ks.specs()
-        self._pos = 0
-        self._head: Pending | None = None
-
-    def __len__(self) -> int:
-        return len(self._specs) - self._pos
-
-    def __getitem__(self, i: int) -> Pending:
-        if i != 0:
-            raise IndexError("only the front of a job's queue is looked at")
-        head = self._head
-        if head is None:
-            pos = self._pos
-            head = self._head = Pending(self._specs[pos], self._ks.layer_of(pos), pos)
-        return head
-
-    def __setitem__(self, i: int, p: Pending) -> None:
-        if i != 0:
-            raise IndexError("only the front of a job's queue is replaced")
-        self._head = p
-
-    def popleft(self) -> Pending:
-        p = self[0]
-        self._pos += 1
-        self._head = None
-        return p
-
-
 @dataclass
 class JobState:
     request_id: int
     arrival_s: float
-    queue: deque[Pending] | LayeredQueue
+    queue: deque[Pending]
     on_sub: bool = False  # has kernels on the sub stream that the main stream must wait for
 
 
