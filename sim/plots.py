@@ -16,9 +16,10 @@ POLICY_STYLE = {"intra_op": "C0", "in_order": "C0", "inter_op": "C1", "interleav
 def plot_curve(curve: pd.DataFrame, path: Path, title: str, jpc: pd.DataFrame | None = None) -> Path:
     """Mean JCT against achieved throughput, one line per policy; JPC marked if given."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    spare = iter(f"C{i}" for i in (2, 4, 5, 6, 7, 8, 9))  # hybrids of several degrees: colours of their own
     for policy, g in curve.groupby("policy", sort=False):
         g = g.sort_values("offered_rate")
-        color = POLICY_STYLE.get(policy)
+        color = POLICY_STYLE.get(policy) or next(spare, "k")
         ax.plot(g["achieved_rate"], g["jct_mean_s"] * 1e3, "o-", ms=3.5, color=color, label=policy)
         if jpc is not None:
             row = jpc[jpc["policy"] == policy]
