@@ -60,7 +60,7 @@ def _replay(args: argparse.Namespace) -> None:
 def _curve(args: argparse.Namespace) -> None:
     import yaml
 
-    from sim.curve import jpc, parse_rates, sweep
+    from sim.curve import jpc, parse_rates, parse_vary, sweep
     from sim.plots import plot_curve
     from sim.scenario import load_scenario
 
@@ -70,7 +70,8 @@ def _curve(args: argparse.Namespace) -> None:
     rates = parse_rates(args.rates)
     out = Path(args.output)
     curve = sweep(scn, scn_dict, base, policies, rates, out, jobs=args.jobs, workers=args.workers,
-                  resume=args.resume, file=str(args.scenario), fold_ranks=args.fold_ranks, ray_address=args.ray)
+                  resume=args.resume, file=str(args.scenario), fold_ranks=args.fold_ranks, ray_address=args.ray,
+                  vary=parse_vary(args.vary))
     table = jpc(curve)
     plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
     print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=None, help="use only the first N jobs at each rate")
     c.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per core); with --ray, the most points queued at once")
+    c.add_argument("--vary", action="append", metavar="KEY=V1,V2",
+                   help="sweep a scenario field too, a line per value (repeat for a grid): e.g. policy.split=2,4,8, "
+                        "serving.groups=2,3, hardware.interconnect=nvswitch-h100,pcie4")
     c.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the points on a Ray cluster: ADDRESS as ray.init takes it ('auto', 'ray://HOST:10001'); "
                         "without one, RAY_ADDRESS or a Ray started on this machine (pip install 'ligersim[ray]')")

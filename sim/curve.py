@@ -12,6 +12,7 @@ and `--resume` skips them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from tqdm import tqdm
 
 from sim.errors import LigerSimError, ScenarioWarning
@@ -82,31 +84,78 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
     return name, (int(tp), int(pp))
 
 
-def expand_policies(policies: list[str], scn: Scenario, scn_dict: dict, jobs: list, file: str) -> list[str]:
-    """The sweep's policies, each checked here, before any point runs (schema, TP against heads,
-    weights and KV cache against GPU memory, as the simulator checks them). `all` stands for every
-    way to parallelise the scenario's GPUs: intra_op, inter_op, interleaved and each hybrid
-    TPxPP with 1 < TP < GPUs; those the model cannot run are left out with a warning, while a
-    policy named explicitly that cannot run is an error."""
+VARY_SECTIONS = ("policy", "serving", "hardware", "model")  # not the workload: a curve's jobs are one per rate
+
+
+def parse_vary(items: list[str] | None) -> list[tuple[str, list]]:
+    """`--vary KEY=V1,V2` (repeatable): a scenario field and the values to sweep it over, each read
+    as YAML (`8` an int, `true` a bool, `nvswitch-h100` a string)."""
+    out: list[tuple[str, list]] = []
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not vals or not key or "" in key.split("."):
+            raise LigerSimError(f"{item!r}: give KEY=V1,V2,... with KEY a scenario field such as policy.split",
+                                field="--vary")
+        if key.split(".")[0] not in VARY_SECTIONS:
+            raise LigerSimError(f"{item!r}: a curve can vary fields of {', '.join(VARY_SECTIONS)}; the workload "
+                                "sets the jobs of every point (give another scenario file to change it)", field="--vary")
+        if any(k == key for k, _ in out):
+            raise LigerSimError(f"{key} is given twice", field="--vary")
+        out.append((key, [yaml.safe_load(v) for v in vals]))
+    return out
+
+
+def with_setting(scn_dict: dict, key: str, value, file: str) -> dict:
+    """The scenario mapping with the dotted field `key` set (copies along the path; a preset given
+    by name, as `model: llama2-70b`, becomes `{preset: llama2-70b}` so its fields can be set)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return {**scn_dict, head: value}
+    inner = scn_dict.get(head)
+    if isinstance(inner, str):
+        inner = {"preset": inner}
+    if inner is None:
+        inner = {}
+    if not isinstance(inner, dict):
+        raise LigerSimError(f"--vary {key}: {head} is {inner!r}, not a mapping with fields", file=file, field=key)
+    return {**scn_dict, head: with_setting(inner, rest, value, file)}
+
+
+def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Scenario, scn_dict: dict,
+                      jobs: list, file: str, base_dir: Path | None = None) -> dict[str, dict]:
+    """The sweep's lines, label -> scenario mapping: each policy under each combination of `vary`,
+    checked here before any point runs (schema, TP against heads, weights and KV cache against GPU
+    memory, as the simulator checks them). `all` stands for every way to parallelise the scenario's
+    GPUs: intra_op, inter_op, interleaved and each hybrid TPxPP with 1 < TP < GPUs; those the model
+    cannot run are left out with a warning, while a line asked for by name that cannot run is an error."""
     from sim.simulate import prepare
 
     gpus = scn.hardware.count
     every = ["intra_op", "inter_op", "interleaved"] + [
         f"hybrid:{tp}x{gpus // tp}" for tp in range(2, gpus) if gpus % tp == 0]
-    out: list[str] = []
+    combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in vary]))
+    out: dict[str, dict] = {}
     for asked in policies:
         for policy in every if asked == "all" else [asked]:
-            if policy in out:
-                continue
-            try:
-                variant = parse_scenario(policy_variant(scn_dict, policy), file)
-                prepare(variant, jobs, record_ir=False, file=file)
-            except LigerSimError as e:
-                if asked != "all":
-                    raise
-                warnings.warn(f"--policies all: {policy} left out: {e}", ScenarioWarning, stacklevel=2)
-                continue
-            out.append(policy)
+            for combo in combos:
+                label = " ".join([policy, *(f"{k}={v}" for k, v in combo)])
+                if label in out:
+                    continue
+                variant = policy_variant(scn_dict, policy)
+                for k, v in combo:
+                    if k == "hardware.profile" and isinstance(v, str) and base_dir and not Path(v).is_absolute():
+                        v = str((base_dir / v).resolve())  # relative to the scenario, as in the file
+                    variant = with_setting(variant, k, v, file)
+                try:
+                    prepare(parse_scenario(variant, file), jobs, record_ir=False, file=file)
+                except LigerSimError as e:
+                    if asked != "all":
+                        raise LigerSimError(f"{label}: {e}", field="--policies") from None
+                    warnings.warn(f"--policies all: {label} left out: {e}", ScenarioWarning, stacklevel=2)
+                    continue
+                out[label] = variant
     if not out:
         raise LigerSimError("no policy of --policies all can run this scenario (see the warnings above)"
                             if policies else "give at least one policy", field="--policies")
@@ -121,22 +170,23 @@ def jobs_at_rate(scn: Scenario, base_dir: Path | None, rate: float, jobs: int | 
         return load_jobs(scn, base_dir, jobs)
 
 
-def run_point(scn_dict: dict, policy: str, rate: float, job_list: list, file: str,
+def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
               fold_ranks: bool = False) -> dict:
-    """One point of a curve (top-level so worker processes and Ray tasks can run it)."""
+    """One point of a curve: the line `label`'s scenario mapping at `rate` (top-level so worker
+    processes and Ray tasks can run it)."""
     from sim.simulate import SYMMETRIC_POLICIES
 
-    scn = parse_scenario(policy_variant(scn_dict, policy), file)
+    scn = parse_scenario(variant, file)
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
     run = simulate(scn, job_list, record_ir=False, file=file,
                    fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
     from sim.outputs import run_tables
 
-    req, s = run_tables(run.events, job_list, run.result.meta, policy, run.result.sim_wall_s)
+    req, s = run_tables(run.events, job_list, run.result.meta, scn.policy.name, run.result.sim_wall_s)
     req = req.sort_values("arrival_s")
     third = max(1, len(req) // 3)
     s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
-    return {"policy": policy, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],
+    return {"policy": label, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],
             "achieved_rate": s["throughput_jobs_s"], **{k: s.get(k) for k in CURVE_COLUMNS[4:]}}
 
 
@@ -161,11 +211,11 @@ def resolved_dict(scn: Scenario, scn_dict: dict) -> dict:
     return scn_dict
 
 
-def _run_local(scn_dict: dict, todo: list[tuple[str, float]], jobs_at, file: str, fold_ranks: bool,
+def _run_local(variants: dict[str, dict], todo: list[tuple[str, float]], jobs_at, file: str, fold_ranks: bool,
                workers: int) -> Iterator[dict]:
     """Each point's row as it finishes, from worker processes on this machine."""
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_point, scn_dict, p, r, jobs_at(r), file, fold_ranks) for p, r in todo]
+        futs = [pool.submit(run_point, variants[p], p, r, jobs_at(r), file, fold_ranks) for p, r in todo]
         try:
             for fut in as_completed(futs):
                 yield fut.result()
@@ -177,20 +227,21 @@ def _run_local(scn_dict: dict, todo: list[tuple[str, float]], jobs_at, file: str
 def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
           out: Path, jobs: int | None = None, workers: int | None = None, resume: bool = False,
           file: str = "<scenario>", progress: bool = True, fold_ranks: bool = False,
-          ray_address: str | None = None) -> pd.DataFrame:
-    """Run every (policy, rate) point not yet in `out/curve.csv`, appending each row as it
-    finishes, then write the sorted curve and `jpc.csv`. Points run in local worker processes, or
-    on a Ray cluster when `ray_address` is given ("" starts or finds one as `ray.init()` does)."""
+          ray_address: str | None = None, vary: list[tuple[str, list]] | None = None) -> pd.DataFrame:
+    """Run every (line, rate) point not yet in `out/curve.csv`, appending each row as it finishes,
+    then write the sorted curve and `jpc.csv`. A line is a policy under one combination of `vary`
+    (`parse_vary`). Points run in local worker processes, or on a Ray cluster when `ray_address` is
+    given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
     first = load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
     scn_dict = resolved_dict(scn, scn_dict)
-    policies = expand_policies(policies, scn, scn_dict, first, file)
+    variants = scenario_variants(policies, vary or [], scn, scn_dict, first, file, base_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
     have = {(p, round(r, 9)) for p, r in zip(done["policy"], done["offered_rate"])}
-    todo = [(p, r) for p in policies for r in rates if (p, round(r, 9)) not in have]
+    todo = [(p, r) for p in variants for r in rates if (p, round(r, 9)) not in have]
     if not resume or not path.exists():
         pd.DataFrame(columns=CURVE_COLUMNS).to_csv(path, index=False)
     loaded: dict[float, list] = {}
@@ -203,9 +254,9 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     if ray_address is not None:
         from sim.sweep_ray import run_on_ray
 
-        rows = run_on_ray(scn_dict, todo, jobs_at, file, fold_ranks, ray_address, workers)
+        rows = run_on_ray(variants, todo, jobs_at, file, fold_ranks, ray_address, workers)
     else:
-        rows = _run_local(scn_dict, todo, jobs_at, file, fold_ranks, workers or min(len(todo), os.cpu_count() or 1) or 1)
+        rows = _run_local(variants, todo, jobs_at, file, fold_ranks, workers or min(len(todo), os.cpu_count() or 1) or 1)
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:
         for row in rows:
@@ -216,7 +267,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         rows.close()
         bar.close()
     curve = pd.read_csv(path)
-    order = {p: i for i, p in enumerate(policies)}
+    order = {p: i for i, p in enumerate(variants)}
     curve = curve.sort_values(["policy", "offered_rate"], key=lambda c: c.map(order) if c.name == "policy" else c)
     curve.to_csv(path, index=False)
     jpc(curve).to_csv(out / "jpc.csv", index=False)

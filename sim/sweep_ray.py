@@ -18,13 +18,17 @@ from pathlib import Path
 
 from sim.errors import LigerSimError
 
-Task = tuple[str, float]  # (policy, offered rate)
+Task = tuple[str, float]  # (line label, offered rate)
+
+
+def profile_path(scn_dict: dict) -> str | None:
+    hw = scn_dict.get("hardware")
+    return (hw.get("profile") or None) if isinstance(hw, dict) else None
 
 
 def profile_text(scn_dict: dict) -> str | None:
     """The profile's YAML, read by the driver (None when the scenario has no profile)."""
-    hw = scn_dict.get("hardware")
-    prof = hw.get("profile") if isinstance(hw, dict) else None
+    prof = profile_path(scn_dict)
     if not prof:
         return None
     try:
@@ -48,11 +52,11 @@ def with_local_profile(scn_dict: dict, text: str | None) -> dict:
     return {**scn_dict, "hardware": {**scn_dict["hardware"], "profile": str(path)}}
 
 
-def _point_on_node(scn_dict: dict, prof_text: str | None, policy: str, rate: float, jobs: list,
+def _point_on_node(variant: dict, prof_text: str | None, label: str, rate: float, jobs: list,
                    file: str, fold_ranks: bool) -> dict:
     from sim.curve import run_point
 
-    return run_point(with_local_profile(scn_dict, prof_text), policy, rate, jobs, file, fold_ranks)
+    return run_point(with_local_profile(variant, prof_text), label, rate, jobs, file, fold_ranks)
 
 
 def _connect(address: str | None):
@@ -90,7 +94,7 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
                             "`ray start --head` or leave ADDRESS out to run Ray on this machine", field="--ray") from None
 
 
-def run_on_ray(scn_dict: dict, tasks: list[Task], jobs_at: Callable[[float], list], file: str,
+def run_on_ray(variants: dict[str, dict], tasks: list[Task], jobs_at: Callable[[float], list], file: str,
                fold_ranks: bool, address: str | None, in_flight: int | None) -> Iterator[dict]:
     """Yield each point's row as it finishes. At most `in_flight` points are queued at once (all, by
     default; Ray runs as many as the cluster has CPUs). Stopping the generator (an error, Ctrl-C)
@@ -98,7 +102,7 @@ def run_on_ray(scn_dict: dict, tasks: list[Task], jobs_at: Callable[[float], lis
     ray, started = _connect(address)
     try:
         remote = ray.remote(num_cpus=1)(_point_on_node)
-        prof = ray.put(profile_text(scn_dict))
+        texts: dict[str | None, object] = {}  # one copy of each profile in the object store
         job_refs: dict[float, object] = {}
         queue = list(tasks)
         pending: dict = {}
@@ -106,11 +110,15 @@ def run_on_ray(scn_dict: dict, tasks: list[Task], jobs_at: Callable[[float], lis
         try:
             while queue or pending:
                 while queue and len(pending) < limit:
-                    policy, rate = queue.pop(0)
+                    label, rate = queue.pop(0)
+                    variant = variants[label]
+                    where = profile_path(variant)
+                    if where not in texts:
+                        texts[where] = ray.put(profile_text(variant))
                     if rate not in job_refs:
                         job_refs[rate] = ray.put(jobs_at(rate))
-                    ref = remote.remote(scn_dict, prof, policy, rate, job_refs[rate], file, fold_ranks)
-                    pending[ref] = (policy, rate)
+                    ref = remote.remote(variant, texts[where], label, rate, job_refs[rate], file, fold_ranks)
+                    pending[ref] = (label, rate)
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     pending.pop(ref)

@@ -1,5 +1,5 @@
-"""A sweep's policies: hybrid degrees by name, `all` as every way to parallelise the GPUs that the
-model allows, each checked before any point runs."""
+"""A sweep's lines: hybrid degrees by name, `all` as every way to parallelise the GPUs that the
+model allows, `--vary` fields, each line checked before any point runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from sim.curve import expand_policies, policy_degrees, policy_variant, sweep
+from sim.curve import parse_vary, policy_degrees, policy_variant, scenario_variants, sweep, with_setting
 from sim.errors import LigerSimError, ScenarioWarning
 from sim.outputs import run_tables
 from sim.scenario import parse_scenario
@@ -42,13 +42,14 @@ def test_all_is_every_parallelisation_the_model_allows():
     jobs = load_jobs(scn, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = expand_policies(["all", "inter_op"], scn, d, jobs, "s.yaml")
-    assert got == ["inter_op", "hybrid:2x4", "hybrid:4x2"]  # tp=8 does not divide 12 heads
+        got = scenario_variants(["all", "inter_op"], [], scn, d, jobs, "s.yaml")
+    assert list(got) == ["inter_op", "hybrid:2x4", "hybrid:4x2"]  # tp=8 does not divide 12 heads
+    assert got["hybrid:4x2"]["policy"] == {"name": "hybrid", "tp": 4, "pp": 2}
     left_out = [str(w.message) for w in caught if issubclass(w.category, ScenarioWarning)]
     assert len(left_out) == 2 and all("12 attention heads" in m for m in left_out)
     assert any(m.startswith("--policies all: intra_op left out") for m in left_out)
     with pytest.raises(LigerSimError, match="12 attention heads"):  # named explicitly: an error
-        expand_policies(["interleaved"], scn, d, jobs, "s.yaml")
+        scenario_variants(["interleaved"], [], scn, d, jobs, "s.yaml")
 
 
 def test_all_leaves_out_what_does_not_fit_in_memory():
@@ -59,14 +60,14 @@ def test_all_leaves_out_what_does_not_fit_in_memory():
     jobs = load_jobs(scn, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScenarioWarning)
-        got = expand_policies(["all"], scn, d, jobs, "s.yaml")
-    assert got == ["intra_op", "inter_op", "interleaved"]  # no hybrid on 2 GPUs
+        got = scenario_variants(["all"], [], scn, d, jobs, "s.yaml")
+    assert list(got) == ["intra_op", "inter_op", "interleaved"]  # no hybrid on 2 GPUs
     d["hardware"]["count"] = 1
     scn = parse_scenario(d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScenarioWarning)
         with pytest.raises(LigerSimError, match="no policy of --policies all"):
-            expand_policies(["all"], scn, d, jobs, "s.yaml")
+            scenario_variants(["all"], [], scn, d, jobs, "s.yaml")
 
 
 def test_a_hybrid_point_is_that_hybrid(tmp_path):
@@ -82,3 +83,42 @@ def test_a_hybrid_point_is_that_hybrid(tmp_path):
     _, summary = run_tables(run.events, jobs, run.result.meta, "hybrid", run.result.sim_wall_s)
     assert curve["kernels"].iloc[0] == len(run.events)
     assert curve["jct_mean_s"].iloc[0] == pytest.approx(summary["jct_mean_s"], rel=1e-12)
+
+
+def test_vary_reads_fields_and_values():
+    assert parse_vary(["policy.split=2, 4,8", "serving.groups=3", "hardware.interconnect=pcie4"]) == [
+        ("policy.split", [2, 4, 8]), ("serving.groups", [3]), ("hardware.interconnect", ["pcie4"])]
+    assert parse_vary(None) == []
+    for bad, why in (("policy.split", "KEY=V1,V2"), ("policy.split=", "KEY=V1,V2"), ("=4", "KEY=V1,V2"),
+                     ("policy..split=4", "KEY=V1,V2"), ("workload.batch=2,4", "the workload sets the jobs")):
+        with pytest.raises(LigerSimError, match=why):
+            parse_vary([bad])
+    with pytest.raises(LigerSimError, match="given twice"):
+        parse_vary(["policy.split=2", "policy.split=4"])
+    d = {"model": "llama2-70b", "hardware": {"gpu": "H100-SXM", "count": 4}}
+    assert with_setting(d, "model.layers", 4, "s.yaml")["model"] == {"preset": "llama2-70b", "layers": 4}
+    assert with_setting(d, "hardware.count", 8, "s.yaml")["hardware"] == {"gpu": "H100-SXM", "count": 8}
+    assert d["hardware"]["count"] == 4  # the base mapping is left alone
+    with pytest.raises(LigerSimError, match="not a mapping"):
+        with_setting({"seed": 3}, "seed.x", 1, "s.yaml")
+
+
+def test_a_varied_line_is_that_scenario_and_bad_values_name_the_line(tmp_path):
+    d = tiny("interleaved")
+    d["workload"]["jobs"] = 8
+    d["workload"]["arrival"]["rate"] = 2000.0  # jobs overlap: how many may be in flight matters
+    scn = parse_scenario(d)
+    curve = sweep(scn, d, None, ["interleaved"], [2000.0], tmp_path, workers=1, progress=False,
+                  vary=parse_vary(["policy.depth=1,6"]))
+    assert list(curve["policy"]) == ["interleaved policy.depth=1", "interleaved policy.depth=6"]
+    for depth, row in zip((1, 6), curve.itertuples()):
+        direct = parse_scenario({**d, "policy": {"name": "interleaved", "depth": depth}})
+        jobs = load_jobs(direct, None)
+        run = simulate(direct, jobs, record_ir=False)
+        assert row.kernels == len(run.events)
+        _, summary = run_tables(run.events, jobs, run.result.meta, "interleaved", run.result.sim_wall_s)
+        assert row.jct_mean_s == pytest.approx(summary["jct_mean_s"], rel=1e-12)
+    assert curve["jct_mean_s"].iloc[0] != curve["jct_mean_s"].iloc[1]  # one job at a time, or six
+    with pytest.raises(LigerSimError, match="interleaved policy.depth=0"):
+        sweep(scn, d, None, ["interleaved"], [2000.0], tmp_path / "bad", workers=1, progress=False,
+              vary=parse_vary(["policy.depth=4,0"]))
