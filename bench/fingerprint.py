@@ -114,11 +114,15 @@ def main() -> None:
     ap.add_argument("--only", default="", help="only scenario paths containing this text")
     args = ap.parse_args()
     paths = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted((ROOT / "scenarios" / "validation").glob("*.yaml"))
+    runs = errors = 0
     for path in paths:
         if args.only in str(path):
             trace = "kind: trace" in path.read_text()
             for line in fingerprint(path, args.trace_jobs if trace else args.jobs):
                 print(line, flush=True)
+                runs, errors = runs + 1, errors + (" error: " in line)
+    # an error line matches on both sides of a comparison without testing anything: count them
+    print(f"{runs} runs, {errors} refused by their scenario (error lines)", file=sys.stderr)
 
 
 if __name__ == "__main__":

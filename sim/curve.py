@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from sim.errors import LigerSimError, ScenarioWarning
 from sim.scenario import Scenario, parse_scenario
-from sim.simulate import load_jobs, simulate
+from sim.simulate import fit_context, load_jobs, simulate
 from sim.workload import with_rate
 
 SUSTAIN = 0.9
@@ -84,6 +84,12 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
     return name, (int(tp), int(pp))
 
 
+def policy_label(policy: str) -> str:
+    """One spelling per line (`hybrid:02X2` is `hybrid:2x2`), so `--resume` finds its points."""
+    name, degrees = policy_degrees(policy)
+    return f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name
+
+
 VARY_SECTIONS = ("policy", "serving", "hardware", "model")  # not the workload: a curve's jobs are one per rate
 
 
@@ -138,7 +144,7 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in vary]))
     out: dict[str, dict] = {}
     for asked in policies:
-        for policy in every if asked == "all" else [asked]:
+        for policy in every if asked == "all" else [policy_label(asked)]:
             for combo in combos:
                 label = " ".join([policy, *(f"{k}={v}" for k, v in combo)])
                 if label in out:
@@ -149,7 +155,8 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
                         v = str((base_dir / v).resolve())  # relative to the scenario, as in the file
                     variant = with_setting(variant, k, v, file)
                 try:
-                    prepare(parse_scenario(variant, file), jobs, record_ir=False, file=file)
+                    line = parse_scenario(variant, file)
+                    prepare(line, fitted(line, jobs), record_ir=False, file=file)
                 except LigerSimError as e:
                     if asked != "all":
                         raise LigerSimError(f"{label}: {e}", field="--policies") from None
@@ -163,11 +170,17 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
 
 
 def jobs_at_rate(scn: Scenario, base_dir: Path | None, rate: float, jobs: int | None) -> list:
-    """The workload's jobs offered at `rate` (the same for every policy, so loaded once per rate)."""
+    """The workload's jobs offered at `rate`, the same for every line, so loaded once per rate; each
+    point fits them to its own scenario's context (`fitted`), which `--vary` may change."""
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
-    with warnings.catch_warnings():  # the sweep said it once, before the points started
+    return load_jobs(scn, base_dir, jobs, fit=False)
+
+
+def fitted(scn: Scenario, jobs: list) -> list:
+    """`fit_context` without its warning: the sweep said it once, before the points started."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScenarioWarning)
-        return load_jobs(scn, base_dir, jobs)
+        return fit_context(scn, jobs)
 
 
 def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
@@ -178,6 +191,7 @@ def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
 
     scn = parse_scenario(variant, file)
     scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
+    job_list = fitted(scn, job_list)
     run = simulate(scn, job_list, record_ir=False, file=file,
                    fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
     from sim.outputs import run_tables
@@ -212,16 +226,22 @@ def resolved_dict(scn: Scenario, scn_dict: dict) -> dict:
 
 
 def _run_local(variants: dict[str, dict], todo: list[tuple[str, float]], jobs_at, file: str, fold_ranks: bool,
-               workers: int) -> Iterator[dict]:
-    """Each point's row as it finishes, from worker processes on this machine."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_point, variants[p], p, r, jobs_at(r), file, fold_ranks) for p, r in todo]
-        try:
-            for fut in as_completed(futs):
-                yield fut.result()
-        finally:
-            for fut in futs:
-                fut.cancel()
+               workers: int, late: list[dict]) -> Iterator[dict]:
+    """Each point's row as it finishes, from worker processes on this machine. Stopped early (an
+    error, Ctrl-C), it cancels the points not started and puts the rows of those that still finish
+    in `late`, for the caller to keep."""
+    pool = ProcessPoolExecutor(max_workers=workers)
+    futs: list = []
+    given: set = set()
+    try:
+        for p, r in todo:
+            futs.append(pool.submit(run_point, variants[p], p, r, jobs_at(r), file, fold_ranks))
+        for fut in as_completed(futs):
+            given.add(fut)
+            yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        late += [f.result() for f in futs if f not in given and not f.cancelled() and f.exception() is None]
 
 
 def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[str], rates: list[float],
@@ -234,7 +254,8 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
-    first = load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
+    load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
+    first = load_jobs(scn, base_dir, jobs, fit=False)
     scn_dict = resolved_dict(scn, scn_dict)
     variants = scenario_variants(policies, vary or [], scn, scn_dict, first, file, base_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,20 +272,30 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
             loaded[rate] = jobs_at_rate(scn, base_dir, rate, jobs)
         return loaded[rate]
 
-    if ray_address is not None:
+    late: list[dict] = []
+    if not todo:  # every point is in curve.csv already (a resume): start nothing
+        rows: Iterator[dict] = (row for row in late)
+    elif ray_address is not None:
         from sim.sweep_ray import run_on_ray
 
         rows = run_on_ray(variants, todo, jobs_at, file, fold_ranks, ray_address, workers)
     else:
-        rows = _run_local(variants, todo, jobs_at, file, fold_ranks, workers or min(len(todo), os.cpu_count() or 1) or 1)
+        rows = _run_local(variants, todo, jobs_at, file, fold_ranks,
+                          workers or min(len(todo), os.cpu_count() or 1) or 1, late)
+
+    def keep(row: dict) -> None:
+        pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
+
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:
         for row in rows:
-            pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
+            keep(row)
             bar.set_postfix_str(f"{row['policy']} @ {row['offered_rate']:g}/s")
             bar.update()
     finally:
-        rows.close()
+        rows.close()  # type: ignore[attr-defined]
+        for row in late:
+            keep(row)
         bar.close()
     curve = pd.read_csv(path)
     order = {p: i for i, p in enumerate(variants)}

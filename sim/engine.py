@@ -43,9 +43,12 @@ class Clock(simpy.Environment):
     callback list and a closure. `call_in` queues `fn(a, b)` exactly where a timeout created at
     that moment would be (same time, priority and place in the event-id order), so every event is
     processed in the same order as with plain timeouts; host processes stay SimPy processes.
-    It reads SimPy 4's queue entries (time, priority, event id, event): pyproject pins simpy < 5."""
+    It reads SimPy 4.1's queue entries (time, priority, event id, event): pyproject pins simpy < 4.2,
+    and tests/test_engine.py checks its order against plain timeouts."""
 
     def call_in(self, delay: float, fn: Callable, a, b=None) -> None:
+        if delay < 0:  # as `Timeout` refuses it: a completion in the past is a bug upstream
+            raise ValueError(f"negative delay {delay}")
         heappush(self._queue, (self._now + delay, simpy.events.NORMAL, next(self._eid), (fn, a, b)))
 
     def step(self) -> None:

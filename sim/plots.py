@@ -16,7 +16,7 @@ POLICY_STYLE = {"intra_op": "C0", "in_order": "C0", "inter_op": "C1", "interleav
 def plot_curve(curve: pd.DataFrame, path: Path, title: str, jpc: pd.DataFrame | None = None) -> Path:
     """Mean JCT against achieved throughput, one line per policy; JPC marked if given."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    spare = iter(f"C{i}" for i in (2, 4, 5, 6, 7, 8, 9))  # hybrids of several degrees: colours of their own
+    spare = iter(f"C{i}" for i in (4, 5, 6, 7, 8, 9))  # hybrids of several degrees: colours of their own
     for policy, g in curve.groupby("policy", sort=False):
         g = g.sort_values("offered_rate")
         color = POLICY_STYLE.get(policy) or next(spare, "k")

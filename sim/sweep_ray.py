@@ -3,14 +3,17 @@
 A point needs the scenario, its jobs and, when the scenario names one, its profile. The nodes of
 a cluster need not share a file system, so the driver sends all three: the jobs it loaded (a
 trace is read once, here) and the profile's text, which a worker writes once to its own temporary
-folder. The driver's `sim` package travels with the tasks (`runtime_env.py_modules`), so every
-node simulates with the same code as the driver, and a point's result does not depend on where
-it ran. Ray itself, simpy, pandas and pydantic must be installed on the nodes.
+folder. When this module starts Ray (or joins a cluster), the driver's `sim` package travels with
+the tasks (`runtime_env.py_modules`), so every node simulates with the same code as the driver and
+a point's result does not depend on where it ran; a Ray the caller started keeps the caller's
+runtime environment. Ray itself, simpy, numpy, pandas, pyarrow, pydantic and pyyaml must be
+installed on the nodes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -44,11 +47,12 @@ def with_local_profile(scn_dict: dict, text: str | None) -> dict:
         return scn_dict
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / "ligersim-profiles" / f"{digest}.yaml"
-    if not path.exists():
+    if not path.exists():  # workers on one node may get here at once: each writes its own file
         path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(f".{digest}.part")
-        part.write_text(text)
-        part.replace(path)  # atomic: workers on one node may write it at once
+        fd, part = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(part, path)  # atomic: a reader sees no file or the whole of one
     return {**scn_dict, "hardware": {**scn_dict["hardware"], "profile": str(path)}}
 
 
@@ -69,12 +73,14 @@ def _connect(address: str | None):
         return ray, False
     import sim
 
-    _check_reachable(address)
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"py_modules": [str(Path(sim.__file__).parent)]})
-    except ConnectionError as e:
-        raise LigerSimError(f"cannot reach a Ray cluster at {address!r}: {e}", field="--ray") from None
+    except (ConnectionError, RuntimeError, ValueError) as e:  # unreachable, another Ray version, a bad address
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LigerSimError(f"cannot use the Ray cluster at {address or 'RAY_ADDRESS or this machine'!r}: {first}",
+                            field="--ray") from None
     return ray, True
 
 
@@ -121,8 +127,7 @@ def run_on_ray(variants: dict[str, dict], tasks: list[Task], jobs_at: Callable[[
                     pending[ref] = (label, rate)
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    pending.pop(ref)
-                    yield _result(ray, ref)
+                    yield _result(ray, ref, pending.pop(ref))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -131,11 +136,23 @@ def run_on_ray(variants: dict[str, dict], tasks: list[Task], jobs_at: Callable[[
             ray.shutdown()
 
 
-def _result(ray, ref) -> dict:
-    """A point's row; a user error raised on a node arrives as that error, not as Ray's wrapper."""
+def _result(ray, ref, point: Task) -> dict:
+    """A point's row. A user error raised on a node arrives as that error, not as Ray's wrapper; a
+    node that cannot run ligersim (a missing package, a failed runtime environment, a worker killed,
+    often for memory) as a one-line error naming the point. Anything else is a bug, with its traceback."""
+    label, rate = point
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, LigerSimError):
             raise e.cause from None
+        if isinstance(e.cause, ImportError):
+            raise LigerSimError(f"{label} at {rate:g}/s: a Ray node lacks {e.cause.name or 'a package'}: install "
+                                "ligersim's dependencies (simpy, numpy, pandas, pyarrow, pydantic, pyyaml) on every "
+                                "node", field="--ray") from None
         raise
+    except (ray.exceptions.RuntimeEnvSetupError, ray.exceptions.WorkerCrashedError,
+            ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LigerSimError(f"{label} at {rate:g}/s: Ray could not run the point ({type(e).__name__}: {first})",
+                            field="--ray") from None

@@ -134,4 +134,6 @@ def test_chrome_trace_in_chunks_is_one_valid_document(scenario_file, tmp_path, m
     outputs.chrome_trace(events, tmp_path / "chunked.json", title="tiny")
     chunked = json.loads((tmp_path / "chunked.json").read_text())
     assert len(events) % 7 and chunked == whole
+    text = (tmp_path / "chunked.json").read_text()
+    assert text == json.dumps(json.loads(text))  # the very text one json.dump of the whole writes
     assert sum(e["ph"] == "X" for e in chunked["traceEvents"]) == len(events)

@@ -122,3 +122,20 @@ def test_a_varied_line_is_that_scenario_and_bad_values_name_the_line(tmp_path):
     with pytest.raises(LigerSimError, match="interleaved policy.depth=0"):
         sweep(scn, d, None, ["interleaved"], [2000.0], tmp_path / "bad", workers=1, progress=False,
               vary=parse_vary(["policy.depth=4,0"]))
+
+
+def test_each_varied_line_fits_the_jobs_to_its_own_context(tmp_path):
+    from tests.test_generative import gen
+
+    d = gen("intra_op", jobs=30)
+    d["model"]["context"] = 330  # some prompts fill it, some outputs overrun it (see test_generative)
+    scn = parse_scenario(d)
+    rate = d["workload"]["arrival"]["rate"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScenarioWarning)
+        curve = sweep(scn, d, None, ["intra_op"], [rate], tmp_path, workers=1, progress=False,
+                      vary=parse_vary(["serving.over_context=allow,enforce"]))
+        enforce = parse_scenario({**d, "serving": {**d["serving"], "over_context": "enforce"}})
+        served = load_jobs(enforce, None)
+    allow, cut = curve.set_index("policy")["jobs"]
+    assert allow == 30 and cut == len(served) < 30  # the enforcing line served what a server would

@@ -1,5 +1,6 @@
 """Curves on Ray (`ligersim curve --ray`): the same rows as local worker processes, a scenario's
-files found from anywhere, user errors from a node as the user's error, and clear refusals."""
+files found from anywhere, user errors from a node as the user's error, clear refusals; and a
+local sweep stopped early keeps the rows of points that finish."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import yaml
 
 from sim.cli import main
 from sim.errors import LigerSimError
+from sim.scenario import parse_scenario
+from sim.simulate import load_jobs
 from sim.sweep_ray import _check_reachable, with_local_profile
 from tests.conftest import tiny
 
@@ -49,17 +52,31 @@ def test_ray_curve_equals_local_curve_and_finds_the_profile_from_elsewhere(profi
     assert not ray.is_initialized()  # the Ray the sweep started is shut down
 
 
-def test_a_user_error_on_a_node_arrives_as_the_error(tmp_path, capsys):
+def test_a_user_error_on_a_node_arrives_as_the_error():
     pytest.importorskip("ray")
-    scn = tiny("intra_op")
-    scn["hardware"]["count"] = 1  # passes the schema; the simulation finds 140 GB of weights too big for one GPU
-    scn["model"] = "llama2-70b"
-    path = tmp_path / "big.yaml"
-    path.write_text(yaml.safe_dump(scn))
-    assert main(["curve", str(path), "--policies", "intra_op", "--rates", "10", "-o", str(tmp_path / "o"),
-                 "--ray"]) == 2
-    err = capsys.readouterr().err
-    assert "needs" in err and "GB per GPU" in err and "Traceback" not in err and "RayTaskError" not in err
+    from sim.sweep_ray import run_on_ray
+
+    bad = {**tiny("intra_op"), "policy": {"name": "nonesuch"}}  # refused on the node, by run_point
+    rows = run_on_ray({"intra_op": bad}, [("intra_op", 10.0)], lambda rate: [], "bad.yaml", False, "", None)
+    with pytest.raises(LigerSimError, match="bad.yaml: policy.name: .*unknown policy 'nonesuch'") as err:
+        next(rows)
+    assert type(err.value) is LigerSimError and "Traceback" not in str(err.value)  # not Ray's wrapper
+
+
+def test_a_local_sweep_stopped_by_an_error_keeps_the_rows_still_finishing():
+    from sim.curve import _run_local
+
+    good = tiny("intra_op")
+    good["workload"]["jobs"] = 6
+    bad = {**good, "policy": {"name": "nonesuch"}}
+    scn = parse_scenario(good)
+    jobs = load_jobs(scn, None)
+    late: list[dict] = []
+    rows = _run_local({"bad": bad, "good": good}, [("bad", 100.0), ("good", 100.0)], lambda rate: jobs,
+                      "s.yaml", False, 2, late)
+    with pytest.raises(LigerSimError, match="unknown policy"):
+        list(rows)
+    assert [r["policy"] for r in late] == ["good"] and late[0]["kernels"] > 0
 
 
 def test_unreachable_or_malformed_addresses_fail_at_once():

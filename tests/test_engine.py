@@ -408,3 +408,42 @@ def _tiny_gemm(i: int):
     from sim.kernels import Kernel, KernelSpec
 
     return Kernel(KernelSpec("gemm", "g", {"m": 1, "n": 1, "k": 1}, 0.0, 1.0), 0, i, 0)
+
+
+def test_clock_callbacks_run_where_timeouts_would():
+    """`Clock.call_in` skips the Timeout object but must keep SimPy's order: by time, then by when
+    it was scheduled, interleaved with real timeouts and processes."""
+    import simpy
+
+    from sim.engine import Clock
+
+    def scenario(env, use_call_in: bool) -> list:
+        log: list = []
+
+        def later(tag, _=None):
+            log.append((env.now, tag))
+
+        def schedule(delay, tag, plain=False):
+            if use_call_in and not plain:
+                env.call_in(delay, later, tag)
+            else:
+                env.timeout(delay).callbacks.append(lambda _e: later(tag))
+
+        def proc():
+            for i in range(3):
+                yield env.timeout(0.5)
+                log.append((env.now, f"proc{i}"))
+                schedule([0.5, 0.0, 0.25][i], f"cb{i}")
+
+        env.process(proc())
+        # same times, scheduled in turn: a plain timeout before and after each callback
+        for t, tag, plain in ((0.5, "a", True), (0.5, "b", False), (1.0, "c", True), (1.0, "d", False),
+                              (0.5, "e", True)):
+            schedule(t, tag, plain)
+        env.run_all() if use_call_in else env.run()
+        return log
+
+    expected = scenario(simpy.Environment(), False)
+    assert scenario(Clock(), True) == expected and len(expected) == 11
+    with pytest.raises(ValueError, match="negative delay"):
+        Clock().call_in(-1e-9, print, None)

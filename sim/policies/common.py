@@ -78,32 +78,20 @@ class LayeredKernels:
     epilogue: list[KernelSpec]
     last_layer: int
 
-    def __len__(self) -> int:
-        return len(self.prologue) + len(self.layer) * len(self.layers) + len(self.epilogue)
-
-    def specs(self) -> list[KernelSpec]:
-        """Every kernel's spec, in launch order."""
-        return self.prologue + self.layer * len(self.layers) + self.epilogue
-
-    def layer_of(self, i: int) -> int:
-        """The layer of the `i`-th kernel."""
-        j = i - len(self.prologue)
-        if j < 0:
-            return -1
-        per = len(self.layer)
-        if per and j < per * len(self.layers):
-            return self.layers[j // per]
-        return self.last_layer
+    def parts(self) -> list[tuple[int, list[KernelSpec]]]:
+        """(layer, its kernels) in launch order."""
+        return [(-1, self.prologue), *((i, self.layer) for i in self.layers), (self.last_layer, self.epilogue)]
 
     def steps(self) -> list[Step]:
-        return [Step(s, self.layer_of(i)) for i, s in enumerate(self.specs())]
+        """One `Step` per kernel (for the interleaved planner, which takes kernels one by one)."""
+        return [Step(spec, layer) for layer, specs in self.parts() for spec in specs]
 
 
 def launch_layered(rt: Runtime, ks: LayeredKernels, stream: int, request_id: int,
                    group: tuple[int, ...]) -> None:
     """`launch_steps` over a `LayeredKernels`, without building a step per kernel."""
     rank, launch = rt.rank, rt.launch
-    for layer, specs in ((-1, ks.prologue), *((i, ks.layer) for i in ks.layers), (ks.last_layer, ks.epilogue)):
+    for layer, specs in ks.parts():
         for spec in specs:
             launch(Kernel(spec, rank, request_id, layer, group if spec.is_collective else None), stream)
 

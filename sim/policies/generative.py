@@ -31,8 +31,8 @@ from sim.serving import BatchScheduler, Iteration, iteration_kernels
 POLL_S, POLL_MAX_S = 20e-6, 200e-6  # a follower host looks for the next decision with backoff
 
 
-def iteration_steps(ctx: PolicyContext, tp: int, it: Iteration, layers: range | None = None,
-                    first: bool = True, last: bool = True) -> LayeredKernels:
+def iteration_layered(ctx: PolicyContext, tp: int, it: Iteration, layers: range | None = None,
+                      first: bool = True, last: bool = True) -> LayeredKernels:
     """An iteration's kernels (of the `layers` one pipeline stage holds), in launch order."""
     m = ctx.model
     layers = range(m.layers) if layers is None else layers
@@ -79,7 +79,7 @@ def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
             if isinstance(item, float):
                 yield rt.sleep_until(item)
                 continue
-            launch_layered(rt, iteration_steps(ctx, ctx.world, item), stream, item.index, group)
+            launch_layered(rt, iteration_layered(ctx, ctx.world, item), stream, item.index, group)
             rt.record(done, stream)
             yield rt.sync(done)
 
@@ -103,7 +103,7 @@ class IterationSource:
             if it is None:
                 continue
             self.busy[g] = self.by_index[it.index] = it
-            steps = iteration_steps(self.ctx, self.ctx.world, it).steps()
+            steps = iteration_layered(self.ctx, self.ctx.world, it).steps()
             out.append(JobState(it.index, now, deque(Pending(st.spec, st.layer, i) for i, st in enumerate(steps))))
         return out
 
@@ -180,7 +180,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
                 if item != skip and local == 0:
                     yield rt.sleep_until(item)
                 continue
-            launch_layered(rt, iteration_steps(ctx, tp, item, stage.layers, first=True, last=pp == 1),
+            launch_layered(rt, iteration_layered(ctx, tp, item, stage.layers, first=True, last=pp == 1),
                          compute, item.index, stage.ranks)
             back = rt.new_event()
             if nxt is None:
@@ -211,7 +211,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
             rt.launch(Kernel(collective("recv", "recv_activations", nbytes), rt.rank, item.index,
                              stage.layers.start, (prev, rt.rank)), inbox)
             after(rt, inbox, compute)
-            launch_layered(rt, iteration_steps(ctx, tp, item, stage.layers, first=False, last=last),
+            launch_layered(rt, iteration_layered(ctx, tp, item, stage.layers, first=False, last=last),
                          compute, item.index, stage.ranks)
             after(rt, compute, outbox)
             out = (collective("send", "send_tokens", 4 * max(1, len(item.emits))) if last
