@@ -26,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from sim.errors import LigerSimError, ScenarioWarning
+from sim.policies import reads
 from sim.scenario import Scenario, parse_scenario
 from sim.simulate import fit_context, load_jobs, simulate
 from sim.workload import with_rate
@@ -141,10 +142,16 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     gpus = scn.hardware.count
     every = ["intra_op", "inter_op", "interleaved"] + [
         f"hybrid:{tp}x{gpus // tp}" for tp in range(2, gpus) if gpus % tp == 0]
-    combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in vary]))
     out: dict[str, dict] = {}
+    generative = scn.serving.mode == "generative"
     for asked in policies:
         for policy in every if asked == "all" else [policy_label(asked)]:
+            name = policy_degrees(policy)[0]
+            ignored = [k for k, _ in vary if not reads(name, k, generative)]
+            for k in ignored:  # one line, not several identical ones
+                warnings.warn(f"--vary {k}: {name} does not read it{' when serving generatively' if generative else ''};"
+                              f" one {policy} line", ScenarioWarning, stacklevel=2)
+            combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in vary if k not in ignored]))
             for combo in combos:
                 label = " ".join([policy, *(f"{k}={v}" for k, v in combo)])
                 if label in out:
@@ -186,22 +193,26 @@ def fitted(scn: Scenario, jobs: list) -> list:
 def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
               fold_ranks: bool = False) -> dict:
     """One point of a curve: the line `label`'s scenario mapping at `rate` (top-level so worker
-    processes and Ray tasks can run it)."""
+    processes and Ray tasks can run it). The warnings it raised travel back with its row (key
+    `warnings`), for the sweep to say each once rather than once per worker."""
+    from sim.outputs import run_tables
     from sim.simulate import SYMMETRIC_POLICIES
 
-    scn = parse_scenario(variant, file)
-    scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
-    job_list = fitted(scn, job_list)
-    run = simulate(scn, job_list, record_ir=False, file=file,
-                   fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
-    from sim.outputs import run_tables
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        scn = parse_scenario(variant, file)
+        scn = scn.model_copy(update={"workload": with_rate(scn.workload, rate)})
+        job_list = fitted(scn, job_list)
+        run = simulate(scn, job_list, record_ir=False, file=file,
+                       fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
 
     req, s = run_tables(run.events, job_list, run.result.meta, scn.policy.name, run.result.sim_wall_s)
     req = req.sort_values("arrival_s")
     third = max(1, len(req) // 3)
     s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
     return {"policy": label, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],
-            "achieved_rate": s["throughput_jobs_s"], **{k: s.get(k) for k in CURVE_COLUMNS[4:]}}
+            "achieved_rate": s["throughput_jobs_s"], **{k: s.get(k) for k in CURVE_COLUMNS[4:]},
+            "warnings": list(dict.fromkeys((w.category, str(w.message)) for w in caught))}
 
 
 def jpc(curve: pd.DataFrame) -> pd.DataFrame:
@@ -283,7 +294,13 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         rows = _run_local(variants, todo, jobs_at, file, fold_ranks,
                           workers or min(len(todo), os.cpu_count() or 1) or 1, late)
 
+    said: set[tuple] = set()
+
     def keep(row: dict) -> None:
+        for category, message in row.pop("warnings", []):
+            if (category, message) not in said:
+                said.add((category, message))
+                warnings.warn(message, category, stacklevel=2)
         pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
 
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)

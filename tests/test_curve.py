@@ -139,3 +139,26 @@ def test_each_varied_line_fits_the_jobs_to_its_own_context(tmp_path):
         served = load_jobs(enforce, None)
     allow, cut = curve.set_index("policy")["jobs"]
     assert allow == 30 and cut == len(served) < 30  # the enforcing line served what a server would
+
+
+def test_warnings_of_the_points_are_said_once_and_ignored_knobs_draw_one_line(tmp_path):
+    from pathlib import Path
+
+    from sim.profile import ProfileWarning
+
+    d = tiny("interleaved")
+    d["hardware"] = {"gpu": "H100-SXM", "count": 4, "interconnect": "nvswitch-h100",
+                     "profile": str(Path(__file__).resolve().parent.parent / "profiles" / "h100-sxm.yaml")}
+    d["workload"]["jobs"] = 6
+    scn = parse_scenario(d)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        curve = sweep(scn, d, None, ["interleaved", "intra_op"], [100.0, 400.0], tmp_path, workers=2,
+                      progress=False, vary=parse_vary(["policy.depth=1,6"]))
+    said = [(w.category, str(w.message)) for w in caught]
+    profile = [m for c, m in said if c is ProfileWarning]
+    assert profile and len(profile) == len(set(profile))  # several workers met them; each said once
+    assert ("--vary policy.depth: intra_op does not read it; one intra_op line" in
+            [m for c, m in said if c is ScenarioWarning])
+    assert sorted(set(curve["policy"])) == ["interleaved policy.depth=1", "interleaved policy.depth=6", "intra_op"]
+    assert "warnings" not in curve.columns

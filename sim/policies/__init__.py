@@ -30,9 +30,30 @@ GENERATIVE: dict[str, Callable[[PolicyContext], list[RankPolicy]]] = {
 }
 
 
+# The scenario fields each policy reads beyond the model, hardware and workload (encoder-style
+# jobs, then generative serving): a sweep varying another one would draw identical lines.
+KNOBS: dict[str, tuple[str, ...]] = {
+    "intra_op": (), "in_order": (), "inter_op": ("policy.microbatches",), "hybrid": ("policy.microbatches",),
+    "interleaved": ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention"),
+}
+GENERATIVE_KNOBS: dict[str, tuple[str, ...]] = {
+    "intra_op": (), "in_order": (), "inter_op": ("serving.groups",), "hybrid": ("serving.groups",),
+    "interleaved": ("serving.groups", "policy.split", "policy.split_collectives", "policy.contention"),
+}
+POLICY_FIELDS = ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention",
+                 "policy.microbatches", "serving.groups")  # the fields some policy reads and another not
+
+
+def reads(policy: str, key: str, generative: bool) -> bool:
+    """Whether `policy` reads the scenario field `key` (any field outside POLICY_FIELDS counts as read)."""
+    if key not in POLICY_FIELDS:
+        return True
+    return key in (GENERATIVE_KNOBS if generative else KNOBS)[policy]
+
+
 def build(ctx: PolicyContext) -> list[RankPolicy]:
     table = GENERATIVE if ctx.serving is not None and ctx.serving.mode == "generative" else POLICIES
     return table[ctx.policy.name](ctx)
 
 
-__all__ = ["POLICIES", "PolicyContext", "build"]
+__all__ = ["POLICIES", "KNOBS", "GENERATIVE_KNOBS", "PolicyContext", "build", "reads"]
