@@ -162,3 +162,15 @@ def test_warnings_of_the_points_are_said_once_and_ignored_knobs_draw_one_line(tm
             [m for c, m in said if c is ScenarioWarning])
     assert sorted(set(curve["policy"])) == ["interleaved policy.depth=1", "interleaved policy.depth=6", "intra_op"]
     assert "warnings" not in curve.columns
+
+
+def test_the_knob_table_covers_every_policy_field():
+    """A policy field added to the schema must be placed in `sim.policies.KNOBS`, or sweeps would
+    draw it as a line of its own under policies that ignore it (or collapse lines that differ)."""
+    from sim.policies import GENERATIVE_KNOBS, KNOBS, POLICIES, POLICY_FIELDS
+    from sim.scenario import PolicySpec
+
+    fields = {f"policy.{f}" for f in PolicySpec.model_fields} - {"policy.name", "policy.tp", "policy.pp"}
+    assert fields == {f for f in POLICY_FIELDS if f.startswith("policy.")}
+    assert set(KNOBS) == set(GENERATIVE_KNOBS) == set(POLICIES)
+    assert all(set(k) <= set(POLICY_FIELDS) for t in (KNOBS, GENERATIVE_KNOBS) for k in t.values())
