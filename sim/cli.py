@@ -76,6 +76,13 @@ def _curve(args: argparse.Namespace) -> None:
     plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
     print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
     print(table.to_string(index=False))
+    ranked = table.dropna(subset=["jpc_jobs_s"]).sort_values("jpc_jobs_s", ascending=False)
+    if len(table) > 1 and len(ranked):
+        best = ranked.iloc[0]
+        print(f"highest JPC: {best['policy']}, {best['jpc_jobs_s']:.4g} jobs/s"
+              + (f" (next: {ranked.iloc[1]['policy']}, {ranked.iloc[1]['jpc_jobs_s']:.4g})" if len(ranked) > 1 else ""))
+    elif len(table) > 1:
+        print("highest JPC: none (no line sustains any swept rate)")
     print(f"wrote {out}/curve.csv, jpc.csv, curve.png")
 
 

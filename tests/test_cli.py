@@ -50,10 +50,12 @@ def test_replay_reproduces_the_events(scenario_file, tmp_path):
     pd.testing.assert_frame_equal(ra, rb)
 
 
-def test_curve_writes_table_jpc_and_plot(scenario_file, tmp_path):
+def test_curve_writes_table_jpc_and_plot(scenario_file, tmp_path, capsys):
     out = tmp_path / "curve"
     assert main(["curve", str(scenario_file), "--policies", "intra_op,interleaved", "--rates", "100:300:200",
                  "--jobs", "12", "--workers", "1", "-o", str(out)]) == 0
+    best = pd.read_csv(out / "jpc.csv").sort_values("jpc_jobs_s").iloc[-1]
+    assert f"highest JPC: {best['policy']}, {best['jpc_jobs_s']:.4g} jobs/s" in capsys.readouterr().out
     curve = pd.read_csv(out / "curve.csv")
     assert {"policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p50_s", "jct_p90_s",
             "jct_p99_s"} <= set(curve.columns)
