@@ -57,6 +57,20 @@ def _replay(args: argparse.Namespace) -> None:
     print(f"  wrote {out}/")
 
 
+def best_line(table) -> str:
+    """Which line of a sweep has the highest JPC; lines within 1% of it are named with it, since
+    a sweep's rate grid cannot tell them apart."""
+    ranked = table.dropna(subset=["jpc_jobs_s"]).sort_values("jpc_jobs_s", ascending=False, kind="stable")
+    if not len(ranked):
+        return "highest JPC: none (no line sustains any swept rate)"
+    top = ranked["jpc_jobs_s"].iloc[0]
+    tied = ranked[ranked["jpc_jobs_s"] >= 0.99 * top]
+    rest = ranked.iloc[len(tied):]
+    names = " and ".join(f"{r.policy} ({r.jpc_jobs_s:.4g})" for r in tied.itertuples())
+    return (f"highest JPC: {names} jobs/s" + (" (within 1%: a tie at these rates)" if len(tied) > 1 else "")
+            + (f"; next {rest['policy'].iloc[0]} ({rest['jpc_jobs_s'].iloc[0]:.4g})" if len(rest) else ""))
+
+
 def _curve(args: argparse.Namespace) -> None:
     import yaml
 
@@ -76,13 +90,8 @@ def _curve(args: argparse.Namespace) -> None:
     plot_curve(curve, out / "curve.png", f"{scn.name}: JCT vs throughput", table)
     print(curve[["policy", "offered_rate", "achieved_rate", "jct_mean_s", "jct_p99_s"]].to_string(index=False))
     print(table.to_string(index=False))
-    ranked = table.dropna(subset=["jpc_jobs_s"]).sort_values("jpc_jobs_s", ascending=False)
-    if len(table) > 1 and len(ranked):
-        best = ranked.iloc[0]
-        print(f"highest JPC: {best['policy']}, {best['jpc_jobs_s']:.4g} jobs/s"
-              + (f" (next: {ranked.iloc[1]['policy']}, {ranked.iloc[1]['jpc_jobs_s']:.4g})" if len(ranked) > 1 else ""))
-    elif len(table) > 1:
-        print("highest JPC: none (no line sustains any swept rate)")
+    if len(table) > 1:
+        print(best_line(table))
     print(f"wrote {out}/curve.csv, jpc.csv, curve.png")
 
 

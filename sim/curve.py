@@ -147,7 +147,8 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     for asked in policies:
         for policy in every if asked == "all" else [policy_label(asked)]:
             name = policy_degrees(policy)[0]
-            ignored = [k for k, _ in vary if not reads(name, k, generative)]
+            mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
+            ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones
                 warnings.warn(f"--vary {k}: {name} does not read it{' when serving generatively' if generative else ''};"
                               f" one {policy} line", ScenarioWarning, stacklevel=2)
@@ -205,14 +206,14 @@ def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
         job_list = fitted(scn, job_list)
         run = simulate(scn, job_list, record_ir=False, file=file,
                        fold_ranks=fold_ranks and scn.policy.name in SYMMETRIC_POLICIES)
-
-    req, s = run_tables(run.events, job_list, run.result.meta, scn.policy.name, run.result.sim_wall_s)
-    req = req.sort_values("arrival_s")
-    third = max(1, len(req) // 3)
-    s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
+        req, s = run_tables(run.events, job_list, run.result.meta, scn.policy.name, run.result.sim_wall_s)
+        req = req.sort_values("arrival_s")
+        third = max(1, len(req) // 3)
+        s["jct_growth"] = float(req["jct_s"].iloc[-third:].mean() / req["jct_s"].iloc[:third].mean())
+    said = [(w.category if "<" not in w.category.__qualname__ else UserWarning, str(w.message)) for w in caught]
     return {"policy": label, "offered_rate": rate, "arrival_rate": s["offered_rate_jobs_s"],
             "achieved_rate": s["throughput_jobs_s"], **{k: s.get(k) for k in CURVE_COLUMNS[4:]},
-            "warnings": list(dict.fromkeys((w.category, str(w.message)) for w in caught))}
+            "warnings": list(dict.fromkeys(said))}
 
 
 def jpc(curve: pd.DataFrame) -> pd.DataFrame:
@@ -265,10 +266,17 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
-    load_jobs(scn, base_dir, jobs)  # fail fast on the workload, and say its warnings once, here
-    first = load_jobs(scn, base_dir, jobs, fit=False)
-    scn_dict = resolved_dict(scn, scn_dict)
-    variants = scenario_variants(policies, vary or [], scn, scn_dict, first, file, base_dir)
+    with warnings.catch_warnings(record=True) as checks:  # say the checks' warnings once, here
+        warnings.simplefilter("default")
+        load_jobs(scn, base_dir, jobs)  # fail fast on the workload
+        first = load_jobs(scn, base_dir, jobs, fit=False)
+        scn_dict = resolved_dict(scn, scn_dict)
+        variants = scenario_variants(policies, vary or [], scn, scn_dict, first, file, base_dir)
+    said: set[tuple] = set()
+    for w in checks:  # a worker that does not share this process's memory may raise them again
+        if (w.category, str(w.message)) not in said:
+            said.add((w.category, str(w.message)))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
@@ -294,14 +302,13 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         rows = _run_local(variants, todo, jobs_at, file, fold_ranks,
                           workers or min(len(todo), os.cpu_count() or 1) or 1, late)
 
-    said: set[tuple] = set()
-
     def keep(row: dict) -> None:
-        for category, message in row.pop("warnings", []):
+        said_here = row.pop("warnings", [])
+        pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
+        for category, message in said_here:  # after the row is saved: `-W error` must not lose it
             if (category, message) not in said:
                 said.add((category, message))
                 warnings.warn(message, category, stacklevel=2)
-        pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
 
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:

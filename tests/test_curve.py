@@ -161,7 +161,29 @@ def test_warnings_of_the_points_are_said_once_and_ignored_knobs_draw_one_line(tm
     assert ("--vary policy.depth: intra_op does not read it; one intra_op line" in
             [m for c, m in said if c is ScenarioWarning])
     assert sorted(set(curve["policy"])) == ["interleaved policy.depth=1", "interleaved policy.depth=6", "intra_op"]
-    assert "warnings" not in curve.columns
+
+
+def test_a_worker_that_does_not_share_memory_does_not_repeat_the_drivers_warnings(tmp_path, monkeypatch):
+    """Spawned workers (Python 3.14's default is forkserver; Ray's are separate processes) start
+    with no record of what the driver already said: a profile of another GPU is said once."""
+    import functools
+    import multiprocessing
+    from pathlib import Path
+
+    import sim.curve
+    from sim.profile import ProfileWarning
+
+    monkeypatch.setattr(sim.curve, "ProcessPoolExecutor", functools.partial(
+        sim.curve.ProcessPoolExecutor, mp_context=multiprocessing.get_context("spawn")))
+    d = tiny("intra_op")  # an A100 scenario priced with the H100's profile
+    d["hardware"]["profile"] = str(Path(__file__).resolve().parent.parent / "profiles" / "h100-sxm.yaml")
+    d["workload"]["jobs"] = 4
+    scn = parse_scenario(d)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweep(scn, d, None, ["intra_op"], [100.0, 200.0], tmp_path, workers=2, progress=False)
+    other_gpu = [str(w.message) for w in caught if w.category is ProfileWarning and "A100" in str(w.message)]
+    assert len(other_gpu) == 1, other_gpu
 
 
 def test_the_knob_table_covers_every_policy_field():

@@ -45,10 +45,12 @@ POLICY_FIELDS = ("policy.depth", "policy.split", "policy.split_collectives", "po
 
 
 def reads(policy: str, key: str, generative: bool) -> bool:
-    """Whether `policy` reads the scenario field `key` (any field outside POLICY_FIELDS counts as read)."""
-    if key not in POLICY_FIELDS:
+    """Whether `policy` reads the scenario field `key` (a field outside POLICY_FIELDS, or a policy
+    this table does not know, counts as read: the schema judges those)."""
+    table = GENERATIVE_KNOBS if generative else KNOBS
+    if key not in POLICY_FIELDS or policy not in table:
         return True
-    return key in (GENERATIVE_KNOBS if generative else KNOBS)[policy]
+    return key in table[policy]
 
 
 def build(ctx: PolicyContext) -> list[RankPolicy]:
