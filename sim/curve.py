@@ -52,16 +52,16 @@ def parse_rates(text: str) -> list[float]:
             elif part.strip():
                 rates.append(float(part))
     except ValueError:
-        raise LigerSimError(f"--rates {text!r}: give rates in jobs/s as R1,R2,... or START:STOP:STEP",
+        raise LigerSimError(f"{text!r}: give rates in jobs/s as R1,R2,... or START:STOP:STEP",
                             field="--rates") from None
     if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
-        raise LigerSimError(f"--rates {text!r}: every rate must be a positive number of jobs/s", field="--rates")
+        raise LigerSimError(f"{text!r}: every rate must be a positive number of jobs/s", field="--rates")
     return sorted(set(round(r, 9) for r in rates))
 
 
 def policy_variant(scn_dict: dict, policy: str) -> dict:
     """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`), or
-    `hybrid:TPxPP` for a hybrid of those degrees (see `expand_policies`)."""
+    `hybrid:TPxPP` for a hybrid of those degrees (see `scenario_variants`)."""
     name, degrees = policy_degrees(policy)
     pol = dict(scn_dict.get("policy") or {})
     if name != "hybrid" or degrees:
@@ -144,10 +144,10 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
         f"hybrid:{tp}x{gpus // tp}" for tp in range(2, gpus) if gpus % tp == 0]
     out: dict[str, dict] = {}
     generative = scn.serving.mode == "generative"
+    mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
     for asked in policies:
         for policy in every if asked == "all" else [policy_label(asked)]:
             name = policy_degrees(policy)[0]
-            mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
             ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones
                 warnings.warn(f"--vary {k}: {name} does not read it{' when serving generatively' if generative else ''};"
@@ -266,17 +266,23 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
     given ("" starts or finds one as `ray.init()` does)."""
     if workers is not None and workers < 1:
         raise LigerSimError(f"--workers {workers}: give the number of worker processes, at least 1", field="--workers")
-    with warnings.catch_warnings(record=True) as checks:  # say the checks' warnings once, here
+    said: set[tuple] = set()
+
+    def say(category: type[Warning], message: str) -> None:
+        """Each warning once, whether the checks here or a worker raised it (a worker that does not
+        share this process's memory raises again what the checks said)."""
+        if (category, message) not in said:
+            said.add((category, message))
+            warnings.warn(message, category, stacklevel=3)
+
+    with warnings.catch_warnings(record=True) as checks:
         warnings.simplefilter("default")
-        load_jobs(scn, base_dir, jobs)  # fail fast on the workload
-        first = load_jobs(scn, base_dir, jobs, fit=False)
+        first = load_jobs(scn, base_dir, jobs, fit=False)  # fail fast on the workload
+        fit_context(scn, first)  # for its warning: each point fits the jobs to its own line
         scn_dict = resolved_dict(scn, scn_dict)
         variants = scenario_variants(policies, vary or [], scn, scn_dict, first, file, base_dir)
-    said: set[tuple] = set()
-    for w in checks:  # a worker that does not share this process's memory may raise them again
-        if (w.category, str(w.message)) not in said:
-            said.add((w.category, str(w.message)))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for w in checks:
+        say(w.category, str(w.message))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
     done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
@@ -306,9 +312,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         said_here = row.pop("warnings", [])
         pd.DataFrame([row], columns=CURVE_COLUMNS).to_csv(path, mode="a", header=False, index=False)
         for category, message in said_here:  # after the row is saved: `-W error` must not lose it
-            if (category, message) not in said:
-                said.add((category, message))
-                warnings.warn(message, category, stacklevel=2)
+            say(category, message)
 
     bar = tqdm(total=len(todo), desc="curve", unit="run", disable=not progress)
     try:

@@ -78,8 +78,8 @@ def _connect(address: str | None):
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"py_modules": [str(Path(sim.__file__).parent)]})
     except (ConnectionError, RuntimeError, ValueError) as e:  # unreachable, another Ray version, a bad address
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LigerSimError(f"cannot use the Ray cluster at {address or 'RAY_ADDRESS or this machine'!r}: {first}",
+        raise LigerSimError(f"cannot use the Ray cluster at {address or 'RAY_ADDRESS or this machine'!r}: "
+                            f"{_first_line(e)}",
                             field="--ray") from None
     return ray, True
 
@@ -153,6 +153,11 @@ def _result(ray, ref, point: Task) -> dict:
         raise
     except (ray.exceptions.RuntimeEnvSetupError, ray.exceptions.WorkerCrashedError,
             ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise LigerSimError(f"{label} at {rate:g}/s: Ray could not run the point ({type(e).__name__}: {first})",
+        raise LigerSimError(f"{label} at {rate:g}/s: Ray could not run the point ({_first_line(e)})",
                             field="--ray") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one line: its kind and the first line of its message (Ray's run on)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
