@@ -8,11 +8,13 @@ from pathlib import Path
 
 from sim.errors import LigerSimError
 
+FOLD_HINT_S = 10.0  # a run that took this long is told that --fold-ranks would have been faster
+
 
 def _run(args: argparse.Namespace) -> None:
     from sim.outputs import describe, write_run
     from sim.scenario import load_scenario
-    from sim.simulate import load_jobs, simulate
+    from sim.simulate import SYMMETRIC_POLICIES, load_jobs, simulate
 
     scn, base = load_scenario(args.scenario)
     jobs = load_jobs(scn, base, args.jobs)
@@ -23,7 +25,7 @@ def _run(args: argparse.Namespace) -> None:
     summary = write_run(out, run.events, jobs, None if args.no_ir else run.result.schedule, scn.policy.name,
                         run.result.sim_wall_s, {"scenario": scn.name, "interrupted": interrupted,
                                                 "meta": run.result.meta},
-                        trace=not args.no_trace)
+                        trace=not args.no_trace, trace_kernels=args.trace_kernels)
     if interrupted:
         print(f"ligersim: interrupted; wrote the {len(run.events):,} kernels completed so far to {out}/",
               file=sys.stderr)
@@ -40,6 +42,9 @@ def _run(args: argparse.Namespace) -> None:
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers)")
     print(describe(summary))
+    if (not args.fold_ranks and scn.policy.name in SYMMETRIC_POLICIES and scn.hardware.count > 1
+            and run.result.sim_wall_s > FOLD_HINT_S):
+        print(f"  --fold-ranks simulates rank 0 alone: exact for {scn.policy.name}, about {scn.hardware.count}x faster")
     print(f"  wrote {out}/")
 
 
@@ -52,7 +57,8 @@ def _replay(args: argparse.Namespace) -> None:
     run = replay(schedule, file=str(args.ir))
     out = Path(args.output)
     summary = write_run(out, run.events, run.jobs, schedule, f"replay:{schedule.meta.get('policy', '?')}",
-                        run.result.sim_wall_s, {"scenario": run.scenario.name}, trace=not args.no_trace)
+                        run.result.sim_wall_s, {"scenario": run.scenario.name}, trace=not args.no_trace,
+                        trace_kernels=args.trace_kernels)
     print(describe(summary))
     print(f"  wrote {out}/")
 
@@ -177,6 +183,25 @@ def _schema(args: argparse.Namespace) -> None:
     print(reference(), end="")
 
 
+def _count(text: str) -> int:
+    """A count argument: a whole number >= 0 (argparse names the option in its error)."""
+    try:
+        n = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return n
+
+
+def _trace_kernels_arg(p: argparse.ArgumentParser) -> None:
+    from sim.outputs import TRACE_KERNELS
+
+    p.add_argument("--trace-kernels", type=_count, default=TRACE_KERNELS, metavar="N",
+                   help=f"the Chrome trace holds the run's first N kernels at most, whole streams up to a time "
+                        f"(default {TRACE_KERNELS:,}: larger JSON traces do not open in Perfetto's web UI); 0: all")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ligersim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="out/run", help="output folder")
     r.add_argument("--jobs", type=int, default=None, help="simulate only the first N jobs")
     r.add_argument("--no-trace", action="store_true", help="skip the Chrome trace (large runs)")
+    _trace_kernels_arg(r)
     r.add_argument("--no-ir", action="store_true", help="skip recording the schedule IR")
     r.add_argument("--no-plot", action="store_true", help="skip timeline.png (rank 0, a few jobs)")
     r.add_argument("--fold-ranks", action="store_true",
@@ -196,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("ir", help="ir.jsonl written by `ligersim run`")
     rp.add_argument("-o", "--output", default="out/replay", help="output folder")
     rp.add_argument("--no-trace", action="store_true", help="skip the Chrome trace")
+    _trace_kernels_arg(rp)
     rp.set_defaults(func=_replay)
 
     c = sub.add_parser("curve", help="latency-throughput curves and JPC over offered rates")

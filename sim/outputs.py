@@ -6,18 +6,41 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sim import ir
 from sim.metrics import generative_requests_frame, generative_summary, requests_frame, summarise
 
 TRACE_CHUNK = 20_000  # trace events per json.dumps call (json.dump streams through the pure-Python encoder)
+# Kernels a trace holds by default: about 230 MB of JSON. Perfetto's in-browser UI has about 2 GB for a
+# trace's parsed form, several times its size (perfetto.dev, "Visualising large traces"), and a 900 MB
+# JSON trace crashed it (google/perfetto#99); a 50-request generative run of LLaMA-2-70B is 5.8M kernels.
+TRACE_KERNELS = 1_000_000
 
 
-def chrome_trace(events: pd.DataFrame, path: Path, title: str = "ligersim") -> None:
+def trace_window(events: pd.DataFrame, limit: int | None) -> tuple[pd.DataFrame, float | None]:
+    """The kernels a trace of at most `limit` kernels holds (None or 0: all): every kernel that
+    started before a cut-off time, so the trace shows the run's beginning whole, on every stream.
+    Returns them, in the table's order, and the cut-off (None when nothing was cut)."""
+    if not limit or len(events) <= limit:
+        return events, None
+    start = events["start_s"].to_numpy()
+    cut = float(np.partition(start, limit)[limit])  # the (limit + 1)-th earliest start
+    keep = start < cut
+    if not keep.any():  # more than `limit` kernels start at the very first instant
+        keep = np.zeros(len(start), dtype=bool)
+        keep[np.argsort(start, kind="stable")[:limit]] = True
+    return events[keep], cut
+
+
+def chrome_trace(events: pd.DataFrame, path: Path, title: str = "ligersim",
+                 limit: int | None = None) -> tuple[int, float] | None:
     """A Chrome trace (opens in Perfetto / chrome://tracing): a process per rank, a thread per stream.
     Written in chunks of events, each by the C JSON encoder (json.dump of the whole goes through the
-    pure-Python one: 2 minutes and GBs of dicts for 1.6M kernels), as the same text."""
+    pure-Python one: 2 minutes and GBs of dicts for 1.6M kernels), as the same text. With `limit`,
+    only the run's beginning (`trace_window`); if it was cut, returns the kernels written and the cut-off."""
+    events, cut = trace_window(events, limit)
     head: list[dict] = []
     for rank in sorted(events["rank"].unique()):
         head.append({"ph": "M", "name": "process_name", "pid": int(rank), "args": {"name": f"rank {rank}"}})
@@ -36,7 +59,11 @@ def chrome_trace(events: pd.DataFrame, path: Path, title: str = "ligersim") -> N
                                                         "fraction": frac}}
                      for r, s, name, cls, req, layer, kid, t0, t1, solo, frac in zip(*(part[c].tolist() for c in cols))]
             f.write((", " if head or i else "") + json.dumps(chunk)[1:-1])
-        f.write('], "displayTimeUnit": "ms", "otherData": ' + json.dumps({"title": title}) + "}")
+        other: dict = {"title": title}
+        if cut is not None:
+            other["kernels_before_s"] = cut
+        f.write('], "displayTimeUnit": "ms", "otherData": ' + json.dumps(other) + "}")
+    return None if cut is None else (len(events), cut)
 
 
 def _clean(v):
@@ -48,7 +75,10 @@ def _clean(v):
 
 
 def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | None, policy: str,
-              sim_wall_s: float | None, extra: dict | None = None, trace: bool = True) -> dict:
+              sim_wall_s: float | None, extra: dict | None = None, trace: bool = True,
+              trace_kernels: int | None = TRACE_KERNELS) -> dict:
+    """Write a run's files. The trace holds at most `trace_kernels` kernels (None or 0: all); when it
+    was cut, summary.json says where (`trace_until_s`, `trace_kernels`)."""
     out.mkdir(parents=True, exist_ok=True)
     events.to_parquet(out / "events.parquet", index=False)
     meta = schedule.meta if schedule is not None else (extra or {}).get("meta", {})
@@ -57,9 +87,11 @@ def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | Non
     if meta.get("kv_log"):
         pd.DataFrame(meta["kv_log"], columns=["time_s", "kv_tokens"]).to_csv(out / "kv.csv", index=False)
     summary.update({k: v for k, v in (extra or {}).items() if k != "meta"})
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     if trace:
-        chrome_trace(events, out / "trace.json", title=str((extra or {}).get("scenario", policy)))
+        cut = chrome_trace(events, out / "trace.json", str((extra or {}).get("scenario", policy)), trace_kernels)
+        if cut is not None:
+            summary.update(trace_kernels=cut[0], trace_until_s=cut[1])
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     if schedule is not None:
         ir.save(schedule, out / "ir.jsonl")
     return summary
@@ -100,6 +132,9 @@ def describe(summary: dict) -> str:
                          "jobs/s")
     if "gpu_busy_frac" in summary:
         lines.append(f"  GPU busy {summary['gpu_busy_frac']:.1%}, compute/comm overlap {summary['overlap_frac']:.1%}")
+    if "trace_until_s" in summary:
+        lines.append(f"  trace.json: the run's first {summary['trace_until_s'] * ms:,.2f} ms, {summary['trace_kernels']:,}"
+                     f" of {summary['kernels']:,} kernels (--trace-kernels 0 writes every one)")
     if summary.get("sim_wall_s"):
         lines.append(f"  simulated in {summary['sim_wall_s']:.2f} s "
                      f"({summary['kernels'] / summary['sim_wall_s']:,.0f} kernels/s)")

@@ -140,6 +140,36 @@ def test_chrome_trace_in_chunks_is_one_valid_document(scenario_file, tmp_path, m
     assert sum(e["ph"] == "X" for e in chunked["traceEvents"]) == len(events)
 
 
+def test_a_trace_over_its_limit_holds_the_runs_beginning_whole(scenario_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out), "--trace-kernels", "40", "--no-plot"]) == 0
+    events = pd.read_parquet(out / "events.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    trace = json.loads((out / "trace.json").read_text())
+    cut = trace["otherData"]["kernels_before_s"]
+    written = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    before = events[events["start_s"] < cut]
+    assert len(written) == len(before) == summary["trace_kernels"] <= 40 < len(events)
+    assert sorted(e["args"]["kernel_id"] for e in written) == sorted(before["kernel_id"])  # none missing
+    assert summary["trace_until_s"] == cut and (events["start_s"] >= cut).any()
+    assert f"{summary['trace_kernels']:,} of {len(events):,} kernels" in capsys.readouterr().out
+    assert main(["run", str(scenario_file), "-o", str(out), "--trace-kernels", "0", "--no-plot"]) == 0
+    trace = json.loads((out / "trace.json").read_text())
+    assert sum(e["ph"] == "X" for e in trace["traceEvents"]) == len(events)
+    assert "trace_kernels" not in json.loads((out / "summary.json").read_text())
+
+
+def test_a_trace_cut_where_more_kernels_start_at_once_than_it_holds():
+    from sim.outputs import trace_window
+
+    ev = pd.DataFrame({"start_s": [0.0, 0.0, 0.0, 1.0, 0.5]})
+    kept, cut = trace_window(ev, 2)
+    assert len(kept) == 2 and cut == 0.0 and (kept["start_s"] == 0.0).all()
+    kept, cut = trace_window(ev, 4)
+    assert list(kept.index) == [0, 1, 2, 4] and cut == 1.0
+    assert trace_window(ev, 5)[1] is None and trace_window(ev, 0)[1] is None
+
+
 def test_the_best_line_names_ties_and_the_next():
     from sim.cli import best_line
 

@@ -136,6 +136,31 @@ def test_ir_round_trips_and_replay_reproduces_events(prog):
     pd.testing.assert_frame_equal(events_frame(rep.events), ev)
 
 
+@SETTINGS
+@given(programs())
+def test_ir_lines_are_the_text_json_dumps_writes(prog):
+    """`ir.save` formats each line itself; it must be exactly `json.dumps` of the op's dict."""
+    import json
+
+    import numpy as np
+
+    from sim.ir import Op, _line, _op_dict
+    from sim.kernels import Kernel, KernelSpec
+
+    res, _ = simulate(prog)
+    for i, op in enumerate(res.schedule.ops):
+        assert _line(op, i % 5) == json.dumps(_op_dict(op, i % 5)) + "\n"
+    spec = KernelSpec("all_reduce", "ar", {"nbytes": 8}, 0.0, 8.0)
+    every = [Op(0, "stream", 0.0, stream=1, priority=-1), Op(0, "record", 1e-6, stream=1, event=3),
+             Op(0, "wait", 2.5e-6, stream=0, event=3), Op(0, "sync", 0.5, event=4, done=np.float64(0.75)),
+             Op(0, "launch", 3e-6, stream=1, kernel=Kernel(spec, 0, 7, 2, (0, 1, 2), 11, 9)),
+             Op(0, "launch", 4e-6, stream=0, kernel=Kernel(spec, 0, -1, -1, None, 12)),
+             Op(0, "sleep_until", np.float64(1e-7), until=float("inf")), Op(1, "sleep_until", 2, until=3),
+             Op(0, "sync", float("nan"), event=1)]
+    for op in every:
+        assert _line(op, -1) == json.dumps(_op_dict(op, -1)) + "\n"
+
+
 def test_interrupt_keeps_completed_kernels():
     from sim.kernels import Kernel, KernelSpec
 
