@@ -52,7 +52,9 @@ def validation_table(root: Path) -> str:
             host += f" ({s['host_speed_vs_profile']:.2f}x)"
         drift = [d["ratio"] for d in (s.get("host") or {}).get("drift") or []]
         spread = f"{min(drift):.2f}–{max(drift):.2f}" if drift else "–"
-        rows.append(f"| {f.parent.name} | {s.get('policy')} | {host} | {spread} | {both('kernel_err_median', False)} | "
+        rep = (s.get("kernel_repeat_spread") or {}).get("median")
+        rows.append(f"| {f.parent.name} | {s.get('policy')} | {host} | {spread} | {_pct(rep, False)} | "
+                    f"{both('kernel_err_median', False)} | "
                     f"{both('kernel_err_p90', False)} | {both('makespan_err')} | {both('jct_mean_err')} | "
                     f"{both('ttft_mean_err') if 'ttft_mean_err' in modes[0] else '–'} | "
                     f"{'yes' if not miss else 'no: ' + ', '.join(k.removesuffix('_err') for k in miss)} |")
@@ -65,9 +67,11 @@ def validation_table(root: Path) -> str:
             "matched kernels. Host costs per op: measured in the run's own process before its clock (with this "
             "host's speed against the profile's in-situ runs), or the profile's. Host drift: the measured run's "
             "host speed through the run, the lowest and highest of its eighths against its own median per op "
-            "(`sim.host_gaps.host_drift`).\n\n"
-            "| scenario | policy | host costs | host drift | kernel \\|err\\| median | kernel p90 | makespan | "
-            "mean JCT | mean TTFT | within 5% |\n|---|---|---|---|---|---|---|---|---|---|")
+            "(`sim.host_gaps.host_drift`). GPU spread: the median of |time / median − 1| of each measured kernel "
+            "against the run's other kernels of its shape (`sim.validation.repeat_spread`), about the least "
+            "kernel error a model of one time per shape can have.\n\n"
+            "| scenario | policy | host costs | host drift | GPU spread | kernel \\|err\\| median | kernel p90 | "
+            "makespan | mean JCT | mean TTFT | within 5% |\n|---|---|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 

@@ -43,6 +43,29 @@ def test_report_on_the_recorded_cpu_run(tmp_path):
     assert main(["plot", "validation", str(tmp_path)]) == 0
 
 
+def test_the_gpus_own_spread_compares_each_kernel_with_its_shapes_others(tmp_path):
+    from sim.validation import repeat_spread
+
+    # rank 0: three kernels of shape A (1.0, 1.0, 1.1 us), one of shape B (alone: no spread); a
+    # setup kernel (request -1) and rank 1's kernel of shape A are not compared with rank 0's
+    dur = [1.0, 1.0, 1.1, 5.0, 9.0, 3.0]
+    ev = pd.DataFrame({"rank": [0, 0, 0, 0, 0, 1], "request_id": [0, 1, 1, 1, -1, 0], "kernel_id": range(6),
+                       "name": ["a", "a", "a", "b", "a", "a"], "fraction": 1.0, "start_s": 0.0,
+                       "end_s": [d * 1e-6 for d in dur]})
+    shapes = {(r, k): n for r, k, n in zip(ev["rank"], ev["kernel_id"], ["A", "A", "A", "B", "A", "A"])}
+    s = repeat_spread(ev, shapes)
+    low = 1.0 - 1.0 / 1.05  # a 1.0 against the median of 1.0 and 1.1
+    assert s["kernels"] == 3 and s["median"] == pytest.approx(low, rel=1e-9)
+    assert s["p90"] == pytest.approx(low + 0.8 * (0.1 - low), rel=1e-9)  # numpy's quantile of (low, low, 0.1)
+    # without shapes: the same name and piece within one request (request 1's 1.0 and 1.1)
+    assert repeat_spread(ev)["kernels"] == 2
+    assert repeat_spread(ev)["median"] == pytest.approx((1.0 - 1.0 / 1.1 + 0.1) / 2, rel=1e-9)
+    assert repeat_spread(ev.iloc[3:5])["kernels"] == 0
+    s = predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", tmp_path)
+    assert s["kernel_repeat_spread"]["kernels"] > 0
+    assert "The GPU's own spread" in (tmp_path / "report.md").read_text()
+
+
 def _self_recorded(tmp_path):
     """The fixture's scenario simulated with its own profile and no contention, as a 'measurement'
     (`tmp_path/s.yaml`): scenario, jobs and the simulated run."""
