@@ -20,6 +20,9 @@ GPUS: dict[str, dict[str, Any]] = {
     # dense (1,979 with sparsity), 3.35 TB/s HBM3, 80 GB; 132 SMs (NVIDIA Hopper
     # architecture whitepaper, H100 SXM5).
     "H100-SXM": dict(name="H100-SXM", peak_flops=989.4e12, hbm_bw=3.35e12, memory=80e9, sms=132),
+    # NVIDIA H200 Tensor Core GPU datasheet (2024), H200 SXM: the H100's GH100 die and Tensor Core
+    # peak (1,979 TFLOPS FP16/BF16 with sparsity, so 989.4 dense), 141 GB HBM3e at 4.8 TB/s; 132 SMs.
+    "H200-SXM": dict(name="H200-SXM", peak_flops=989.4e12, hbm_bw=4.8e12, memory=141e9, sms=132),
     # NVIDIA A100 Tensor Core GPU datasheet (2021), A100 80GB SXM: 312 TFLOPS FP16/BF16
     # dense, 2,039 GB/s HBM2e, 80 GB; 108 SMs (NVIDIA Ampere GA100 whitepaper).
     "A100-SXM": dict(name="A100-SXM", peak_flops=312e12, hbm_bw=2.039e12, memory=80e9, sms=108),

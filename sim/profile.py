@@ -32,6 +32,7 @@ import bisect
 import contextvars
 import math
 import os
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Iterable
@@ -631,7 +632,12 @@ def profile_cost(path: str | Path, roofline, scn):
         _warn_once(("partial", prof.path), f"{prof.path}: profile is {prof.status} (calibration was interrupted); "
                    "re-run `ligersim calibrate` to finish it")
     sms = prof.device.get("sms")
-    if sms and sms != scn.hardware.gpu.sms:
+    measured_on, gpu = _gpu_family(str(prof.device.get("name", ""))), _gpu_family(scn.hardware.gpu.name)
+    if measured_on and gpu and measured_on != gpu:  # an H200's profile for an H100 scenario has the same SMs
+        _warn_once(("family", prof.path, scn.hardware.gpu.name),
+                   f"{prof.path}: measured on {prof.device.get('name')} but the scenario's GPU is "
+                   f"{scn.hardware.gpu.name}: kernel times are the profile's GPU's (set hardware.gpu to match it)")
+    elif sms and sms != scn.hardware.gpu.sms:
         _warn_once(("sms", prof.path, scn.hardware.gpu.name),
                    f"{prof.path}: measured on {prof.device.get('name')} ({sms} SMs) but the scenario's GPU is "
                    f"{scn.hardware.gpu.name} ({scn.hardware.gpu.sms} SMs)")
@@ -642,6 +648,12 @@ def profile_cost(path: str | Path, roofline, scn):
     measured.require(kinds_needed(scn.model.shape(), scn.tp(), scn.pp()))
     emulation = prof.emulated_times(scn.hardware.interconnect.name) if EMULATED.get() else None
     return ProfileCost(roofline, measured, emulation), prof
+
+
+def _gpu_family(name: str) -> str | None:
+    """The GPU model in a device or preset name ("NVIDIA H100 80GB HBM3" and "H100-SXM": H100)."""
+    m = re.search(r"\b([A-Z]\d{2,3})[A-Z]?\b|\b([A-Z]\d{2,3})(?=[-_ ])", name.upper())
+    return (m.group(1) or m.group(2)) if m else None
 
 
 # Set by validation while it predicts a run whose collectives were emulated on one GPU: the

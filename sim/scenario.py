@@ -46,7 +46,7 @@ def _preset(section: str, label: str):
 
 
 class GpuSpec(_Model):
-    name: str = Field(description="GPU name (a preset: H100-SXM, A100-SXM, A100-PCIe, V100-SXM2).")
+    name: str = Field(description="GPU name (a preset: H100-SXM, H200-SXM, A100-SXM, A100-PCIe, V100-SXM2).")
     peak_flops: float = Field(gt=0, description="Peak dense FP16/BF16 tensor throughput, FLOP/s.")
     hbm_bw: float = Field(gt=0, description="Peak HBM bandwidth, bytes/s.")
     memory: float = Field(gt=0, description="Device memory, bytes.")

@@ -228,6 +228,30 @@ def test_scenario_profile_resolves_relative_to_the_scenario_and_drives_the_engin
     assert run.events["request_id"].nunique() == 4
 
 
+def test_a_profile_of_another_gpu_model_is_said_even_with_the_same_sms(tmp_path):
+    """The H100 profile under an H200 scenario (both 132 SMs) or an A100 one: one warning naming both."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "profiles" / "h100-sxm.yaml", tmp_path / "h100.yaml")
+    data = yaml.safe_load((repo / "scenarios" / "validation" / "intra-tp8-large-saturating.yaml").read_text())
+    data["hardware"]["profile"] = "h100.yaml"
+
+    def warned(gpu: str) -> list[str]:
+        data["hardware"]["gpu"] = gpu
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_engine(load_scenario(tmp_path / "s.yaml")[0])
+        return [str(w.message) for w in caught if issubclass(w.category, ProfileWarning)]
+
+    assert not [m for m in warned("H100-SXM") if "measured on" in m]
+    said = [m for m in warned("H200-SXM") if "measured on" in m]
+    assert len(said) == 1 and "measured on NVIDIA H100 80GB HBM3 but the scenario's GPU is H200-SXM" in said[0]
+    said = [m for m in warned("A100-PCIe") if "measured on" in m]
+    assert len(said) == 1 and "GPU is A100-PCIe: kernel times are the profile's GPU's" in said[0]
+
+
 def test_scenario_needing_an_unmeasured_kind_fails_up_front(tmp_path):
     prof = a_profile()
     save_profile(prof, tmp_path / "p.yaml")
