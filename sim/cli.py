@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> None:
     summary = write_run(out, run.events, jobs, None if args.no_ir else run.result.schedule, scn.policy.name,
                         run.result.sim_wall_s, {"scenario": scn.name, "interrupted": interrupted,
                                                 "meta": run.result.meta},
-                        trace=not args.no_trace, trace_kernels=args.trace_kernels)
+                        trace=not args.no_trace, trace_kernels=args.trace_kernels, progress=sys.stderr.isatty())
     if interrupted:
         print(f"ligersim: interrupted; wrote the {len(run.events):,} kernels completed so far to {out}/",
               file=sys.stderr)
@@ -58,7 +58,7 @@ def _replay(args: argparse.Namespace) -> None:
     out = Path(args.output)
     summary = write_run(out, run.events, run.jobs, schedule, f"replay:{schedule.meta.get('policy', '?')}",
                         run.result.sim_wall_s, {"scenario": run.scenario.name}, trace=not args.no_trace,
-                        trace_kernels=args.trace_kernels)
+                        trace_kernels=args.trace_kernels, progress=sys.stderr.isatty())
     print(describe(summary))
     print(f"  wrote {out}/")
 

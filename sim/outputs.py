@@ -76,24 +76,37 @@ def _clean(v):
 
 def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | None, policy: str,
               sim_wall_s: float | None, extra: dict | None = None, trace: bool = True,
-              trace_kernels: int | None = TRACE_KERNELS) -> dict:
+              trace_kernels: int | None = TRACE_KERNELS, progress: bool = False) -> dict:
     """Write a run's files. The trace holds at most `trace_kernels` kernels (None or 0: all); when it
-    was cut, summary.json says where (`trace_until_s`, `trace_kernels`)."""
+    was cut, summary.json says where (`trace_until_s`, `trace_kernels`). With `progress`, a bar
+    names the file being written (a run of millions of kernels writes for tens of seconds)."""
+    from tqdm import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
-    events.to_parquet(out / "events.parquet", index=False)
-    meta = schedule.meta if schedule is not None else (extra or {}).get("meta", {})
-    requests, summary = run_tables(events, jobs, meta, policy, sim_wall_s)
-    requests.to_csv(out / "requests.csv", index=False)
-    if meta.get("kv_log"):
-        pd.DataFrame(meta["kv_log"], columns=["time_s", "kv_tokens"]).to_csv(out / "kv.csv", index=False)
-    summary.update({k: v for k, v in (extra or {}).items() if k != "meta"})
-    if trace:
-        cut = chrome_trace(events, out / "trace.json", str((extra or {}).get("scenario", policy)), trace_kernels)
-        if cut is not None:
-            summary.update(trace_kernels=cut[0], trace_until_s=cut[1])
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
-    if schedule is not None:
-        ir.save(schedule, out / "ir.jsonl")
+    steps = 2 + trace + (schedule is not None)
+    with tqdm(total=steps, desc="writing", unit="file", leave=False, disable=not progress) as bar:
+        bar.set_postfix_str("events.parquet")
+        events.to_parquet(out / "events.parquet", index=False)
+        bar.update()
+        bar.set_postfix_str("requests.csv")
+        meta = schedule.meta if schedule is not None else (extra or {}).get("meta", {})
+        requests, summary = run_tables(events, jobs, meta, policy, sim_wall_s)
+        requests.to_csv(out / "requests.csv", index=False)
+        if meta.get("kv_log"):
+            pd.DataFrame(meta["kv_log"], columns=["time_s", "kv_tokens"]).to_csv(out / "kv.csv", index=False)
+        summary.update({k: v for k, v in (extra or {}).items() if k != "meta"})
+        bar.update()
+        if trace:
+            bar.set_postfix_str("trace.json")
+            cut = chrome_trace(events, out / "trace.json", str((extra or {}).get("scenario", policy)), trace_kernels)
+            if cut is not None:
+                summary.update(trace_kernels=cut[0], trace_until_s=cut[1])
+            bar.update()
+        (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+        if schedule is not None:
+            bar.set_postfix_str("ir.jsonl")
+            ir.save(schedule, out / "ir.jsonl")
+            bar.update()
     return summary
 
 
