@@ -104,6 +104,27 @@ def test_stages_balance_by_cost():
     assert st[0].layers.start == 0 and st[-1].layers.stop == 8
 
 
+def test_each_stage_is_costed_on_its_own_gpus():
+    """On the V100 cube mesh GPUs 0-1 share one NVLink brick and 2-3 two: a hybrid 2 x 2 stage on
+    2-3 all-reduces faster, so it is given more layers (before, every stage was costed on 0-1)."""
+    assert partition([[2, 2, 2, 2], [1, 1, 1, 1]], 2) == [range(0, 1), range(1, 4)]
+    d = tiny("hybrid")
+    d["policy"].update(tp=2, pp=2)
+    d["hardware"] = {"gpu": "V100-SXM2", "count": 4, "interconnect": "nvlink-v100-cube-mesh"}
+    d["model"]["layers"] = 32
+    scn = parse_scenario(d)
+    from sim.kernels import collective
+    from sim.policies import PolicyContext
+    from sim.simulate import make_engine
+
+    _, cost = make_engine(scn)
+    ar = collective("all_reduce", "ar", 2 * 64 * 2048 * 2)
+    assert cost.spec_solo(ar, (2, 3)) < 0.8 * cost.spec_solo(ar, (0, 1))
+    ctx = PolicyContext(scn.model.shape(), load_jobs(scn, None), 4, scn.policy, cost.solo, cost.spec_solo)
+    st = stages(ctx, 2, 2)
+    assert [s.ranks for s in st] == [(0, 1), (2, 3)] and len(st[1].layers) > len(st[0].layers)
+
+
 def fast_links(d: dict) -> dict:
     """The paper-sized layer over NVSwitch: all-reduces shorter than most GEMMs, so fills
     must split GEMMs to fit."""

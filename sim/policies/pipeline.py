@@ -28,20 +28,25 @@ class Stage:
     ranks: tuple[int, ...]
 
 
-def partition(costs: list[float], parts: int) -> list[range]:
-    """Cut `costs` into `parts` contiguous ranges minimising the largest range's sum."""
-    n = len(costs)
+def partition(costs: list[float] | list[list[float]], parts: int) -> list[range]:
+    """Cut the layers into `parts` contiguous ranges minimising the largest range's cost. `costs`
+    is each layer's cost, or, per stage, each layer's cost on that stage's GPUs (on a topology
+    whose links differ, one TP group's all-reduce is slower than another's)."""
+    rows = np.asarray(costs, dtype=float)
+    rows = np.broadcast_to(rows, (parts, rows.shape[-1])) if rows.ndim == 1 else rows
+    n = rows.shape[1]
     if parts > n:
         raise ValueError(f"cannot cut {n} layers into {parts} stages")
-    prefix = np.concatenate([[0.0], np.cumsum(costs)])
+    prefix = np.concatenate([np.zeros((parts, 1)), np.cumsum(rows, axis=1)], axis=1)
     inf = float("inf")
     best = np.full((parts + 1, n + 1), inf)
     cut = np.zeros((parts + 1, n + 1), dtype=int)
     best[0, 0] = 0.0
     for p in range(1, parts + 1):
+        pre = prefix[p - 1]
         for j in range(p, n - parts + p + 1):
             for i in range(p - 1, j):
-                v = max(best[p - 1, i], prefix[j] - prefix[i])
+                v = max(best[p - 1, i], pre[j] - pre[i])
                 if v < best[p, j]:
                     best[p, j], cut[p, j] = v, i
     bounds, j = [], n
@@ -56,13 +61,13 @@ def stages(ctx: PolicyContext, tp: int, pp: int) -> list[Stage]:
     m = ctx.model
     batch = int(round(np.median([j.batch for j in ctx.jobs])))
     seq = int(round(np.median([j.seq_len for j in ctx.jobs])))
-    costs = []
-    for layer in range(m.layers):
-        steps = ctx.steps(tp, batch, seq, range(layer, layer + 1), first=layer == 0, last=layer == m.layers - 1)
-        costs.append(sum(ctx.spec_solo(st.spec, tuple(range(tp)) if st.spec.is_collective else None)
-                         for st in steps))
+    groups = [tuple(range(s * tp, (s + 1) * tp)) for s in range(pp)]
+    layers = [ctx.steps(tp, batch, seq, range(layer, layer + 1), first=layer == 0, last=layer == m.layers - 1)
+              for layer in range(m.layers)]
+    costs = [[sum(ctx.spec_solo(st.spec, group if st.spec.is_collective else None) for st in steps)
+              for steps in layers] for group in groups]  # a stage's all-reduces run over its own GPUs
     cuts = partition(costs, pp)
-    return [Stage(s, cuts[s], tuple(range(s * tp, (s + 1) * tp))) for s in range(pp)]
+    return [Stage(s, cuts[s], groups[s]) for s in range(pp)]
 
 
 def micro_batches(batch: int, parts: int) -> list[int]:
