@@ -116,8 +116,10 @@ def generative_requests_frame(events: pd.DataFrame, iterations: list[list], jobs
 
 
 def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | None, makespan: float,
-                       slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict:
-    """TTFT, TPOT, tokens/s, KV-cache occupancy and SLO attainment (goodput)."""
+                       slo_ttft_s: float | None, slo_tpot_s: float | None, rejected: int = 0) -> dict:
+    """TTFT, TPOT, tokens/s, KV-cache occupancy (time-weighted, from the first allocation to the
+    last token) and SLO attainment (goodput). `rejected` requests (turned away before the run,
+    `serving.over_context: enforce`) count as missing the SLOs, as a client sees them."""
     out: dict = {}
     for col in ("ttft_s", "tpot_s"):
         v = requests[col].dropna().to_numpy(float)
@@ -127,15 +129,18 @@ def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | 
     out["tokens"] = int(requests["tokens"].sum())
     out["tokens_per_s"] = out["tokens"] / makespan if makespan > 0 else float("nan")
     if kv_log and kv_capacity:
+        t = np.array([x for x, _ in kv_log], dtype=float)
         used = np.array([u for _, u in kv_log], dtype=float) / kv_capacity
-        out.update(kv_capacity_tokens=int(kv_capacity), kv_occupancy_mean=float(used.mean()),
-                   kv_occupancy_max=float(used.max()))
+        end = max(float(requests["end_s"].max()) if len(requests) else t[-1], t[-1])
+        span = np.diff(np.append(t, end))  # each level holds until the next change
+        mean = float((used * span).sum() / (end - t[0])) if end > t[0] else float(used.mean())
+        out.update(kv_capacity_tokens=int(kv_capacity), kv_occupancy_mean=mean, kv_occupancy_max=float(used.max()))
     if slo_ttft_s or slo_tpot_s:
         ok = requests["tokens"] == requests["output_tokens"]
         if slo_ttft_s:
             ok &= requests["ttft_s"] <= slo_ttft_s
         if slo_tpot_s:
             ok &= requests["tpot_s"].fillna(0.0) <= slo_tpot_s
-        out["slo_attainment"] = float(ok.mean())
+        out["slo_attainment"] = float(ok.sum() / (len(ok) + rejected)) if len(ok) + rejected else float("nan")
         out["goodput_jobs_s"] = float(ok.sum()) / makespan if makespan > 0 else float("nan")
     return out

@@ -112,14 +112,19 @@ def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | Non
 
 def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: float | None):
     """requests.csv and summary.json of a run, encoder or generative (its IR meta says)."""
+    rejected = int(meta.get("rejected_requests", 0))
     if "iterations" not in meta:
         requests = requests_frame(events, jobs)
-        return requests, summarise(events, requests, policy, sim_wall_s)
-    requests = generative_requests_frame(events, meta["iterations"], jobs)
-    summary = summarise(events, requests, policy, sim_wall_s)
-    serving = meta.get("scenario", {}).get("serving", {})
-    summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),
-                                      summary["makespan_s"], serving.get("slo_ttft_s"), serving.get("slo_tpot_s")))
+        summary = summarise(events, requests, policy, sim_wall_s)
+    else:
+        requests = generative_requests_frame(events, meta["iterations"], jobs)
+        summary = summarise(events, requests, policy, sim_wall_s)
+        serving = meta.get("scenario", {}).get("serving", {})
+        summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),
+                                          summary["makespan_s"], serving.get("slo_ttft_s"), serving.get("slo_tpot_s"),
+                                          rejected))
+    if rejected:
+        summary["rejected"] = rejected
     return requests, summary
 
 
@@ -127,7 +132,9 @@ def describe(summary: dict) -> str:
     """A short human summary of a run."""
     ms = 1e3
     lines = [
-        f"policy {summary['policy']}: {summary['completed']}/{summary['jobs']} jobs, {summary['kernels']:,} kernels",
+        f"policy {summary['policy']}: {summary['completed']}/{summary['jobs']} jobs"
+        + (f" ({summary['rejected']} more rejected)" if summary.get("rejected") else "")
+        + f", {summary['kernels']:,} kernels",
         f"  JCT mean {summary['jct_mean_s'] * ms:.2f} ms  p50 {summary['jct_p50_s'] * ms:.2f}  "
         f"p90 {summary['jct_p90_s'] * ms:.2f}  p99 {summary['jct_p99_s'] * ms:.2f} ms",
         f"  throughput {summary['throughput_jobs_s']:.2f} jobs/s (offered {summary['offered_rate_jobs_s']:.2f}), "

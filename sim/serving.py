@@ -44,7 +44,8 @@ class ServingSpec(BaseModel):
     on_kv_full: Literal["queue", "preempt"] = Field(
         "queue", description="generative: queue = admit a request only when its prompt + output fit (never "
         "preempts); preempt = admit on its prompt, preempt the newest sequence and recompute it when "
-        "decodes run out of blocks.")
+        "decodes run out of blocks (without chunked_prefill a recompute is one pass, so every request's "
+        "prompt + output - 1 tokens must fit max_batch_tokens).")
     groups: int = Field(2, ge=1, description="generative interleaved: batch groups whose iterations alternate "
                         "on the main and sub streams (inter_op/hybrid: micro-batch groups, default pp).")
     over_context: Literal["allow", "enforce"] = Field(
@@ -91,18 +92,22 @@ def kv_bytes_per_token(m: ModelShape, tp: int, pp: int) -> float:
     return 2.0 * (-(-m.layers // pp)) * kv_heads * m.head_dim * m.dtype_bytes
 
 
-def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: ServingSpec, file: str) -> int:
+def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: ServingSpec, file: str,
+                       in_flight: int = 1) -> int:
+    """KV tokens a GPU holds after the weights and the activations of the `in_flight` largest
+    iterations that run at once (interleaving keeps one per batch group on the GPU)."""
     weights = weight_bytes_per_gpu(m, tp, pp)
     # activations of the largest iteration (a few hidden-sized and FFN-sized buffers)
-    act = (4 * m.hidden + 2 * m.ffn // tp) * spec.max_batch_tokens * m.dtype_bytes
+    act = (4 * m.hidden + 2 * m.ffn // tp) * spec.max_batch_tokens * m.dtype_bytes * in_flight
     free = memory * spec.memory_utilization - weights - act
     per_token = kv_bytes_per_token(m, tp, pp)
     tokens = int(free // per_token) // spec.kv_block_tokens * spec.kv_block_tokens
     if tokens < spec.kv_block_tokens:
         raise LigerSimError(
             f"no room for a KV cache: {memory * spec.memory_utilization / 1e9:.1f} GB usable per GPU, weights take "
-            f"{weights / 1e9:.1f} GB and activations {act / 1e9:.1f} GB at tp={tp}, pp={pp}; use more GPUs, a "
-            "larger GPU or a smaller serving.max_batch_tokens", file=file, field="serving")
+            f"{weights / 1e9:.1f} GB and activations {act / 1e9:.1f} GB at tp={tp}, pp={pp}"
+            + (f" ({in_flight} iterations in flight)" if in_flight > 1 else "")
+            + "; use more GPUs, a larger GPU or a smaller serving.max_batch_tokens", file=file, field="serving")
     return tokens
 
 
@@ -117,6 +122,14 @@ class BatchScheduler:
         self.seqs: dict[int, Seq] = {}
         for j in jobs:
             prompt = j.prompt
+            if j.batch != 1:
+                raise LigerSimError(f"request {j.request_id} has batch {j.batch}: a generative request is one "
+                                    "sequence (give each its own row, or serving.mode: encoder)", file=file,
+                                    field="workload.batch")
+            if j.prompt_tokens < 1:
+                raise LigerSimError(f"request {j.request_id} has an empty prompt (prompt_tokens 0); a generative "
+                                    "request needs at least one prompt token", file=file,
+                                    field="workload.prompt_tokens")
             if j.output_tokens < 1:
                 raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
                                     "serving needs at least 1", file=file, field="workload.output_tokens")
@@ -129,12 +142,22 @@ class BatchScheduler:
                     f"request {j.request_id} has a {prompt}-token prompt, more than serving.max_batch_tokens="
                     f"{spec.max_batch_tokens}; raise it or set serving.chunked_prefill: true", file=file,
                     field="serving.max_batch_tokens")
+            longest = prompt + j.output_tokens - 1  # recomputed in one pass after a late preemption
+            if spec.on_kv_full == "preempt" and not spec.chunked_prefill and longest > spec.max_batch_tokens:
+                raise LigerSimError(
+                    f"request {j.request_id} may have to be recomputed as {longest} tokens (prompt + output - 1) "
+                    f"after a preemption, more than serving.max_batch_tokens={spec.max_batch_tokens} (vLLM asks "
+                    "max_num_batched_tokens >= max_model_len for the same reason); raise it, set "
+                    "serving.chunked_prefill: true, or serving.on_kv_full: queue", file=file,
+                    field="serving.max_batch_tokens")
             s = Seq(j.request_id, j.arrival_s, prompt, j.output_tokens, target=prompt)
             self.seqs[s.rid] = s
             self.waiting.append(s)
         self.running: list[Seq] = []  # admission order
         self.iterations: list[Iteration] = []
-        self.kv_log: list[tuple[float, int]] = []  # (time, KV tokens allocated)
+        # (time, KV tokens allocated) whenever it changes hands: at each plan, and when a completed
+        # iteration frees finished sequences' blocks (in queue mode a request's whole reservation)
+        self.kv_log: list[tuple[float, int]] = []
         self._preemptions = 0
         self.in_flight: set[int] = set()  # groups with a planned iteration not yet completed
 
@@ -229,15 +252,25 @@ class BatchScheduler:
             budget -= chunk
             room -= 1
         if not it.prefills and not it.decodes:
+            if not self.running and not self.in_flight and self.waiting and self.waiting[0].arrival_s <= now:
+                raise LigerSimError(f"the scheduler cannot admit request {self.waiting[0].rid} with nothing else "
+                                    "running (a bug: the checks at start should have refused it)")
             return None
-        self.kv_log.append((now, (self.total_blocks - self.free_blocks) * self.block))
+        self._log(now)
         self.iterations.append(it)
         self.in_flight.add(group)
         return it
 
-    def complete(self, it: Iteration) -> None:
+    def _log(self, now: float) -> None:
+        used = (self.total_blocks - self.free_blocks) * self.block
+        if self.kv_log and self.kv_log[-1][0] == now:
+            self.kv_log[-1] = (now, used)
+        elif not self.kv_log or self.kv_log[-1][1] != used:
+            self.kv_log.append((now, used))
+
+    def complete(self, it: Iteration, now: float | None = None) -> None:
         """Apply an iteration's results: prompts advance, tokens are emitted, finished
-        sequences free their KV blocks."""
+        sequences free their KV blocks (logged at `now`, when the host learns of it)."""
         self.in_flight.discard(it.group)
         for rid, chunk, _ in it.prefills:
             self.seqs[rid].prefilled += chunk
@@ -249,6 +282,8 @@ class BatchScheduler:
                 self.running.remove(s)
                 self.free_blocks += s.blocks
                 s.blocks = 0
+        if now is not None:
+            self._log(now)
 
 
 def iteration_kernels(m: ModelShape, tp: int, it: Iteration) -> list[KernelSpec]:

@@ -77,6 +77,13 @@ def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None, fi
     return fit_context(scn, jobs) if fit else jobs
 
 
+class FittedJobs(list):
+    """The jobs `fit_context` kept, and how many it `rejected`: a run's summary counts those as
+    requests turned away (missing any SLO), not as requests that never came."""
+
+    rejected: int = 0
+
+
 def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
     """Jobs against the model's context length (`model.context`): with `serving.over_context: allow`
     all of them, with a warning naming how many are longer; with `enforce`, as vLLM treats requests
@@ -118,14 +125,19 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
     warnings.warn(f"serving.over_context: enforce: {rejected} of {len(jobs)} requests rejected (no room in "
                   f"{scn.model.name}'s context of {ctx:,} tokens)"
                   + (f", {cut} stopped at the context" if generative else ""), ScenarioWarning, stacklevel=3)
-    return kept
+    out = FittedJobs(kept)
+    out.rejected = rejected
+    return out
 
 
 def run_meta(scn: Scenario, jobs: list[Job]) -> dict:
     """What an IR header records so the run can be replayed on either backend."""
-    return {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
+    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
             "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
                          for j in jobs]}
+    if getattr(jobs, "rejected", 0):  # turned away by `fit_context`
+        meta["rejected_requests"] = jobs.rejected
+    return meta
 
 
 def jobs_from_meta(meta: dict) -> list[Job] | None:
@@ -141,8 +153,10 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
     ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
                                  cost.spec_solo, engine.contention, scn.serving)
     if scn.serving.mode == "generative":
-        kv = kv_capacity_tokens(ctx.model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, scn.serving, file)
         groups = scn.serving.groups if scn.policy.name in ("interleaved", "inter_op", "hybrid") else 1
+        in_flight = groups if scn.policy.name == "interleaved" else 1  # a stage runs one micro-batch at a time
+        kv = kv_capacity_tokens(ctx.model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, scn.serving, file,
+                                in_flight)
         ctx.scheduler = BatchScheduler(jobs, scn.serving, kv, max(groups, scn.pp()), file)
     else:
         biggest = max(jobs, key=lambda j: j.batch * j.seq_len)

@@ -151,7 +151,7 @@ def test_interleaved_groups_preempt_each_other_when_the_cache_is_full():
     come from another group whose iteration is not on the GPU)."""
     d = gen("interleaved", jobs=16, rate=400.0, groups=2, on_kv_full="preempt", max_batch_seqs=6,
             max_batch_tokens=512)
-    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.64e9}
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.68e9}
     d["workload"]["prompt_tokens"] = {"dist": "uniform", "low": 16, "high": 64}
     d["workload"]["output_tokens"] = {"dist": "uniform", "low": 100, "high": 300}
     r, req, _ = run(d)
@@ -184,9 +184,18 @@ def test_requests_longer_than_the_models_context_run_with_a_warning_or_as_a_serv
         jobs = load_jobs(scn, None)
     assert {j.request_id for j in jobs} == {j.request_id for j in every} - {j.request_id for j in rejected}
     r = simulate(scn, jobs)
-    req, _ = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    req, summary = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
     tokens = dict(zip(req["request_id"], req["tokens"]))
     assert all(tokens[j.request_id] == 330 - j.prompt_tokens for j in cut)
+    assert summary["rejected"] == len(rejected) and summary["jobs"] == 30 - len(rejected)
+    # the rejected requests miss the SLOs: a client turned away is not served within them
+    d["serving"]["slo_ttft_s"] = 100.0
+    scn = parse_scenario(d)
+    with pytest.warns(ScenarioWarning):
+        jobs = load_jobs(scn, None)
+    r = simulate(scn, jobs)
+    _, summary = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    assert summary["slo_attainment"] == pytest.approx(1.0 - len(rejected) / 30)
     assert all(tokens[j.request_id] == j.output_tokens for j in every if j not in over)
     # a context no request fits, and the encoder setting's jobs against it
     d["model"]["context"] = 10
@@ -229,3 +238,57 @@ def test_a_context_warning_is_one_line_on_the_command_line(tmp_path, capsys):
 
     assert list(pd.read_csv(tmp_path / "t.csv")["output_tokens"]) == [j.output_tokens for j in
                                                                      load_jobs(parse_scenario(gen("intra_op", jobs=6)), None)]
+
+
+def test_inputs_the_scheduler_cannot_serve_are_clear_errors():
+    from sim.jobs import Job
+
+    # preempting without chunked prefill recomputes a request in one pass: prompt + output - 1 tokens
+    # must fit the budget, or the victim could never be readmitted (the run hung before)
+    d = gen("intra_op", max_batch_tokens=512, on_kv_full="preempt")
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.68e9}
+    scn = parse_scenario(d)
+    with pytest.raises(LigerSimError, match=r"serving.max_batch_tokens: request 0 may have to be recomputed as 699"):
+        prepare(scn, [Job(i, 0.0, 1, 400, 400, 300) for i in range(6)])
+    d["serving"]["chunked_prefill"] = True  # chunks of the recompute fit: it runs, preempting
+    r = simulate(parse_scenario(d), [Job(i, 0.0, 1, 400, 400, 300) for i in range(6)])
+    assert sum(n for _, n in r.result.meta["preemptions"]) > 0
+    scn = parse_scenario(gen("intra_op"))
+    with pytest.raises(LigerSimError, match=r"workload.batch: request 0 has batch 2: a generative request is one"):
+        prepare(scn, [Job(0, 0.0, 2, 40, 40, 3)])
+    with pytest.raises(LigerSimError, match=r"workload.prompt_tokens: request 1 has an empty prompt"):
+        prepare(scn, [Job(0, 0.0, 1, 40, 40, 3), Job(1, 0.0, 1, 128, 0, 3)])
+
+
+def test_kv_occupancy_follows_the_blocks_held_through_time():
+    """Blocks freed when a request finishes show in kv.csv, and the mean weights each level by how
+    long it held: a lone request then an idle second then a short one is mostly empty."""
+    from sim.jobs import Job
+
+    d = gen("intra_op", max_batch_tokens=512)
+    d["hardware"]["host"] = ZERO_HOST
+    scn = parse_scenario(d)
+    jobs = [Job(0, 0.0, 1, 500, 500, 2), Job(1, 1.0, 1, 16, 16, 40)]
+    r = simulate(scn, jobs)
+    req, s = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    log = r.result.meta["kv_log"]
+    idle = [u for t, u in log if req["end_s"][0] < t < 1.0]
+    assert [u for t, u in log if t < 1.0][-1] == 0 and not [u for u in idle if u]  # freed before the idle second
+    t = [x for x, _ in log] + [req["end_s"].max()]
+    u = [y / r.result.meta["kv_capacity_tokens"] for _, y in log]
+    weighted = sum(a * (t1 - t0) for a, t0, t1 in zip(u, t, t[1:])) / (t[-1] - t[0])
+    assert s["kv_occupancy_mean"] == pytest.approx(weighted, rel=1e-12) and weighted < 0.01 * s["kv_occupancy_max"]
+
+
+def test_interleaved_sets_aside_activations_for_each_group_in_flight():
+    from sim.serving import kv_capacity_tokens
+
+    scn = parse_scenario(gen("interleaved", groups=3))
+    m = scn.model.shape()
+    one = kv_capacity_tokens(m, 4, 1, scn.hardware.gpu.memory, scn.serving, "f")
+    three = kv_capacity_tokens(m, 4, 1, scn.hardware.gpu.memory, scn.serving, "f", 3)
+    act = (4 * m.hidden + 2 * m.ffn // 4) * scn.serving.max_batch_tokens * m.dtype_bytes
+    assert one - three == pytest.approx(2 * act / (2 * m.layers * (m.kv_heads // 4) * m.head_dim * m.dtype_bytes),
+                                        abs=scn.serving.kv_block_tokens + 1)
+    _, _, _, ctx = prepare(scn, load_jobs(scn, None))
+    assert ctx.scheduler.total_blocks * ctx.scheduler.block == three

@@ -244,7 +244,7 @@ def test_folding_ranks_is_exact_for_tensor_parallel_policies(generative):
     d = tiny("interleaved")
     if generative:
         d["model"] = {"preset": "llama2-7b", "layers": 2}
-        d["workload"].update(prompt_tokens={"dist": "uniform", "low": 16, "high": 200}, output_tokens=5)
+        d["workload"].update(batch=1, prompt_tokens={"dist": "uniform", "low": 16, "high": 200}, output_tokens=5)
         d["serving"] = {"mode": "generative"}
     scn = parse_scenario(d)
     jobs = load_jobs(scn, None)

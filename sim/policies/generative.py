@@ -51,7 +51,7 @@ class IterationPlan:
     def next(self, i: int, now: float, group: int = 0) -> Iteration | float | None:
         while len(self.items) <= i:
             if self.items and isinstance(self.items[-1], Iteration):
-                self.sched.complete(self.items[-1])
+                self.sched.complete(self.items[-1], now)
             it = self.sched.plan(now, group) if not self.sched.done() else None
             if it is not None:
                 self.items.append(it)
@@ -110,9 +110,9 @@ class IterationSource:
     def next_arrival(self) -> float | None:
         return None if self.sched.done() else self.sched.next_arrival()
 
-    def confirm(self, job: JobState) -> None:
+    def confirm(self, job: JobState, now: float) -> None:
         it = self.by_index.pop(job.request_id)
-        self.sched.complete(it)
+        self.sched.complete(it, now)
         del self.busy[it.group]
 
 
@@ -147,7 +147,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
         if g in busy:
             it, ev = busy.pop(g)
             yield rt.sync(ev)
-            sched.complete(it)
+            sched.complete(it, rt.now())
         now = rt.now()
         it = sched.plan(now, g) if sched.group_has_work(g, now) else None
         others = any(x != g and sched.group_has_work(x, now) for x in range(groups))

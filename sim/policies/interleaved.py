@@ -100,8 +100,8 @@ class EncoderJobs:
     def next_arrival(self) -> float | None:
         return self.waiting[0].arrival_s if self.waiting else None
 
-    def confirm(self, job: JobState) -> None:
-        """`job` has completed on the GPU and the host knows it (nothing to do here)."""
+    def confirm(self, job: JobState, now: float) -> None:
+        """`job` has completed on the GPU and the host knows it at `now` (nothing to do here)."""
 
 
 class Planner:
@@ -147,17 +147,17 @@ class Planner:
     def _solo(self, spec: KernelSpec) -> float:
         return self.ctx.spec_solo(spec, self.group if spec.is_collective else None)
 
-    def _confirm(self) -> None:
+    def _confirm(self, now: float) -> None:
         last = self.rounds[-1] if self.rounds else None
         if last is None:
             return
         upto = self.main_rounds if last.drain else self.main_rounds - 1
         for job, _k in [f for f in self.finishing if f[1] < upto]:
-            self.source.confirm(job)
+            self.source.confirm(job, now)
         self.finishing = [f for f in self.finishing if f[1] >= upto]
 
     def _plan(self, now: float) -> Round | None:
-        self._confirm()
+        self._confirm(now)
         self.inflight.extend(self.source.admit(now, self.depth - len(self.inflight)))
         if not self.inflight:
             if self.finishing:
