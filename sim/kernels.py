@@ -156,9 +156,10 @@ def split_gemm(spec: KernelSpec, fraction: float) -> tuple[KernelSpec, KernelSpe
     d = spec.dims
     n, n0, n_full = d["n"], d.get("n0", 0), d.get("n_full", d["n"])
     n_head = max(1, min(n - 1, round(n_full * fraction)))
+    bias = spec.bytes > (d["m"] * d["k"] + d["k"] * n + d["m"] * n) * spec.dtype_bytes  # each piece its slice
     parts = []
     for offset, n_part in ((n0, n_head), (n0 + n_head, n - n_head)):
-        p = gemm(spec.name, d["m"], n_part, d["k"], spec.dtype_bytes)
+        p = gemm(spec.name, d["m"], n_part, d["k"], spec.dtype_bytes, bias)
         p.dims.update(n0=offset, n_full=n_full)  # the columns [n0, n0 + n) of the parent's output
         p.fraction = n_part / n_full
         parts.append(p)

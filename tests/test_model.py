@@ -66,6 +66,13 @@ def test_split_pieces_add_up_exactly():
     assert a.flops + b.flops + c.flops == g.flops
     assert a.dims["n0"] == 0 and b.dims["n0"] == a.dims["n"] and c.dims["n0"] == a.dims["n"] + b.dims["n"]
     assert a.fraction + b.fraction + c.fraction == pytest.approx(1.0)
+    # a biased GEMM's pieces read their slices of the bias: beyond each re-reading the input, the
+    # pieces' bytes add up to the whole's
+    g = gemm("x", 100, 1001, 256, bias=True)
+    a, rest = split_gemm(g, 3 / 8)
+    b, c = split_gemm(rest, 2 / 8)
+    reread = 2 * 100 * 256 * 2  # the input (m x k) read by the two extra pieces
+    assert a.bytes + b.bytes + c.bytes == g.bytes + reread
 
 
 def cost(gpu="H100-SXM", link="nvswitch-h100", n=4):
