@@ -45,7 +45,8 @@ def _intervals(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def utilisation(events: pd.DataFrame, window: float) -> dict:
     """GPU busy fraction, overlap fraction (compute and communication at once) and
-    per-stream occupancy, each as a fraction of `window` seconds, averaged over ranks."""
+    per-stream occupancy, each as a fraction of `window` seconds, averaged over the ranks in the
+    table (a rank with nothing on a stream counts 0 for it: a pipeline's first stage receives nothing)."""
     busy, overlap, streams = [], [], {}
     for _rank, ev in events.groupby("rank"):
         comm = ev["cls"] == "collective"
@@ -59,7 +60,7 @@ def utilisation(events: pd.DataFrame, window: float) -> dict:
     return {
         "gpu_busy_frac": float(np.mean(busy)) if busy else 0.0,
         "overlap_frac": float(np.mean(overlap)) if overlap else 0.0,
-        "stream_occupancy": {str(k): float(np.mean(v)) for k, v in sorted(streams.items())},
+        "stream_occupancy": {str(k): float(np.sum(v)) / len(busy) for k, v in sorted(streams.items())},
     }
 
 

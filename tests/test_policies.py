@@ -259,3 +259,14 @@ def test_folding_ranks_is_exact_for_tensor_parallel_policies(generative):
     pd.testing.assert_frame_equal(rep.events, folded.events)
     with pytest.raises(LigerSimError, match="fold-ranks"):
         simulate(parse_scenario(tiny("inter_op")), jobs, fold_ranks=True)
+
+
+def test_stream_occupancy_averages_over_every_rank():
+    """A pipeline's first stage receives nothing: its inbox counts 0 in the mean over ranks."""
+    from sim.metrics import utilisation
+
+    ev = pd.DataFrame({"rank": [0, 0, 1, 1], "stream": [0, 0, 0, 1], "cls": "compute",
+                       "start_s": [0.0, 0.5, 0.0, 0.2], "end_s": [0.25, 0.75, 1.0, 0.6]})
+    u = utilisation(ev, 1.0)
+    assert u["stream_occupancy"] == {"0": pytest.approx((0.5 + 1.0) / 2), "1": pytest.approx(0.4 / 2)}
+    assert u["gpu_busy_frac"] == pytest.approx((0.5 + 1.0) / 2)
