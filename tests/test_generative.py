@@ -292,3 +292,17 @@ def test_interleaved_sets_aside_activations_for_each_group_in_flight():
                                         abs=scn.serving.kv_block_tokens + 1)
     _, _, _, ctx = prepare(scn, load_jobs(scn, None))
     assert ctx.scheduler.total_blocks * ctx.scheduler.block == three
+
+
+def test_first_stage_followers_start_an_iteration_with_their_leader():
+    """The first stage's other TP ranks wait for the same tokens the leader batches on, then look
+    for its decision: they start each iteration within the first poll of it (they polled with
+    backoff through the wait before, up to 200 us late, which delayed the all-reduce)."""
+    from sim.policies.generative import POLL_S
+
+    d = gen("hybrid", jobs=40, rate=200.0)
+    d["hardware"]["host"] = ZERO_HOST
+    r, _, _ = run(d)
+    first = r.events.groupby(["request_id", "rank"])["start_s"].min().unstack()
+    lag = first[1] - first[0]
+    assert lag.max() <= POLL_S + 1e-9 and lag.min() >= 0.0

@@ -13,7 +13,9 @@ launched as the policy launches jobs.
   stages follow the first stage's batching decisions (in a real system it sends them, as
   vLLM's driver does); their hosts poll for the next decision, backing off from `POLL_S` to
   `POLL_MAX_S` (they learn of a decision at most that late, well before the activations
-  it concerns arrive from the previous stage).
+  it concerns arrive from the previous stage). The first stage's other TP ranks first wait,
+  as the leader does, for the sampled tokens the decision needs, so they poll only from then
+  on and join the iteration's first all-reduce about `POLL_S` after the leader.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sim.policies.pipeline import stages
 from sim.runtime import PolicyGen, Runtime
 from sim.serving import BatchScheduler, Iteration, iteration_kernels
 
-POLL_S, POLL_MAX_S = 20e-6, 200e-6  # a follower host looks for the next decision with backoff
+POLL_S, POLL_MAX_S = 5e-6, 200e-6  # a follower host looks for the next decision with backoff
 
 
 def iteration_layered(ctx: PolicyContext, tp: int, it: Iteration, layers: range | None = None,
@@ -172,12 +174,16 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
         while True:
             if local == 0:
                 yield from decide(rt, state)
+            elif state["g"] in state["busy"]:  # the tokens the leader is waiting for: its decision follows
+                yield rt.sync(state["busy"].pop(state["g"])[1])
             item = yield from next_decision(rt, i)
             i += 1
+            if local != 0 and (isinstance(item, Iteration) or item == skip):
+                state["g"] = (state["g"] + 1) % groups  # the group the leader decides next, as `decide` counts
             if item is None:
                 return
             if isinstance(item, float):
-                if item != skip and local == 0:
+                if item != skip:  # an arrival to wait for: the followers too, then look for its batch
                     yield rt.sleep_until(item)
                 continue
             launch_layered(rt, iteration_layered(ctx, tp, item, stage.layers, first=True, last=pp == 1),
@@ -206,6 +212,8 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
             if item is None:
                 return
             if isinstance(item, float):
+                if item != skip:  # an arrival: look for its batch from then on
+                    yield rt.sleep_until(item)
                 continue
             nbytes = item.tokens * hidden * dtype
             rt.launch(Kernel(collective("recv", "recv_activations", nbytes), rt.rank, item.index,
