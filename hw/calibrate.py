@@ -67,7 +67,7 @@ from sim.profile import (
 from sim.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[1]
-SAVE_EVERY_S = 5.0
+SAVE_EVERY_S = 20.0  # saving a profile of the H100's size takes about a second (`sim.profile.save_profile`)
 HIGH, LOW = -1, 0  # stream priorities as the interleaved policy uses them (CUDA: lower is higher)
 
 # Built-in tiny scenarios for CPU calibration (machinery checks, CI): one encoder, one decoder.
@@ -250,6 +250,7 @@ class Timer:
         self.cuda = settings.device == "cuda"
         self.cupti = self.cuda and settings.timer == "cupti"
         self.last_gaps: list[float] = []  # CUPTI: gaps between the last measurement's repetitions
+        self.last_enqueue_s = 0.0  # host time the last gated measurement took to enqueue its calls
         self.l2_bytes = (getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0) if self.cuda else 0
         self._flush = None
         self._cold = settings.flush_l2
@@ -291,12 +292,21 @@ class Timer:
         until the host could enqueue them all inside it."""
         if self.cupti:  # the profiler slows the host's dispatch; each retry costs a profiler session
             gate_s *= 2
+        before = None
         for _ in range(4):
             self.torch.cuda.synchronize()
             held, out = (self._cupti_or_events(fn, reps, gate_s, evict) if self.cupti
                          else self._event_reps(fn, reps, gate_s, evict))
             if held:
                 break
+            # enqueueing lasted the gate and grew with it: the host waited on the GPU (its launch
+            # queue holds about a thousand launches, or an op synchronised), which a longer gate only
+            # prolongs; a slow host takes as long whatever the gate, and a longer one does hold it
+            if before is not None and self.last_enqueue_s >= max(0.9 * gate_s, 2 * before):
+                print(f"ligersim: enqueueing {what} waited on the GPU (a full launch queue or a synchronising "
+                      "op); these timings include host dispatch", file=sys.stderr)
+                break
+            before = self.last_enqueue_s
             gate_s *= 4
         else:
             print(f"ligersim: the host could not enqueue {what} inside a {gate_s:.4f} s gate; "
@@ -346,6 +356,7 @@ class Timer:
                     evict: bool = True) -> tuple[bool, list[float]]:
         torch = self.torch
         opened = self._gate(gate_s)
+        t0 = time.perf_counter()
         pairs = []
         for _ in range(reps):
             if evict:
@@ -355,6 +366,7 @@ class Timer:
             fn()
             b.record()
             pairs.append((a, b))
+        self.last_enqueue_s = time.perf_counter() - t0
         held = not opened.query()  # still sleeping once everything was enqueued
         torch.cuda.synchronize()
         return held, [a.elapsed_time(b) / 1e3 for a, b in pairs]
@@ -382,11 +394,13 @@ class Timer:
         torch = self.torch
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             opened = self._gate(gate_s)
+            t0 = time.perf_counter()
             for i in range(reps):
                 if evict:
                     self._evict()
                 with record_function(f"{TAG}{i}"):
                     fn()
+            self.last_enqueue_s = time.perf_counter() - t0
             held = not opened.query()
             torch.cuda.synchronize()
         with tempfile.TemporaryDirectory() as d:

@@ -9,8 +9,9 @@
 #   calibrate             `ligersim calibrate` of the validation suite's shapes into
 #                         profiles/$PROFILE.yaml (resumes a partial profile found there), copied to
 #                         $OUT/profiles/ even when the call's time limit interrupts it
-#   validate [SCN ...|all]  `ligersim validate --timing $TIMING` (use TIMING=both) of each scenario (default: scenarios/validation/*.yaml
-#                         that have no results/validation/NAME/summary.json yet; `all`: every one) -> $OUT/validation/NAME,
+#   validate [SCN ...|all|rest]  `ligersim validate --timing $TIMING` (use TIMING=both) of each scenario (default: scenarios/validation/*.yaml
+#                         that have no results/validation/NAME/summary.json yet; `all`: every one; `rest`: those without
+#                         $OUT/validation/NAME/summary.json, after a cut-off `all` on a machine still warm) -> $OUT/validation/NAME,
 #                         starting none after STAGE_BUDGET_S (540) seconds; a folder without
 #                         summary.json was cut off: run it again
 #   hwhost                host microseconds per kernel of `hw run`, and a cProfile of where they go
@@ -73,6 +74,11 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
     scns=("$@")
     if [ "${scns[*]:-}" = all ]; then
       scns=(scenarios/validation/*.yaml)
+    elif [ "${scns[*]:-}" = rest ]; then  # a cut-off `all` on a machine still warm: those not finished here
+      scns=()
+      for s in scenarios/validation/*.yaml; do
+        [ -f "$OUT/validation/$(basename "$s" .yaml)/summary.json" ] || scns+=("$s")
+      done
     elif [ ${#scns[@]} -eq 0 ]; then
       for s in scenarios/validation/*.yaml; do
         n=$(basename "$s" .yaml)

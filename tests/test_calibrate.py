@@ -458,3 +458,36 @@ def test_in_context_calibration_times_each_kernel_inside_the_jobs_sequence(tmp_p
     calibrate(alone, device="cpu", quick=True, progress=False)
     with pytest.raises(LigerSimError, match=r"timed alone \(settings.in_context\).*drop --in-context"):
         calibrate(alone, device="cpu", quick=True, progress=False, in_context=True)
+
+
+def test_a_gate_the_host_waits_out_is_not_lengthened_again_and_again(capsys):
+    """Gated timing retries with a 4x longer gate when the host could not enqueue its calls inside
+    it. When enqueueing itself lasted the gate (the host waited on the GPU: a full launch queue),
+    a longer gate only waits longer: it stops after two tries whose enqueueing grew with the gate, instead of four (85x the gate)."""
+    import types
+
+    torch = pytest.importorskip("torch")
+    from hw.calibrate import Settings, Timer
+
+    t = Timer(torch, Settings(device="cpu"))
+    t.cuda, t.cupti = True, False
+    t.torch = types.SimpleNamespace(cuda=types.SimpleNamespace(synchronize=lambda: None))
+    gates: list[float] = []
+
+    def waits_out(fn, reps, gate_s, evict):  # the host blocks until the gate opens
+        gates.append(gate_s)
+        t.last_enqueue_s = gate_s * 1.01
+        return False, [1.0] * reps
+
+    t._event_reps = waits_out
+    assert t._gated(lambda: None, 3, 1e-3, False, "a test") == [1.0] * 3
+    assert gates == [1e-3, 4e-3] and "waited on the GPU (a full" in capsys.readouterr().err
+    gates.clear()
+
+    def slow_host(fn, reps, gate_s, evict):  # the host needs 5 ms whatever the gate: a longer one holds
+        gates.append(gate_s)
+        t.last_enqueue_s = 5e-3
+        return gate_s > 5e-3, [2.0] * reps
+
+    t._event_reps = slow_host
+    assert t._gated(lambda: None, 2, 1e-3, False, "a test") == [2.0] * 2 and gates == [1e-3, 4e-3, 16e-3]
