@@ -309,7 +309,7 @@ class Timer:
             before = self.last_enqueue_s
             gate_s *= 4
         else:
-            print(f"ligersim: the host could not enqueue {what} inside a {gate_s:.4f} s gate; "
+            print(f"ligersim: the host could not enqueue {what} inside a {gate_s / 4:.4f} s gate; "
                   "these timings include host dispatch", file=sys.stderr)
         return out
 

@@ -66,9 +66,11 @@ torch.cuda.get_device_name(0))" | tee "$OUT/versions.txt"
   calibrate)
     mkdir -p "$OUT/profiles"
     trap 'cp -f "$prof" "$OUT/profiles/" 2>/dev/null' EXIT
-    # SIGTERM well inside a 10-minute call, so the EXIT trap still copies the (partial) profile out;
+    # stopped well inside a 10-minute call, so the EXIT trap still copies the (partial) profile out;
     # the next call resumes it
-    timeout "${CALIBRATE_TIMEOUT_S:-540}" $L calibrate -o "$prof" --device "$DEVICE" "$@"
+    # SIGINT: calibration saves what it measured on Ctrl-C (KeyboardInterrupt); a SIGTERM would lose
+    # everything since its last periodic save
+    timeout -s INT "${CALIBRATE_TIMEOUT_S:-540}" $L calibrate -o "$prof" --device "$DEVICE" "$@"
     ;;
   validate)
     scns=("$@")

@@ -657,8 +657,9 @@ def profile_cost(path: str | Path, roofline, scn):
 
 
 def _gpu_family(name: str) -> str | None:
-    """The GPU model in a device or preset name ("NVIDIA H100 80GB HBM3" and "H100-SXM": H100)."""
-    m = re.search(r"\b([A-Z]\d{2,3})[A-Z]?\b|\b([A-Z]\d{2,3})(?=[-_ ])", name.upper())
+    """The GPU model in a device or preset name ("NVIDIA H100 80GB HBM3" and "H100-SXM": H100; GH200,
+    MI300X, RTX A6000 too), or None."""
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4})[A-Z]?\b|\b([A-Z]{1,2}\d{2,4})(?=[-_ ])", name.upper())
     return (m.group(1) or m.group(2)) if m else None
 
 

@@ -143,7 +143,9 @@ def run_meta(scn: Scenario, jobs: list[Job]) -> dict:
 def jobs_from_meta(meta: dict) -> list[Job] | None:
     if "job_list" not in meta:
         return None
-    return [Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in meta["job_list"]]
+    jobs = FittedJobs(Job(int(r), float(a), int(b), int(s), int(p), int(o)) for r, a, b, s, p, o in meta["job_list"])
+    jobs.rejected = int(meta.get("rejected_requests", 0))  # a prediction of the run counts them as it did
+    return jobs
 
 
 def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>"):

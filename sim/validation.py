@@ -39,7 +39,7 @@ from sim.outputs import _clean, run_tables, write_run
 MODES = ("closed_loop", "replay")
 NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
 RUN_META = "run_meta.json"
-GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list")
+GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list", "rejected_requests")
 
 
 def _run_meta(meta: dict) -> dict:

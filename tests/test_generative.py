@@ -188,6 +188,9 @@ def test_requests_longer_than_the_models_context_run_with_a_warning_or_as_a_serv
     tokens = dict(zip(req["request_id"], req["tokens"]))
     assert all(tokens[j.request_id] == 330 - j.prompt_tokens for j in cut)
     assert summary["rejected"] == len(rejected) and summary["jobs"] == 30 - len(rejected)
+    from sim.simulate import jobs_from_meta  # a prediction of the recorded run (validate) counts them too
+
+    assert jobs_from_meta(r.result.meta).rejected == len(rejected)
     # the rejected requests miss the SLOs: a client turned away is not served within them
     d["serving"]["slo_ttft_s"] = 100.0
     scn = parse_scenario(d)
@@ -306,3 +309,23 @@ def test_first_stage_followers_start_an_iteration_with_their_leader():
     first = r.events.groupby(["request_id", "rank"])["start_s"].min().unstack()
     lag = first[1] - first[0]
     assert lag.max() <= POLL_S + 1e-9 and lag.min() >= 0.0
+    # each follower sync is on the tokens of the group its next iteration batches, as the leader's:
+    # the follower mirrors the leader's group counter
+    for groups, rate in ((2, 200.0), (3, 20.0)):
+        d = gen("hybrid", jobs=40, rate=rate, groups=groups)
+        r, _, _ = run(d)
+        group = {it: g for it, g, *_ in r.result.meta["iterations"]}
+        ops = [o for o in r.result.schedule.ops if o.rank == 1]
+        recorded_after, last, checked = {}, None, 0
+        for i, o in enumerate(ops):
+            if o.op == "launch" and o.kernel.request_id >= 0:
+                last = o.kernel.request_id
+            elif o.op == "record" and last is not None:
+                recorded_after[o.event] = last
+            elif o.op == "sync":  # unless a decision to skip that group came first: the next sync follows
+                nxt = next((x for x in ops[i + 1:] if x.op == "sync" or (x.op == "launch" and x.kernel.request_id >= 0)),
+                           None)  # None: the run's last sync
+                if nxt is not None and nxt.op == "launch":
+                    assert group[recorded_after[o.event]] == group[nxt.kernel.request_id]
+                    checked += 1
+        assert checked > 20
