@@ -49,6 +49,9 @@ def validate(scenario: str | Path, profile: str | Path, out: str | Path, device:
             kernels = out / "measured_cupti"
     elif not Path(measured).is_dir():
         raise LigerSimError("recorded run folder not found", file=str(measured), field="--measured")
+    elif jobs is not None:  # the recording's jobs are what it ran
+        raise LigerSimError("--jobs selects the jobs a new measurement runs; a recorded run (--measured) is predicted "
+                            "with the jobs it ran", field="--jobs")
     if kernels is not None and not Path(kernels).is_dir():
         raise LigerSimError("recorded run folder not found", file=str(kernels), field="--kernels-from")
     return predict(measured, scenario, profile, out, progress=progress, kernels=kernels, host_costs=host_costs)

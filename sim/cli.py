@@ -107,7 +107,7 @@ def _trace_gen(args: argparse.Namespace) -> None:
     from sim.workload import with_rate, write_trace
 
     scn, base = load_scenario(args.scenario)
-    wl = with_rate(scn.workload, args.rate) if args.rate else scn.workload
+    wl = with_rate(scn.workload, args.rate) if args.rate is not None else scn.workload
     jobs = load_jobs(scn.model_copy(update={"workload": wl}), base, args.jobs, fit=False)
     path = write_trace(jobs, args.output)
     print(f"wrote {len(jobs)} jobs to {path}")
@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
             args.func(args)
         except LigerSimError as e:
             print(f"ligersim: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # an output folder that is a file, a path that is a folder, a full disk...
+            if not e.filename:
+                raise
+            print(f"ligersim: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("ligersim: interrupted", file=sys.stderr)

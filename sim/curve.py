@@ -38,6 +38,9 @@ CURVE_COLUMNS = ["policy", "offered_rate", "arrival_rate", "achieved_rate", "jct
 SLO_ATTAINMENT = 0.9
 
 
+MAX_RATES = 10_000  # points of one line: a typo like 1:1e9:1 would otherwise build a list for minutes
+
+
 def parse_rates(text: str) -> list[float]:
     """`1,2,5` or `START:STOP:STEP` (inclusive), or a mix: `1,2,5:50:5`."""
     rates: list[float] = []
@@ -45,9 +48,12 @@ def parse_rates(text: str) -> list[float]:
         for part in text.split(","):
             if ":" in part:
                 start, stop, step = (float(x) for x in part.split(":"))
-                if step <= 0:
+                if not (step > 0 and math.isfinite(start) and math.isfinite(stop) and math.isfinite(step)):
                     raise ValueError
                 n = int(math.floor((stop - start) / step + 1e-9)) + 1
+                if n > MAX_RATES:
+                    raise LigerSimError(f"{part!r} is {n:,} rates; a sweep takes at most {MAX_RATES:,}",
+                                        field="--rates")
                 rates.extend(start + i * step for i in range(n))
             elif part.strip():
                 rates.append(float(part))
@@ -110,6 +116,9 @@ def parse_vary(items: list[str] | None) -> list[tuple[str, list]]:
                                 "sets the jobs of every point (give another scenario file to change it)", field="--vary")
         if any(k == key for k, _ in out):
             raise LigerSimError(f"{key} is given twice", field="--vary")
+        if key in ("policy.name", "policy.tp", "policy.pp"):  # each line is named by its policy
+            raise LigerSimError(f"{item!r}: choose policies and hybrid degrees with --policies (e.g. "
+                                "intra_op,hybrid:2x2)", field="--vary")
         out.append((key, [yaml.safe_load(v) for v in vals]))
     return out
 

@@ -65,7 +65,7 @@ def save(schedule: Schedule, path: str | Path) -> None:
     spec_ids: dict[int, int] = {}
     with open(path, "w") as f:
         f.write(json.dumps({"format": IR_FORMAT, "version": IR_VERSION, "world": schedule.world,
-                            "meta": schedule.meta}) + "\n")
+                            "ops": len(schedule.ops), "meta": schedule.meta}) + "\n")
         write = f.write
         for op in schedule.ops:
             if op.op == "launch":
@@ -152,8 +152,11 @@ def load(path: str | Path) -> Schedule:
             with gzip.open(gz, "rt") as f:
                 lines = f.read().splitlines()
             path = gz
-    except OSError as e:
-        raise LigerSimError(f"cannot read the IR file ({e.strerror})", file=str(path)) from None
+    except OSError as e:  # gzip's "not a gzipped file" has no strerror
+        raise LigerSimError(f"cannot read the IR file ({e.strerror or e})", file=str(path)) from None
+    except (UnicodeDecodeError, EOFError) as e:
+        what = "cut off" if isinstance(e, EOFError) else f"not UTF-8 text (byte {e.start})"
+        raise LigerSimError(f"the IR file is {what}", file=str(path)) from None
     if not lines:
         raise LigerSimError("the IR file is empty", file=str(path))
     try:
@@ -197,4 +200,13 @@ def load(path: str | Path) -> Schedule:
             raise LigerSimError(f"line {lineno} is not a valid IR operation ({e})", file=str(path)) from None
         ops.append(op)
     world = int(header.get("world", 1 + max((o.rank for o in ops), default=0)))
+    if not ops:
+        raise LigerSimError("the IR file holds no operations", file=str(path))
+    if "ops" in header and header["ops"] != len(ops):  # written since the header counts them
+        raise LigerSimError(f"the IR file is cut off: {len(ops):,} of its {header['ops']:,} operations",
+                            file=str(path))
+    bad = next((o for o in ops if not 0 <= o.rank < world), None)
+    if bad is not None:
+        raise LigerSimError(f"an operation of rank {bad.rank} in a schedule of {world} ranks", file=str(path),
+                            field="r")
     return Schedule(world, ops, dict(header.get("meta", {})))

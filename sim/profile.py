@@ -301,8 +301,9 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
             if not isinstance(e, dict) or not isinstance(e.get("dims"), dict):
                 raise LigerSimError("each measurement needs `dims` (a mapping)", file=file, field=where)
             med = float(_need(e, "median_s", file, where))
-            if not med > 0:
-                raise LigerSimError(f"median_s must be > 0, got {med}", file=file, field=f"{where}.median_s")
+            if not (med > 0 and math.isfinite(med)):
+                raise LigerSimError(f"median_s must be a finite number > 0, got {med}", file=file,
+                                    field=f"{where}.median_s")
             out.append(Measurement({k: int(v) for k, v in e["dims"].items()}, med, float(e.get("p10_s", med)),
                                    float(e.get("p90_s", med)), int(e.get("reps", 1)), str(e.get("name", "")),
                                    float(e.get("flops", 0.0)), float(e.get("bytes", 0.0))))

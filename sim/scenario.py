@@ -193,7 +193,7 @@ class PolicySpec(_Model):
 
 class Scenario(_Model):
     name: str = Field("scenario", description="Label used in outputs and plot titles.")
-    seed: int = Field(0, description="Seed of every random draw (same seed, same result).")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of every random draw (same seed, same result).")
     hardware: Hardware
     model: ModelSpec
     workload: WorkloadConfig
@@ -276,6 +276,8 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
         text = path.read_text()
     except OSError as e:
         raise LigerSimError(f"cannot read scenario ({e.strerror})", file=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise LigerSimError(f"not UTF-8 text (byte {e.start}); a scenario is a YAML file", file=str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -90,10 +90,15 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
     against max_model_len: a prompt with no room for one output token is rejected, generation stops
     at the context, and an encoder-setting job longer than it is rejected. The Azure conversation
     trace has 1,612 of its 19,366 requests over LLaMA-2's 4,096 tokens (prompts up to 14,050)."""
+    generative = scn.serving.mode == "generative"
+    decoding = 0 if generative else sum(1 for j in jobs if j.output_tokens > 0)
+    if decoding:
+        warnings.warn(f"{decoding} of {len(jobs)} requests ask for output tokens, but serving.mode is encoder: each "
+                      "runs one forward pass of batch x seq_len; serving.mode: generative decodes them",
+                      ScenarioWarning, stacklevel=3)
     ctx = scn.model.context
     if not ctx:
         return jobs
-    generative = scn.serving.mode == "generative"
 
     def length(j: Job) -> int:
         return j.prompt + j.output_tokens if generative else j.seq_len

@@ -94,6 +94,7 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     scn, _ = load_scenario(scenario)
     scn.hardware.profile = str(Path(profile).resolve())
     schedule = ir.load(measured / "ir.jsonl")
+    _same_setup(schedule, scn, measured, str(scenario))
     jobs = jobs_from_meta(schedule.meta) or _jobs_from_requests(measured)
     emulated = hw.get("mode") == "emulate"
     token = EMULATED.set(emulated)
@@ -138,6 +139,21 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
             **({"kernels_dir": str(kernels)} if kernels is not None else {})}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return build_report(out, measured)
+
+
+def _same_setup(schedule: ir.Schedule, scn, measured: Path, file: str) -> None:
+    """The scenario must be the one the run was recorded under: a prediction of another policy, GPU
+    count or model would be scored against the measurement as if the difference were model error."""
+    rec = schedule.meta.get("scenario")
+    if not isinstance(rec, dict):
+        return  # an IR without its scenario (older recordings): nothing to check against
+    got = {"policy.name": scn.policy.name, "hardware.count": scn.hardware.count, "model": scn.model.name}
+    was = {"policy.name": (rec.get("policy") or {}).get("name"), "hardware.count": (rec.get("hardware") or {}).get("count"),
+           "model": (rec.get("model") or {}).get("name")}
+    for key, value in got.items():
+        if was[key] is not None and was[key] != value:
+            raise LigerSimError(f"{key} is {value!r} but the recorded run in {measured} had {was[key]!r}; validate a "
+                                "recording with the scenario it was recorded under", file=file, field=key)
 
 
 def host_speed_ratio(own: dict, given: dict) -> float | None:

@@ -139,7 +139,7 @@ class GenerateWorkload(_Model):
     arrival: Arrival = Field(
         description="Arrival process (poisson | gamma | constant | onoff) and its rate, jobs/s."
     )
-    jobs: int = Field(100, gt=0, description="Number of jobs to generate.")
+    jobs: int = Field(100, gt=0, le=100_000_000, description="Number of jobs to generate.")
     batch: Shape = Field(
         1, description="Sequences per job (encoder-style jobs): int, {dist: uniform} or {dist: empirical}."
     )
@@ -190,7 +190,8 @@ class TraceWorkload(_Model):
         "ligersim: the layout write_trace produces; columns: names given in `columns`.",
     )
     columns: TraceColumns | None = Field(None, description="Column mapping, only with format: columns.")
-    time_unit: Literal["s", "ms", "us"] = Field("s", description="Unit of the arrival column: s, ms or us.")
+    time_unit: Literal["s", "ms", "us"] = Field("s", description="Unit of the arrival column: s, ms or us (a "
+                                                "column of timestamps is read as seconds since its first).")
     rate: float | None = Field(
         None,
         gt=0,
@@ -369,7 +370,14 @@ def _load_trace(cfg: TraceWorkload, base_dir: Path | None) -> list[Job]:
             else None
         )
 
-    t = col("arrival_s", integer=False) * _TIME_UNITS[cfg.time_unit]
+    stamps = df[present["arrival_s"]]
+    if pd.api.types.is_datetime64_any_dtype(stamps):  # timestamps (parquet): seconds since the first
+        if stamps.isna().any():
+            raise LigerSimError(f"row {int(np.flatnonzero(stamps.isna().to_numpy())[0]) + 1}: missing timestamp",
+                                file=str(path), field=present["arrival_s"])
+        t = (stamps - stamps.min()).dt.total_seconds().to_numpy(dtype=np.float64)
+    else:
+        t = col("arrival_s", integer=False) * _TIME_UNITS[cfg.time_unit]
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         i = int(back[0]) + 1

@@ -178,3 +178,67 @@ def test_the_best_line_names_ties_and_the_next():
     assert best_line(t) == "highest JPC: b (100) and c (99.5) jobs/s (within 1%: a tie at these rates); next a (50)"
     assert best_line(t.iloc[:1]) == "highest JPC: a (50) jobs/s"
     assert best_line(t.iloc[3:]) == "highest JPC: none (no line sustains any swept rate)"
+
+
+def test_bad_input_found_by_an_audit_is_one_line(scenario_file, tmp_path, capsys):
+    """Inputs an audit found giving tracebacks or silently wrong results: each is now a one-line
+    error (exit 2) naming what is wrong, or, where the input is valid, read as meant."""
+    import gzip
+
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ligersim: error: ")
+        return err[0]
+
+    run = ["run", str(scenario_file), "--no-trace", "--no-plot"]
+    (tmp_path / "afile").write_text("")
+    assert "afile: File exists" in error(run + ["-o", str(tmp_path / "afile")])
+    assert "give rates" in error(["curve", str(scenario_file), "--rates", "1:inf:1", "-o", str(tmp_path / "c")])
+    assert "at most 10,000" in error(["curve", str(scenario_file), "--rates", "1:1e9:1e-9", "-o", str(tmp_path / "c")])
+    assert "--policies" in error(["curve", str(scenario_file), "--rates", "10", "--vary", "policy.name=intra_op",
+                                  "-o", str(tmp_path / "c")])
+    assert "workload.rate" in error(["trace", "gen", str(scenario_file), "--rate", "0", "-o", str(tmp_path / "t.csv")])
+    d = yaml.safe_load(scenario_file.read_text())
+    bad = tmp_path / "bad.yaml"
+    for field, value, says in (("seed", -1, "seed"), ("workload", {**d["workload"], "jobs": 10**12}, "workload.jobs")):
+        bad.write_text(yaml.safe_dump({**d, field: value}))
+        assert says in error(["run", str(bad), "-o", str(tmp_path / "o")])
+    bad.write_bytes(b"name: \xff\xfe\n")
+    assert "not UTF-8" in error(["run", str(bad), "-o", str(tmp_path / "o")])
+    # IR files: cut off, holding nothing, a rank outside the schedule, gzip that is not
+    out = tmp_path / "out"
+    assert main(run + ["-o", str(out)]) == 0
+    capsys.readouterr()
+    lines = (out / "ir.jsonl").read_text().splitlines(keepends=True)
+    for name, text, says in (("cut.jsonl", "".join(lines[:len(lines) // 2]), "cut off"),
+                             ("head.jsonl", lines[0], "no operations"),
+                             ("rank.jsonl", "".join(lines).replace('{"r": 0,', '{"r": 9,', 1), "rank 9")):
+        (tmp_path / name).write_text(text)
+        assert says in error(["replay", str(tmp_path / name), "-o", str(tmp_path / "r"), "--no-trace"])
+    (tmp_path / "not.jsonl.gz").write_text("plain")
+    assert "cannot read the IR file" in error(["replay", str(tmp_path / "not.jsonl.gz"), "-o", str(tmp_path / "r")])
+    with gzip.open(tmp_path / "short.jsonl.gz", "wt") as f:
+        f.write("".join(lines))
+    (tmp_path / "cut.jsonl.gz").write_bytes((tmp_path / "short.jsonl.gz").read_bytes()[:200])
+    assert "cut off" in error(["replay", str(tmp_path / "cut.jsonl.gz"), "-o", str(tmp_path / "r")])
+
+
+def test_timestamps_and_output_tokens_are_read_as_meant(tmp_path):
+    import warnings
+
+    from sim.errors import ScenarioWarning
+    from sim.scenario import parse_scenario
+    from sim.simulate import load_jobs
+    from sim.workload import TraceWorkload, build_jobs
+
+    stamps = pd.to_datetime(["2023-11-16 18:15:46.000", "2023-11-16 18:15:46.010", "2023-11-16 18:15:46.040"])
+    pd.DataFrame({"at": stamps, "prompt_tokens": [10, 20, 30]}).to_parquet(tmp_path / "t.parquet")
+    cfg = TraceWorkload(kind="trace", path=str(tmp_path / "t.parquet"), format="columns", columns={"arrival_s": "at"})
+    assert [j.arrival_s for j in build_jobs(cfg, 0)] == pytest.approx([0.0, 0.01, 0.04])  # not nanoseconds
+    d = tiny("intra_op")
+    d["workload"]["output_tokens"] = 5  # decode steps asked for, in the encoder setting: said, not dropped quietly
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_jobs(parse_scenario(d), None)
+    assert any(issubclass(w.category, ScenarioWarning) and "serving.mode is encoder" in str(w.message) for w in caught)

@@ -69,7 +69,10 @@ def test_clear_errors(tmp_path):
     with pytest.raises(LigerSimError, match="not a ligersim profile"):
         profile_from_dict({"format": "other"}, "p.yaml")
     bad = {**d, "kernels": {"gemm": [{"dims": {"m": 1, "n": 1, "k": 1}, "median_s": -1}]}}
-    with pytest.raises(LigerSimError, match=r"kernels.gemm\[0\].median_s: median_s must be > 0"):
+    with pytest.raises(LigerSimError, match=r"kernels.gemm\[0\].median_s: median_s must be a finite number > 0"):
+        profile_from_dict(bad, "p.yaml")
+    bad = {**d, "kernels": {"gemm": [{"dims": {"m": 1, "n": 1, "k": 1}, "median_s": float("inf")}]}}
+    with pytest.raises(LigerSimError, match=r"median_s must be a finite number > 0, got inf"):
         profile_from_dict(bad, "p.yaml")
     bad = {**d, "contention": {"table": [{"victim": "gpu", "other": "memory", "slowdown": 2}]}}
     with pytest.raises(LigerSimError, match=r"contention.table\[0\]"):

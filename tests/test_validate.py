@@ -112,6 +112,14 @@ def test_validate_cli_with_a_recorded_run_and_its_errors(tmp_path, capsys):
     assert "profile version 2 is not supported" in capsys.readouterr().err
     assert main([*args, "--measured", str(tmp_path / "nowhere")]) == 2
     assert "recorded run folder not found" in capsys.readouterr().err
+    assert main([*args, "--measured", str(FIX / "measured"), "--jobs", "2"]) == 2  # it ran the jobs it ran
+    assert "--jobs" in capsys.readouterr().err
+    other = yaml.safe_load((FIX / "scenario.yaml").read_text())  # not the scenario it was recorded under
+    other["policy"] = {"name": "intra_op"}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main(["validate", str(tmp_path / "other.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o", str(out),
+                 "--measured", str(FIX / "measured")]) == 2
+    assert "policy.name: policy.name is 'intra_op' but the recorded run" in capsys.readouterr().err
     with pytest.raises(LigerSimError, match="no validation.csv"):
         from sim.cli import build_parser
 
