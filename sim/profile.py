@@ -45,7 +45,7 @@ import yaml
 from sim.contention import FIRSTS
 from sim.errors import LigerSimError
 from sim.ir import BLOCKING
-from sim.kernels import KERNEL_CLASSES, KernelSpec
+from sim.kernels import KERNEL_CLASSES, KIND_CLASS, KernelSpec
 
 PROFILE_FORMAT = "ligersim-profile"
 PROFILE_VERSION = 1
@@ -293,6 +293,9 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
     if not isinstance(raw, dict):
         raise LigerSimError("must map kernel kinds to lists of measurements", file=file, field="kernels")
     for kind, entries in raw.items():
+        if kind not in KIND_CLASS:
+            raise LigerSimError(f"unknown kernel kind; expected one of {', '.join(sorted(KIND_CLASS))}", file=file,
+                                field=f"kernels.{kind}")
         if not isinstance(entries, list):
             raise LigerSimError("must be a list of measurements", file=file, field=f"kernels.{kind}")
         out = []
@@ -304,6 +307,10 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
             if not (med > 0 and math.isfinite(med)):
                 raise LigerSimError(f"median_s must be a finite number > 0, got {med}", file=file,
                                     field=f"{where}.median_s")
+            bad = [k for k, v in e["dims"].items() if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
+            if bad:
+                raise LigerSimError(f"must be whole numbers >= 0, got {e['dims'][bad[0]]!r}", file=file,
+                                    field=f"{where}.dims.{bad[0]}")
             out.append(Measurement({k: int(v) for k, v in e["dims"].items()}, med, float(e.get("p10_s", med)),
                                    float(e.get("p90_s", med)), int(e.get("reps", 1)), str(e.get("name", "")),
                                    float(e.get("flops", 0.0)), float(e.get("bytes", 0.0))))
@@ -326,6 +333,9 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if p.get("first", "any") not in FIRSTS:
             raise LigerSimError(f"first must be one of {', '.join(FIRSTS)}", file=file, field=f"{where}.first")
     host = d.get("host") or {}
+    for key, what in (("host", host), ("links", d.get("links") or {}), ("settings", d.get("settings") or {})):
+        if not isinstance(what, dict):
+            raise LigerSimError("must be a mapping", file=file, field=key)
     for key in ("launch_s", "sync_wakeup_s", "sync_call_s", "kernel_gap_s", "event_pair_gpu_s"):
         if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
             raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")

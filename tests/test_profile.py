@@ -74,6 +74,12 @@ def test_clear_errors(tmp_path):
     bad = {**d, "kernels": {"gemm": [{"dims": {"m": 1, "n": 1, "k": 1}, "median_s": float("inf")}]}}
     with pytest.raises(LigerSimError, match=r"median_s must be a finite number > 0, got inf"):
         profile_from_dict(bad, "p.yaml")
+    for bad, says in (({"kernels": {"frobnicate": []}}, r"kernels.frobnicate: unknown kernel kind"),
+                      ({"kernels": {"gemm": [{"dims": {"m": "x"}, "median_s": 1e-5}]}}, r"gemm\[0\].dims.m: must be whole"),
+                      ({"kernels": {"gemm": [{"dims": {"m": -5}, "median_s": 1e-5}]}}, r"got -5"),
+                      ({"host": "x"}, r"host: must be a mapping"), ({"links": [1]}, r"links: must be a mapping")):
+        with pytest.raises(LigerSimError, match=says):
+            profile_from_dict({**d, **bad}, "p.yaml")
     bad = {**d, "contention": {"table": [{"victim": "gpu", "other": "memory", "slowdown": 2}]}}
     with pytest.raises(LigerSimError, match=r"contention.table\[0\]"):
         profile_from_dict(bad, "p.yaml")
