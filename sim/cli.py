@@ -137,9 +137,7 @@ def _plot(args: argparse.Namespace) -> None:
             raise LigerSimError("no events.parquet here; make one with `ligersim run`", file=str(d))
         ev = pd.read_parquet(d / "events.parquet")
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        ranks = [int(x) for x in args.ranks.split(",")] if args.ranks else None
-        reqs = [int(x) for x in args.requests.split(",")] if args.requests else None
-        window = tuple(float(x) / 1e3 for x in args.window.split(":")) if args.window else None
+        ranks, reqs, window = args.ranks, args.requests, args.window
         title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"
         paths = [plot_timeline(ev, d / f"timeline.{ext}", title, ranks, window, reqs) for ext in ("png", "svg")]
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -192,6 +190,28 @@ def _count(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return n
+
+
+def _ids(text: str) -> list[int]:
+    """`0,2,3`: whole numbers >= 0."""
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        ids = [-1]
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 0, got {text!r}")
+    return ids
+
+
+def _window(text: str) -> tuple[float, float]:
+    """`START:END` in milliseconds, START < END; returned in seconds."""
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        start = end = float("nan")
+    if not start < end:
+        raise argparse.ArgumentTypeError(f"expected START:END in milliseconds with START < END, got {text!r}")
+    return start / 1e3, end / 1e3
 
 
 def _trace_kernels_arg(p: argparse.ArgumentParser) -> None:
@@ -314,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot a curve or a run's timeline (PNG and SVG)")
     pl.add_argument("what", choices=["curve", "timeline", "validation"])
     pl.add_argument("dir", help="output folder of `ligersim curve`, `ligersim run` or `ligersim validate`")
-    pl.add_argument("--ranks", help="timeline: comma-separated ranks (default all)")
-    pl.add_argument("--requests", help="timeline: comma-separated request ids (default all)")
-    pl.add_argument("--window", help="timeline: START:END in milliseconds")
+    pl.add_argument("--ranks", type=_ids, help="timeline: comma-separated ranks (default all)")
+    pl.add_argument("--requests", type=_ids, help="timeline: comma-separated request ids (default all)")
+    pl.add_argument("--window", type=_window, help="timeline: START:END in milliseconds")
     pl.set_defaults(func=_plot)
 
     sc = sub.add_parser("schema", help="print the scenario reference (every field, unit, default, preset)")

@@ -222,6 +222,11 @@ def test_bad_input_found_by_an_audit_is_one_line(scenario_file, tmp_path, capsys
         f.write("".join(lines))
     (tmp_path / "cut.jsonl.gz").write_bytes((tmp_path / "short.jsonl.gz").read_bytes()[:200])
     assert "cut off" in error(["replay", str(tmp_path / "cut.jsonl.gz"), "-o", str(tmp_path / "r")])
+    for bad in (["--ranks", "a,b"], ["--requests", "-1"], ["--window", "5"], ["--window", "5:1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["plot", "timeline", str(out), *bad])
+        assert exit_.value.code == 2 and f"argument {bad[0]}: expected" in capsys.readouterr().err
+    assert main(["plot", "timeline", str(out), "--window", "0:5", "--ranks", "0"]) == 0
 
 
 def test_timestamps_and_output_tokens_are_read_as_meant(tmp_path):
