@@ -129,7 +129,9 @@ def _plot(args: argparse.Namespace) -> None:
     if args.what == "curve":
         if not (d / "curve.csv").exists():
             raise LigerSimError("no curve.csv here; make one with `ligersim curve`", file=str(d))
-        curve = pd.read_csv(d / "curve.csv")
+        from sim.curve import read_curve
+
+        curve = read_curve(d / "curve.csv")
         table = pd.read_csv(d / "jpc.csv") if (d / "jpc.csv").exists() else None
         paths = [plot_curve(curve, d / f"curve.{ext}", f"{d.name}: JCT vs throughput", table) for ext in ("png", "svg")]
     else:

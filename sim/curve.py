@@ -225,6 +225,19 @@ def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
             "warnings": list(dict.fromkeys(said))}
 
 
+def read_curve(path: Path) -> pd.DataFrame:
+    """A sweep's curve.csv, or a one-line error saying it is not one (`--resume`, `plot curve`)."""
+    try:
+        curve = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LigerSimError(f"not a curve table ({str(e).splitlines()[0]}); `ligersim curve` writes one", file=str(path)) from None
+    missing = [c for c in ("policy", "offered_rate", "achieved_rate", "jct_mean_s") if c not in curve.columns]
+    if missing:
+        raise LigerSimError(f"not a curve table: no column {', '.join(missing)}; `ligersim curve` writes one",
+                            file=str(path))
+    return curve
+
+
 def jpc(curve: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for policy, g in curve.groupby("policy", sort=False):
@@ -294,7 +307,7 @@ def sweep(scn: Scenario, scn_dict: dict, base_dir: Path | None, policies: list[s
         say(w.category, str(w.message))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "curve.csv"
-    done = pd.read_csv(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
+    done = read_curve(path) if resume and path.exists() else pd.DataFrame(columns=CURVE_COLUMNS)
     have = {(p, round(r, 9)) for p, r in zip(done["policy"], done["offered_rate"])}
     todo = [(p, r) for p in variants for r in rates if (p, round(r, 9)) not in have]
     if not resume or not path.exists():

@@ -101,7 +101,7 @@ class ContentionSpec(_Model):
 
 class Hardware(_Model):
     gpu: GpuSpec = Field(description="GPU preset name or fields.")
-    count: int = Field(ge=1, description="Number of GPUs.")
+    count: int = Field(ge=1, strict=True, description="Number of GPUs.")
     interconnect: InterconnectSpec = Field(description="Interconnect preset name or fields.")
     host: HostSpec = Field(default_factory=lambda: HostSpec.model_validate("default"),
                            description="Host launch/sync costs.")

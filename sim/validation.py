@@ -416,7 +416,15 @@ def read_table(out: Path) -> pd.DataFrame:
 
 def _hw_info(run: Path) -> dict:
     f = run / "hw.json"
-    return json.loads(f.read_text()) if f.exists() else {}
+    if not f.exists():
+        return {}
+    try:
+        info = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LigerSimError(f"not JSON ({e}); `ligersim hw run` writes it", file=str(f)) from None
+    if not isinstance(info, dict):
+        raise LigerSimError("must be a JSON object; `ligersim hw run` writes it", file=str(f))
+    return info
 
 
 def _beside(out: Path, recorded: str | None, default: str) -> Path:

@@ -227,6 +227,17 @@ def test_bad_input_found_by_an_audit_is_one_line(scenario_file, tmp_path, capsys
             main(["plot", "timeline", str(out), *bad])
         assert exit_.value.code == 2 and f"argument {bad[0]}: expected" in capsys.readouterr().err
     assert main(["plot", "timeline", str(out), "--window", "0:5", "--ranks", "0"]) == 0
+    capsys.readouterr()
+    # a garbage curve.csv under --resume and plot curve; a GPU count given as a boolean
+    (tmp_path / "c").mkdir(exist_ok=True)
+    for text in ("", "a,b\n1,2\n"):
+        (tmp_path / "c" / "curve.csv").write_text(text)
+        assert "not a curve table" in error(["curve", str(scenario_file), "--rates", "10", "--resume", "--workers", "1",
+                                             "-o", str(tmp_path / "c")])
+        assert "not a curve table" in error(["plot", "curve", str(tmp_path / "c")])
+    boolean = tmp_path / "boolean.yaml"
+    boolean.write_text(yaml.safe_dump({**d, "hardware": {**d["hardware"], "count": True}}))
+    assert "hardware.count" in error(["run", str(boolean), "-o", str(tmp_path / "o")])
 
 
 def test_timestamps_and_output_tokens_are_read_as_meant(tmp_path):

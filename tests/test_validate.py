@@ -120,6 +120,10 @@ def test_validate_cli_with_a_recorded_run_and_its_errors(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "other.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o", str(out),
                  "--measured", str(FIX / "measured")]) == 2
     assert "policy.name: policy.name is 'intra_op' but the recorded run" in capsys.readouterr().err
+    shutil.copytree(FIX / "measured", tmp_path / "m")
+    (tmp_path / "m" / "hw.json").write_text("{bad")
+    assert main([*args, "--measured", str(tmp_path / "m")]) == 2
+    assert "hw.json: not JSON" in capsys.readouterr().err
     with pytest.raises(LigerSimError, match="no validation.csv"):
         from sim.cli import build_parser
 
