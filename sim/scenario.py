@@ -269,6 +269,20 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     return scn
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one
+    silently: `seed: 0` then `seed: 5` would run seed 5 with nothing said)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     """Load and validate a scenario file; returns it and the folder relative paths resolve in."""
     path = Path(path)
@@ -279,7 +293,7 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     except UnicodeDecodeError as e:
         raise LigerSimError(f"not UTF-8 text (byte {e.start}); a scenario is a YAML file", file=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -235,6 +235,9 @@ def test_bad_input_found_by_an_audit_is_one_line(scenario_file, tmp_path, capsys
         assert "not a curve table" in error(["curve", str(scenario_file), "--rates", "10", "--resume", "--workers", "1",
                                              "-o", str(tmp_path / "c")])
         assert "not a curve table" in error(["plot", "curve", str(tmp_path / "c")])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(scenario_file.read_text() + "seed: 99\n")  # the key is in the file already
+    assert "key 'seed' is given twice" in error(["run", str(twice), "-o", str(tmp_path / "o")])
     boolean = tmp_path / "boolean.yaml"
     boolean.write_text(yaml.safe_dump({**d, "hardware": {**d["hardware"], "count": True}}))
     assert "hardware.count" in error(["run", str(boolean), "-o", str(tmp_path / "o")])
