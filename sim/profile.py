@@ -670,8 +670,8 @@ def profile_cost(path: str | Path, roofline, scn):
 def _gpu_family(name: str) -> str | None:
     """The GPU model in a device or preset name ("NVIDIA H100 80GB HBM3" and "H100-SXM": H100; GH200,
     MI300X, RTX A6000 too), or None."""
-    m = re.search(r"\b([A-Z]{1,2}\d{2,4})[A-Z]?\b|\b([A-Z]{1,2}\d{2,4})(?=[-_ ])", name.upper())
-    return (m.group(1) or m.group(2)) if m else None
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4})(?:[A-Z]?\b|(?=[-_]))", name.upper())
+    return m.group(1) if m else None
 
 
 # Set by validation while it predicts a run whose collectives were emulated on one GPU: the

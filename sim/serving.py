@@ -268,7 +268,7 @@ class BatchScheduler:
         elif not self.kv_log or self.kv_log[-1][1] != used:
             self.kv_log.append((now, used))
 
-    def complete(self, it: Iteration, now: float | None = None) -> None:
+    def complete(self, it: Iteration, now: float) -> None:
         """Apply an iteration's results: prompts advance, tokens are emitted, finished
         sequences free their KV blocks (logged at `now`, when the host learns of it)."""
         self.in_flight.discard(it.group)
@@ -282,8 +282,7 @@ class BatchScheduler:
                 self.running.remove(s)
                 self.free_blocks += s.blocks
                 s.blocks = 0
-        if now is not None:
-            self._log(now)
+        self._log(now)
 
 
 def iteration_kernels(m: ModelShape, tp: int, it: Iteration) -> list[KernelSpec]:

@@ -89,7 +89,9 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
     all of them, with a warning naming how many are longer; with `enforce`, as vLLM treats requests
     against max_model_len: a prompt with no room for one output token is rejected, generation stops
     at the context, and an encoder-setting job longer than it is rejected. The Azure conversation
-    trace has 1,612 of its 19,366 requests over LLaMA-2's 4,096 tokens (prompts up to 14,050)."""
+    trace has 1,612 of its 19,366 requests over LLaMA-2's 4,096 tokens (prompts up to 14,050).
+    Also says when the encoder setting will ignore jobs' output tokens: this is where a run and a
+    sweep look at the jobs against the scenario once."""
     generative = scn.serving.mode == "generative"
     decoding = 0 if generative else sum(1 for j in jobs if j.output_tokens > 0)
     if decoding:
