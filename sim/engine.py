@@ -2,9 +2,9 @@
 
 Speed matters (a 70-layer model on 4 GPUs is ~900k kernels per 200 jobs), so kernels are
 not SimPy processes: each GPU stream is a FIFO of work items advanced by callbacks, and a
-running kernel costs one scheduled completion. Host threads are SimPy processes that run
-the policy generators; a host keeps its own clock and only yields to SimPy when it blocks
-(`sync`), because launching never observes the GPU.
+running kernel costs one scheduled completion. Host threads run the policy generators,
+driven by timed callbacks too; a host keeps its own clock and only waits in simulated time
+when it blocks (`sync`, `sleep_until`), because launching never observes the GPU.
 
 Contention is a fluid (processor-sharing) model: a running kernel holds `remaining` solo
 seconds of work and progresses at rate 1 / slowdown, where the slowdown is read from the
@@ -42,7 +42,7 @@ class Clock(simpy.Environment):
     completion, a stream's wake-up): about two per kernel, so they skip the `Timeout` object, its
     callback list and a closure. `call_in` queues `fn(a, b)` exactly where a timeout created at
     that moment would be (same time, priority and place in the event-id order), so every event is
-    processed in the same order as with plain timeouts; host processes stay SimPy processes.
+    processed in the same order as with plain timeouts and events (hosts use it as well).
     It reads SimPy 4.1's queue entries (time, priority, event id, event): pyproject pins simpy < 4.2,
     and tests/test_engine.py checks its order against plain timeouts."""
 
@@ -96,7 +96,7 @@ class EventInstance:
         self.done = False
         self.t = 0.0
         self.streams: list[Stream] = []
-        self.host: simpy.Event | None = None
+        self.host: SimRankRuntime | None = None  # the host that syncs on it
 
 
 class Stream:
@@ -241,8 +241,8 @@ class Engine:
         if inst.streams:
             self._work.extend(inst.streams)
             inst.streams = []
-        if inst.host is not None:
-            inst.host.succeed()
+        if inst.host is not None:  # a host syncs on it: it resumes now, after what is queued for now
+            self.env.call_in(0.0, self._host, inst.host, 2)
 
     # ------------------------------------------------------------------ kernels
     def _begin(self, s: Stream, k: Kernel, launched: float) -> None:
@@ -379,7 +379,8 @@ class Engine:
         wall = time.perf_counter()
         rts = [SimRankRuntime(self, r) for r in range(1 if self.fold else self.world)]
         for rt, policy in zip(rts, policies):
-            self.env.process(self._host(rt, policy(rt)))
+            rt.gen = policy(rt)
+            self.env.call_in(0.0, self._host, rt, 0)
         meta = dict(meta or {})
         try:
             if progress_horizon_s:
@@ -410,39 +411,48 @@ class Engine:
                 bar.set_postfix_str(f"{len(self.log):,} kernels", refresh=False)
                 bar.refresh()
 
-    def _host(self, rt: SimRankRuntime, gen: PolicyGen):
-        env = self.env
-        send = None
+    def _host(self, rt: SimRankRuntime, phase: int) -> None:
+        """Run rank `rt`'s policy until it blocks; a blocked host comes back here by a timed
+        callback (`phase` 1: it has reached the blocking op in simulated time; 2: the event it
+        syncs on has completed). Hosts are not SimPy processes: a timed callback is queued
+        exactly where the `Timeout` or `Event` a process would wait on is, at less cost."""
+        env, host = self.env, self.host
+        op = rt.blocked
         while True:
-            try:
-                op = gen.send(send)
-            except StopIteration:
-                return
-            if op.op == "sleep_until":
-                # the host really waits, so that what it decides next sees the simulated world
-                # of that moment (other ranks' hosts, arrivals)
-                if op.until > rt.host_t:
-                    rt.host_t = op.until + self.host.sleep_late_s
-                if rt.host_t > env.now:
-                    yield env.timeout(rt.host_t - env.now)
-                op.done = rt.host_t
-                rt.host_t += self.host.after_block.get("sleep_until", 0.0)
-                continue
-            # sync: the host must first reach this point in simulated time
-            if rt.host_t > env.now:
-                yield env.timeout(rt.host_t - env.now)
-            inst = rt.events.get(op.event)
-            if inst is not None and not inst.done:
-                if inst.host is None:
-                    inst.host = env.event()
-                yield inst.host
-                rt.host_t = env.now + self.host.sync_wakeup_s
-            elif inst is not None:
-                rt.host_t = max(rt.host_t, env.now) + self.host.sync_call_s
-            else:  # never recorded: nothing to wait on, as in CUDA
-                rt.host_t = max(rt.host_t, env.now)
+            if phase == 0:
+                try:
+                    op = next(rt.gen)
+                except StopIteration:
+                    return
+                if op.op == "sleep_until" and op.until > rt.host_t:
+                    # the host really waits, so that what it decides next sees the simulated
+                    # world of that moment (other ranks' hosts, arrivals)
+                    rt.host_t = op.until + host.sleep_late_s
+                if rt.host_t > env.now:  # the host first reaches this point in simulated time
+                    rt.blocked = op
+                    env.call_in(rt.host_t - env.now, self._host, rt, 1)
+                    return
+                phase = 1
+            if phase == 1:
+                if op.op == "sleep_until":
+                    op.done = rt.host_t
+                    rt.host_t += host.after_block.get("sleep_until", 0.0)
+                    phase = 0
+                    continue
+                inst = rt.events.get(op.event)
+                if inst is not None and not inst.done:
+                    rt.blocked = op
+                    inst.host = rt  # `_complete_event` calls back with phase 2
+                    return
+                if inst is not None:
+                    rt.host_t = max(rt.host_t, env.now) + host.sync_call_s
+                else:  # never recorded: nothing to wait on, as in CUDA
+                    rt.host_t = max(rt.host_t, env.now)
+            else:
+                rt.host_t = env.now + host.sync_wakeup_s
             op.done = rt.host_t
-            rt.host_t += self.host.after_block.get("sync", 0.0)
+            rt.host_t += host.after_block.get("sync", 0.0)
+            phase = 0
 
 
 class _Waiting:
@@ -466,6 +476,8 @@ class SimRankRuntime(RecordingRuntime):
         super().__init__(rank, engine.world, engine.solo, engine.ops)
         self.engine = engine
         self.host_t = 0.0
+        self.gen: PolicyGen | None = None  # the policy this host runs
+        self.blocked: Op | None = None  # the op it is blocked in
         self.events: dict[int, EventInstance] = {}
         self._streams: list[Stream] = []
         self._launch_s = engine.host.launch_s

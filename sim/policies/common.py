@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 from sim.jobs import Job
 from sim.kernels import Kernel, KernelSpec
@@ -82,9 +83,15 @@ class LayeredKernels:
         """(layer, its kernels) in launch order."""
         return [(-1, self.prologue), *((i, self.layer) for i in self.layers), (self.last_layer, self.epilogue)]
 
-    def steps(self) -> list[Step]:
-        """One `Step` per kernel (for the interleaved planner, which takes kernels one by one)."""
-        return [Step(spec, layer) for layer, specs in self.parts() for spec in specs]
+    def flat(self) -> tuple[list[KernelSpec], list[int]]:
+        """Every kernel's spec and layer, in launch order (for the interleaved planner, which
+        takes kernels one by one), built by list repetition rather than per kernel."""
+        per = len(self.layer)
+        specs = [*self.prologue, *(self.layer * len(self.layers)), *self.epilogue]
+        layers = [-1] * len(self.prologue)
+        layers.extend(chain.from_iterable(repeat(i, per) for i in self.layers))
+        layers.extend([self.last_layer] * len(self.epilogue))
+        return specs, layers
 
 
 def launch_layered(rt: Runtime, ks: LayeredKernels, stream: int, request_id: int,

@@ -20,12 +20,10 @@ launched as the policy launches jobs.
 
 from __future__ import annotations
 
-from collections import deque
-
 from sim.kernels import Kernel, collective
 from sim.layers import epilogue_kernels, prologue_kernels
 from sim.policies.common import LayeredKernels, PolicyContext, RankPolicy, after, launch_layered
-from sim.policies.interleaved import JobState, Pending, build_interleaved
+from sim.policies.interleaved import JobState, build_interleaved, pending_queue
 from sim.policies.pipeline import stages
 from sim.runtime import PolicyGen, Runtime
 from sim.serving import BatchScheduler, Iteration, iteration_kernels
@@ -105,8 +103,7 @@ class IterationSource:
             if it is None:
                 continue
             self.busy[g] = self.by_index[it.index] = it
-            steps = iteration_layered(self.ctx, self.ctx.world, it).steps()
-            out.append(JobState(it.index, now, deque(Pending(st.spec, st.layer, i) for i, st in enumerate(steps))))
+            out.append(JobState(it.index, now, pending_queue(*iteration_layered(self.ctx, self.ctx.world, it).flat())))
         return out
 
     def next_arrival(self) -> float | None:

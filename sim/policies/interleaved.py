@@ -37,13 +37,10 @@ from sim.runtime import PolicyGen, Runtime
 MAIN_PRIORITY, SUB_PRIORITY = -1, 0
 
 
-@dataclass
-class Pending:
-    """A job's not-yet-launched kernel; `parent` links the pieces of one split GEMM."""
-
-    spec: KernelSpec
-    layer: int
-    parent: int  # index of the original kernel within its job
+# A job's not-yet-launched kernel: (spec, layer, parent), `parent` the index of the original
+# kernel within its job (it links the pieces of one split GEMM). Plain tuples: a generative
+# iteration of an 80-layer model queues ~1,000 of them, built by one `zip` (`pending_queue`).
+Pending = tuple[KernelSpec, int, int]
 
 
 @dataclass
@@ -54,12 +51,9 @@ class JobState:
     on_sub: bool = False  # has kernels on the sub stream that the main stream must wait for
 
 
-@dataclass
-class Launch:
-    spec: KernelSpec
-    request_id: int
-    layer: int
-    parent: int  # job-local index of the split GEMM (-1 when not a piece)
+# A kernel a round launches: (spec, request_id, layer, parent), `parent` the job-local index
+# of the GEMM it is a piece of (-1 when not a piece). A tuple, like `Pending`: one per kernel.
+Launch = tuple[KernelSpec, int, int, int]
 
 
 @dataclass
@@ -77,8 +71,16 @@ class Round:
 SPLIT_MEMO_MAX = 100_000
 
 
+COMM = "collective"  # the class of every collective kind: `spec.cls == COMM` is `spec.is_collective`
+
+
 def is_comm(spec: KernelSpec) -> bool:
-    return spec.is_collective
+    return spec.cls == COMM
+
+
+def pending_queue(specs: list[KernelSpec], layers: list[int]) -> deque[Pending]:
+    """A job's kernels, in order, as its planner queue."""
+    return deque(zip(specs, layers, range(len(specs))))
 
 
 class EncoderJobs:
@@ -87,14 +89,18 @@ class EncoderJobs:
     def __init__(self, ctx: PolicyContext):
         self.ctx = ctx
         self.waiting = deque(ctx.jobs)
+        self._flat: dict[tuple[int, int], tuple[list[KernelSpec], list[int]]] = {}  # (batch, seq) -> kernels
 
     def admit(self, now: float, room: int) -> list[JobState]:
         out = []
         while self.waiting and len(out) < room and self.waiting[0].arrival_s <= now:
             job = self.waiting.popleft()
-            steps: list[Step] = self.ctx.steps(self.ctx.world, job.batch, job.seq_len)
-            out.append(JobState(job.request_id, job.arrival_s, deque(Pending(st.spec, st.layer, i)
-                                                                         for i, st in enumerate(steps))))
+            key = (job.batch, job.seq_len)
+            flat = self._flat.get(key)
+            if flat is None:
+                steps: list[Step] = self.ctx.steps(self.ctx.world, job.batch, job.seq_len)
+                flat = self._flat[key] = ([st.spec for st in steps], [st.layer for st in steps])
+            out.append(JobState(job.request_id, job.arrival_s, pending_queue(*flat)))
         return out
 
     def next_arrival(self) -> float | None:
@@ -167,13 +173,15 @@ class Planner:
         oldest = self.inflight[0]
         rnd = Round(main_request=oldest.request_id, main_waits_sub=oldest.on_sub)
         oldest.on_sub = False
-        comm = is_comm(oldest.queue[0].spec)
-        while oldest.queue and is_comm(oldest.queue[0].spec) == comm:
-            p = oldest.queue.popleft()
-            rnd.main.append(Launch(p.spec, oldest.request_id, p.layer, -1 if p.spec.fraction == 1.0 else p.parent))
-        solos = [self._solo(x.spec) for x in rnd.main]
+        q, rid, main = oldest.queue, oldest.request_id, rnd.main
+        comm = q[0][0].cls == COMM
+        while q and (q[0][0].cls == COMM) == comm:
+            spec, layer, parent = q.popleft()
+            main.append((spec, rid, layer, -1 if spec.fraction == 1.0 else parent))
+        solo = self._solo
+        solos = [solo(x[0]) for x in main]
         main_solo = sum(solos)
-        main_cls = rnd.main[solos.index(max(solos))].spec.cls
+        main_cls = main[solos.index(max(solos))][0].cls
         scalar = isinstance(self.contention, float)
         budget = main_solo * (self.contention if scalar else 1.0)
         rnd.budget_s = budget
@@ -197,33 +205,32 @@ class Planner:
             if job.request_id == rnd.main_request:
                 continue
             q = job.queue
-            while len(q) > 1 and is_comm(q[0].spec) == want_comm:  # a job's last kernel stays for main
-                p = q[0]
-                t = self._cost(p.spec, main_cls, scalar)
+            while len(q) > 1 and (q[0][0].cls == COMM) == want_comm:  # a job's last kernel stays for main
+                spec, layer, parent = q[0]
+                t = self._cost(spec, main_cls, scalar)
                 if t <= left:
                     q.popleft()
                     left -= t
-                    parent = -1 if p.spec.fraction == 1.0 else p.parent
-                    rnd.fills.append(Launch(p.spec, job.request_id, p.layer, parent))
+                    rnd.fills.append((spec, job.request_id, layer, -1 if spec.fraction == 1.0 else parent))
                     job.on_sub = True
                     continue
-                piece = self._largest_piece(p, left, main_cls, scalar)
+                piece = self._largest_piece(spec, left, main_cls, scalar)
                 if piece is not None:
                     head, rest = piece
-                    q[0] = Pending(rest, p.layer, p.parent)
+                    q[0] = (rest, layer, parent)
                     left -= self._cost(head, main_cls, scalar)
-                    rnd.fills.append(Launch(head, job.request_id, p.layer, p.parent))
+                    rnd.fills.append((head, job.request_id, layer, parent))
                     job.on_sub = True
                 return  # the budget is spent: nothing further fits in order
 
-    def _largest_piece(self, p: Pending, left: float, main_cls: str,
+    def _largest_piece(self, spec: KernelSpec, left: float, main_cls: str,
                        scalar: bool) -> tuple[KernelSpec, KernelSpec] | None:
-        splitter = self.splitters.get(p.spec.kind)
+        splitter = self.splitters.get(spec.kind)
         if self.split <= 1 or splitter is None:
             return None
-        have = round(p.spec.fraction * self.split)  # eighths (for split 8) still queued
+        have = round(spec.fraction * self.split)  # eighths (for split 8) still queued
         for k in range(have - 1, 0, -1):
-            head, rest = self._split(splitter, p.spec, k)
+            head, rest = self._split(splitter, spec, k)
             if self._cost(head, main_cls, scalar) <= left:
                 return head, rest
         return None
@@ -282,13 +289,16 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
         i = 0
 
         def launch(x: Launch, stream: int) -> None:
-            k = Kernel(x.spec, rank, x.request_id, x.layer, group if x.spec.is_collective else None)
-            if x.parent >= 0:
-                pieces = first_piece.setdefault(x.request_id, {})
-                k.parent = pieces.get(x.parent, -1)
+            spec, request_id, layer, parent = x
+            k = Kernel(spec, rank, request_id, layer, group if spec.cls == COMM else None)
+            if parent < 0:
+                rt.launch(k, stream)
+                return
+            pieces = first_piece.setdefault(request_id, {})
+            k.parent = pieces.get(parent, -1)
             rt.launch(k, stream)
-            if x.parent >= 0 and k.parent < 0:
-                k.parent = first_piece[x.request_id][x.parent] = k.kernel_id
+            if k.parent < 0:
+                k.parent = pieces[parent] = k.kernel_id
 
         pending = None
         while True:
@@ -326,10 +336,10 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
                     rt.release(done)
             for j, x in enumerate(rnd.fills):
                 launch(x, sub)
-                nxt = rnd.fills[j + 1].request_id if j + 1 < len(rnd.fills) else None
-                if nxt != x.request_id:
-                    old = sub_mark.get(x.request_id)
-                    ev = sub_mark[x.request_id] = rt.new_event()
+                nxt = rnd.fills[j + 1][1] if j + 1 < len(rnd.fills) else None
+                if nxt != x[1]:
+                    old = sub_mark.get(x[1])
+                    ev = sub_mark[x[1]] = rt.new_event()
                     rt.record(ev, sub)
                     if old is not None:
                         rt.release(old)
