@@ -14,12 +14,13 @@ SECTION_PRESETS = {"hardware.gpu": "gpu", "hardware.interconnect": "interconnect
                    "hardware.host": "host", "hardware.contention": "contention"}
 
 
-def _models(annotation) -> list[type[BaseModel]]:
+def models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models a field can hold, through unions, Annotated, Optional and lists."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     out = []
     for arg in typing.get_args(annotation):
-        out.extend(_models(arg))
+        out.extend(models_in(arg))
     return out
 
 
@@ -48,11 +49,11 @@ def _rows(model: type[BaseModel], prefix: str, out: list[str], seen: set) -> Non
         else:
             default = "required"
         out.append(f"| `{path}` | {_type_name(f.annotation)} | {default} | {f.description or ''} |")
-        for sub in _models(f.annotation):
+        for sub in models_in(f.annotation):
             key = (path, sub.__name__)
             if key not in seen:
                 seen.add(key)
-                label = f"{path}" + (f" ({sub.__name__})" if len(_models(f.annotation)) > 1 else "")
+                label = f"{path}" + (f" ({sub.__name__})" if len(models_in(f.annotation)) > 1 else "")
                 out.append(f"| **{label}** | | | |")
                 _rows(sub, f"{path}.", out, seen)
 

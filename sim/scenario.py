@@ -7,6 +7,7 @@ Hardware, interconnect, model, host and contention sections accept a preset name
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sim.errors import LigerSimError
 from sim.layers import ModelShape, activation_bytes_per_gpu, tp_errors, weight_bytes_per_gpu
 from sim.presets import PRESETS
+from sim.reference import models_in
 from sim.serving import ServingSpec
 from sim.workload import GenerateWorkload, TraceWorkload, WorkloadConfig
 
@@ -176,11 +178,12 @@ class PolicySpec(_Model):
             raise ValueError(f"unknown policy {v!r}; allowed: {', '.join(POLICIES)}")
         return v
 
-    @field_validator("contention")
+    @field_validator("contention", mode="before")
     @classmethod
-    def _factor(cls, v: float | str) -> float | str:
-        if isinstance(v, float) and not 0 < v <= 10:
-            raise ValueError(f"contention must be a factor in (0, 10] or 'table', got {v}")
+    def _factor(cls, v: Any) -> Any:
+        """One message for the whole float | 'table' union (pydantic would report each branch's)."""
+        if v != "table" and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 10):
+            raise ValueError("must be a factor in (0, 10] or 'table'")
         return v
 
     def degrees(self, gpus: int) -> tuple[int, int]:
@@ -208,34 +211,56 @@ class Scenario(_Model):
         return self.policy.degrees(self.hardware.count)[1]
 
 
-def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names allowed where an unknown key `loc` was found (best effort)."""
-    cur: Any = model
-    for part in loc[:-1]:
-        fields = getattr(cur, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        cur = fields[part].annotation
-        cur = next((a for a in getattr(cur, "__args__", ()) if hasattr(a, "model_fields")), cur)
-    return list(getattr(cur, "model_fields", {}))
+def _tags(model: type[BaseModel]) -> set:
+    """The values of a model's Literal fields: what a tagged union names this member by."""
+    return {v for f in model.model_fields.values() if typing.get_origin(f.annotation) is Literal
+            for v in typing.get_args(f.annotation)}
+
+
+def _walk(loc: tuple) -> tuple[list[str], list[type[BaseModel]]]:
+    """The field path of a pydantic error location and the models its end can be.
+
+    pydantic puts union tags in locations ('generate', 'poisson', 'int', 'uniform', "literal['table']");
+    a part that is no field of the models reached so far is such a tag: it is dropped from the path and
+    narrows the models to the union members it names (so an unknown key can list the allowed ones)."""
+    path: list[str] = []
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc:
+        owner = next((m for m in models if part in m.model_fields), None)
+        if owner is not None:
+            path.append(part)
+            models = models_in(owner.model_fields[part].annotation)
+        elif isinstance(part, int):  # a list index
+            path.append(str(part))
+        else:
+            models = [m for m in models if part in _tags(m)] or models
+    return path, models
 
 
 def format_validation_error(err: ValidationError, file: str) -> LigerSimError:
     e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (p in ("generate", "trace", "poisson", "gamma", "constant", "onoff") or "[" in p)))
-    field = ".".join(str(p) for p in loc) or "(top level)"
+    loc = e["loc"]
+    path, models = _walk(loc[:-1] if e["type"] == "extra_forbidden" else loc)
     if e["type"] == "extra_forbidden":
-        allowed = _allowed_fields(Scenario, loc)
+        path.append(str(loc[-1]))
+        allowed = list(models[0].model_fields) if len(models) == 1 else []
         msg = f"unknown field {loc[-1]!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     elif e["type"] == "missing":
         msg = "required field is missing"
+    elif e["type"] == "union_tag_invalid":  # e.g. {dist: normal}
+        key = e["ctx"]["discriminator"].strip("'")
+        msg = f"unknown {key} {e['ctx']['tag']!r}; allowed: {e['ctx']['expected_tags']}"
+    elif e["type"] == "union_tag_not_found":  # e.g. {low: 1, high: 4} without dist
+        key = e["ctx"]["discriminator"].strip("'")
+        tags = [repr(t) for m in models if key in m.model_fields for t in typing.get_args(m.model_fields[key].annotation)]
+        msg = f"needs {key}" + (f": one of {', '.join(tags)}" if tags else "")
     else:
         msg = e["msg"].removeprefix("Value error, ")
         if "input" in e and not isinstance(e["input"], dict | list):
             msg += f" (got {e['input']!r})"
     more = len(err.errors()) - 1
     return LigerSimError(msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""),
-                         file=file, field=field)
+                         file=file, field=".".join(path) or "(top level)")
 
 
 def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sim.errors import LigerSimError
 from sim.jobs import Job
@@ -110,7 +119,24 @@ class EmpiricalDist(_Model):
         return self
 
 
-Shape = int | Annotated[UniformDist | EmpiricalDist, Field(discriminator="dist")]
+Dist = Annotated[UniformDist | EmpiricalDist, Field(discriminator="dist")]
+_SHAPE_FORMS = "an integer, {dist: uniform, low, high} or {dist: empirical, values[, weights]}"
+
+
+def _shape_form(value: Any) -> str | None:
+    """Pick the branch from the value's type, so a bad mapping reports the distribution's own problem
+    (unknown dist, missing low) and not the int branch's "should be a valid integer"; None (neither:
+    a string, a float, `true`) gets the custom error listing the forms allowed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "int"
+    return "distribution" if isinstance(value, dict | UniformDist | EmpiricalDist) else None
+
+
+# The tag "distribution" must not be a field name: the scenario's error formatter drops tags from paths.
+Shape = Annotated[
+    Annotated[int, Tag("int")] | Annotated[Dist, Tag("distribution")],
+    Discriminator(_shape_form, custom_error_type="shape_form", custom_error_message=f"must be {_SHAPE_FORMS}"),
+]
 
 
 def _shape_min(spec: Shape) -> int:
@@ -151,13 +177,15 @@ class GenerateWorkload(_Model):
     )
     output_tokens: Shape = Field(0, description="Generated (decode) tokens per job; 0 = encoder-style job.")
 
-    @model_validator(mode="after")
-    def _minimums(self) -> GenerateWorkload:
-        for name, lo in _SHAPE_MIN.items():
-            spec = getattr(self, name)
-            if spec is not None and _shape_min(spec) < lo:
-                raise ValueError(f"{name} must be >= {lo}, got a possible value of {_shape_min(spec)}")
-        return self
+    @field_validator(*_SHAPE_MIN)
+    @classmethod
+    def _minimum(cls, spec: Shape | None, info: ValidationInfo) -> Shape | None:
+        """Each shape field's smallest possible value, checked per field so the error names it."""
+        lo = _SHAPE_MIN[info.field_name]
+        if spec is not None and _shape_min(spec) < lo:
+            raise ValueError(f"must be >= {lo}" if isinstance(spec, int)
+                             else f"must be >= {lo}, but the distribution can draw {_shape_min(spec)}")
+        return spec
 
 
 class TraceColumns(_Model):

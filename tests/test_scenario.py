@@ -119,3 +119,34 @@ def test_ir_of_another_version(tmp_path):
     p.write_text('{"format": "ligersim-ir", "version": 99, "world": 1}\n')
     with pytest.raises(LigerSimError, match="version 99"):
         ir.load(p)
+
+
+@pytest.mark.parametrize("field", ["batch", "seq_len", "prompt_tokens", "output_tokens"])
+@pytest.mark.parametrize("value, field_suffix, says", [
+    ({"dist": "normal", "low": 1, "high": 4}, "", "unknown dist 'normal'; allowed: 'uniform', 'empirical'"),
+    ({"low": 1, "high": 4}, "", "needs dist: one of 'uniform', 'empirical'"),
+    ({"dist": "uniform", "high": 4}, ".low", "required field is missing"),
+    ({"dist": "uniform", "low": 9, "high": 4}, "", "low (9) must be <= high (4)"),
+    ({"dist": "uniform", "low": -3, "high": 4}, "", "the distribution can draw -3"),
+    ({"dist": "uniform", "low": "a", "high": 4}, ".low", "valid integer"),
+    ({"dist": "uniform", "low": 1, "high": 4, "mean": 2}, ".mean", "allowed: dist, low, high"),
+    ({"dist": "empirical", "values": [1], "weights": [1, 2]}, "", "weights has 2 entries"),
+    (-3, "", "must be >= "),
+    ("abc", "", "must be an integer, {dist: uniform, low, high} or {dist: empirical"),
+    (12.5, "", "must be an integer"),
+    (True, "", "must be an integer"),  # not read as 1
+])
+def test_distribution_fields_name_the_field_and_the_problem(tmp_path, field, value, field_suffix, says):
+    """A job-shape field is an int or a distribution mapping: the error names the field and the
+    distribution's own problem, not the int branch of the union ("seq_len.int: ... valid integer")."""
+    d = tiny()
+    d["workload"][field] = value
+    msg = error_of(d, tmp_path)
+    assert f"s.yaml: workload.{field}{field_suffix}: " in msg and says in msg, msg
+    assert ".int" not in msg and "more problem" not in msg, msg
+
+
+@pytest.mark.parametrize("value", ["abc", [1], True, -1.0, 11])
+def test_contention_factor_or_table_is_one_message(tmp_path, value):
+    msg = error_of(tiny("interleaved", contention=value), tmp_path)
+    assert "policy.contention: must be a factor in (0, 10] or 'table'" in msg and "more problem" not in msg, msg
