@@ -116,8 +116,7 @@ def _trace_gen(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     import json
 
-    import pandas as pd
-
+    from sim.outputs import read_events, read_results
     from sim.plots import plot_curve, plot_timeline
 
     d = Path(args.dir)
@@ -132,12 +131,13 @@ def _plot(args: argparse.Namespace) -> None:
         from sim.curve import read_curve
 
         curve = read_curve(d / "curve.csv")
-        table = pd.read_csv(d / "jpc.csv") if (d / "jpc.csv").exists() else None
+        table = (read_results(d / "jpc.csv", "a JPC", ("policy", "jpc_jobs_s"), "`ligersim curve` writes one")
+                 if (d / "jpc.csv").exists() else None)
         paths = [plot_curve(curve, d / f"curve.{ext}", f"{d.name}: JCT vs throughput", table) for ext in ("png", "svg")]
     else:
         if not (d / "events.parquet").exists():
             raise LigerSimError("no events.parquet here; make one with `ligersim run`", file=str(d))
-        ev = pd.read_parquet(d / "events.parquet")
+        ev = read_events(d / "events.parquet")
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
         ranks, reqs, window = args.ranks, args.requests, args.window
         title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"

@@ -26,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from sim.errors import LigerSimError, ScenarioWarning
+from sim.outputs import read_results
 from sim.policies import reads
 from sim.scenario import Scenario, parse_scenario
 from sim.simulate import fit_context, load_jobs, simulate
@@ -227,15 +228,8 @@ def run_point(variant: dict, label: str, rate: float, job_list: list, file: str,
 
 def read_curve(path: Path) -> pd.DataFrame:
     """A sweep's curve.csv, or a one-line error saying it is not one (`--resume`, `plot curve`)."""
-    try:
-        curve = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise LigerSimError(f"not a curve table ({str(e).splitlines()[0]}); `ligersim curve` writes one", file=str(path)) from None
-    missing = [c for c in ("policy", "offered_rate", "achieved_rate", "jct_mean_s") if c not in curve.columns]
-    if missing:
-        raise LigerSimError(f"not a curve table: no column {', '.join(missing)}; `ligersim curve` writes one",
-                            file=str(path))
-    return curve
+    return read_results(path, "a curve", ("policy", "offered_rate", "achieved_rate", "jct_mean_s"),
+                        "`ligersim curve` writes one")
 
 
 def jpc(curve: pd.DataFrame) -> pd.DataFrame:

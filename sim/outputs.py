@@ -1,15 +1,19 @@
-"""Writing a run's results: the same files for simulated and measured runs."""
+"""Writing a run's results, the same files for simulated and measured runs, and reading them back."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from sim import ir
+from sim.errors import LigerSimError
 from sim.metrics import generative_requests_frame, generative_summary, requests_frame, summarise
 
 TRACE_CHUNK = 20_000  # trace events per json.dumps call (json.dump streams through the pure-Python encoder)
@@ -17,6 +21,33 @@ TRACE_CHUNK = 20_000  # trace events per json.dumps call (json.dump streams thro
 # trace's parsed form, several times its size (perfetto.dev, "Visualising large traces"), and a 900 MB
 # JSON trace crashed it (google/perfetto#99); a 50-request generative run of LLaMA-2-70B is 5.8M kernels.
 TRACE_KERNELS = 1_000_000
+
+
+# The events-table columns its readers use (plots, validation); every run writes them (`sim.eventlog.COLUMNS`).
+EVENT_COLUMNS = ("rank", "stream", "kernel_id", "request_id", "layer", "kind", "name", "cls", "fraction",
+                 "start_s", "end_s")
+RUN_WRITERS = "`ligersim run` or `ligersim hw run` writes one"
+
+
+def read_results(path: Path, kind: str, columns: Sequence[str], writer: str = RUN_WRITERS) -> pd.DataFrame:
+    """A results table (.parquet, else CSV) from a folder the user names, or a one-line error naming
+    the file: one that is corrupt, cut off or not a table at all raises deep in pyarrow or pandas,
+    and one without the `columns` its reader uses would fail later with a bare KeyError."""
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, pa.ArrowException) as e:  # ValueError: pandas' parse errors, UnicodeDecodeError
+        why = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(e).splitlines()[0] if str(e) else
+                     type(e).__name__)
+        raise LigerSimError(f"not {kind} table ({why}); {writer}", file=str(path)) from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LigerSimError(f"not {kind} table: no column {', '.join(missing)}; {writer}", file=str(path))
+    return df
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """A run's events.parquet (`read_results`)."""
+    return read_results(path, "an events", EVENT_COLUMNS)
 
 
 def trace_window(events: pd.DataFrame, limit: int | None) -> tuple[pd.DataFrame, float | None]:

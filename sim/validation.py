@@ -34,7 +34,7 @@ from sim.errors import LigerSimError
 from sim.host_gaps import drift_range, host_breakdown, host_drift, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
-from sim.outputs import _clean, run_tables, write_run
+from sim.outputs import _clean, read_events, read_results, run_tables, write_run
 
 MODES = ("closed_loop", "replay")
 NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
@@ -228,7 +228,7 @@ def _single_rank(engine, cost, schedule: ir.Schedule):
 
 
 def _jobs_from_requests(measured: Path) -> list[Job]:
-    req = pd.read_csv(measured / "requests.csv")
+    req = read_results(measured / "requests.csv", "a requests", ("request_id", "arrival_s"))
     return [Job(int(r), float(a)) for r, a in zip(req["request_id"], req["arrival_s"])]
 
 
@@ -354,9 +354,9 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     measured = Path(measured) if measured else _beside(out, meta.get("measured_dir"), "measured")
     hw = _measured_files(measured)
-    m_ev = pd.read_parquet(measured / "events.parquet")
+    m_ev = read_events(measured / "events.parquet")
     kernels_dir = _beside(out, meta["kernels_dir"], "measured_cupti") if meta.get("kernels_dir") else None
-    k_ev = pd.read_parquet(kernels_dir / "events.parquet") if kernels_dir else m_ev
+    k_ev = read_events(kernels_dir / "events.parquet") if kernels_dir else m_ev
     m_ir = ir.load(measured / "ir.jsonl") if _has(measured, "ir.jsonl") else None
     m_meta = _run_meta(m_ir.meta) if m_ir is not None else {}
     from sim.simulate import jobs_from_meta
@@ -379,7 +379,7 @@ def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
         d = out / mode
         if not (d / "events.parquet").exists():
             continue
-        p_ev = pd.read_parquet(d / "events.parquet")
+        p_ev = read_events(d / "events.parquet")
         p_ev = p_ev[p_ev["rank"].isin(ranks)]
         p_req, p_sum = run_tables(p_ev, jobs, _mode_meta(out, mode, m_meta), mode, None)
         p_ir = m_ir if mode == "replay" else (ir.load(d / "ir.jsonl") if _has(d, "ir.jsonl") else None)
@@ -410,7 +410,8 @@ def read_table(out: Path) -> pd.DataFrame:
     """A report's validation.csv (or validation.csv.gz, as committed reports keep it)."""
     for name in ("validation.csv", "validation.csv.gz"):
         if (Path(out) / name).exists():
-            return pd.read_csv(Path(out) / name)
+            return read_results(Path(out) / name, "a validation", ("mode", "level", "error", "measured_s", "predicted_s"),
+                                "`ligersim validate` writes one")
     raise LigerSimError("no validation.csv here; make one with `ligersim validate`", file=str(out))
 
 
@@ -558,8 +559,8 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
     if measured is None:
         meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
         d = meta.get("kernels_dir") or meta.get("measured_dir")
-        measured = pd.read_parquet(_beside(out, d, "measured_cupti" if meta.get("kernels_dir") else "measured")
-                                   / "events.parquet")
+        measured = read_events(_beside(out, d, "measured_cupti" if meta.get("kernels_dir") else "measured")
+                               / "events.parquet")
     k = table[table["level"] == "kernel"]
     paths = []
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
@@ -597,7 +598,7 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
     fig.savefig(paths[-1])
     plt.close(fig)
 
-    panels = [("measured", measured)] + [(m, pd.read_parquet(out / m / "events.parquet")) for m in MODES
+    panels = [("measured", measured)] + [(m, read_events(out / m / "events.parquet")) for m in MODES
                                          if (out / m / "events.parquet").exists()]
     rank = int(measured["rank"].min())
     reqs = sorted(int(r) for r in measured["request_id"].unique() if r >= 0)[:3]

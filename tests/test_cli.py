@@ -261,3 +261,22 @@ def test_timestamps_and_output_tokens_are_read_as_meant(tmp_path):
         warnings.simplefilter("always")
         load_jobs(parse_scenario(d), None)
     assert any(issubclass(w.category, ScenarioWarning) and "serving.mode is encoder" in str(w.message) for w in caught)
+
+
+def test_corrupt_results_tables_under_plot_are_one_line(scenario_file, tmp_path, capsys):
+    """plot timeline / plot curve on an events.parquet or jpc.csv that is not one: one line naming
+    the file, not pyarrow's traceback or a KeyError."""
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out), "--no-trace", "--no-plot", "--no-ir"]) == 0
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "curve.csv").write_text("policy,offered_rate,achieved_rate,jct_mean_s\nintra_op,10,9,0.1\n")
+    capsys.readouterr()
+    for path, text, argv, says in (
+        (out / "events.parquet", "rank,stream\n0,0\n", ["plot", "timeline", str(out)], "not an events table (Parquet"),
+        (tmp_path / "c" / "jpc.csv", "a,b\n1,2\n", ["plot", "curve", str(tmp_path / "c")],
+         "not a JPC table: no column policy, jpc_jobs_s"),
+    ):
+        path.write_text(text)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ligersim: error: {path}: {says}"), err

@@ -372,3 +372,28 @@ def test_a_run_that_timed_its_own_host_is_predicted_with_those_costs(tmp_path, c
     args = ["validate", str(tmp_path / "s.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "--measured", str(m)]
     assert main([*args, "-o", str(tmp_path / "cli"), "--host-costs", "profile"]) == 0
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["host_costs"].startswith("profile")
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.write_text("not parquet\n"), "not an events table (Parquet magic bytes not found"),
+    (lambda p: p.write_bytes(p.read_bytes()[:2000]), "not an events table (Parquet magic bytes not found"),
+    (lambda p: pd.read_parquet(p).drop(columns=["start_s"]).to_parquet(p), "not an events table: no column start_s"),
+], ids=["text", "cut-off", "no-start_s"])
+def test_a_corrupt_events_table_in_a_recorded_run_is_one_line(tmp_path, capsys, damage, says):
+    """`validate --measured` and `plot validation` on an events.parquet that is text, cut off or
+    without a column it reads: one line naming the file (pyarrow's traceback or a KeyError were)."""
+    shutil.copytree(FIX / "measured", tmp_path / "m")
+    events = tmp_path / "m" / "events.parquet"
+    damage(events)
+    out = tmp_path / "v"
+    args = ["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"), "-o", str(out)]
+
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]  # (a warning about the CPU profile comes first)
+
+    assert error([*args, "--measured", str(tmp_path / "m")]).startswith(f"ligersim: error: {events}: {says}")
+    assert main([*args, "--measured", str(FIX / "measured")]) == 0  # a good report, then point it at the damaged run
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "measured_dir": str(tmp_path / "m")}))
+    assert error(["plot", "validation", str(out)]).startswith(f"ligersim: error: {events}: {says}")
