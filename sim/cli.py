@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sim.errors import LigerSimError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FOLD_HINT_S = 10.0  # a run that took this long is told that --fold-ranks would have been faster
 
@@ -140,9 +144,45 @@ def _plot(args: argparse.Namespace) -> None:
         ev = read_events(d / "events.parquet")
         summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
         ranks, reqs, window = args.ranks, args.requests, args.window
+        _check_selection(ev, d, ranks, reqs, window)
         title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"
         paths = [plot_timeline(ev, d / f"timeline.{ext}", title, ranks, window, reqs) for ext in ("png", "svg")]
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _id_ranges(ids: list[int], most: int = 8) -> str:
+    """Sorted ids said briefly: [0, 1, 2, 3, 7] -> "0-3, 7" (the first `most` runs of them, then "...")."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [f"{a}-{b}" if b > a else str(a) for a, b in runs]
+    return ", ".join(parts[:most]) + (", ..." if len(parts) > most else "")
+
+
+def _check_selection(ev: pd.DataFrame, d: Path, ranks: list[int] | None, requests: list[int] | None,
+                     window: tuple[float, float] | None) -> None:
+    """`plot timeline`: --ranks or --requests naming any the run does not have, or a --window in which
+    the selected kernels do not run, is an error saying what there is (it drew an empty figure)."""
+    for option, noun, column, asked in (("--ranks", "ranks", "rank", ranks),
+                                        ("--requests", "requests", "request_id", requests)):
+        if asked is None:
+            continue
+        have = sorted(int(i) for i in ev[column].unique() if i >= 0)  # (request -1: setup kernels)
+        missing = sorted(set(asked) - set(have))
+        if missing:
+            raise LigerSimError(f"this run has {noun} {_id_ranges(have)}" if have else f"this run has no {noun}",
+                                file=str(d), field=f"{option} {','.join(map(str, missing))}")
+        ev = ev[ev[column].isin(asked)]
+    if window is not None and len(ev) and not ((ev["end_s"] >= window[0]) & (ev["start_s"] <= window[1])).any():
+        raise LigerSimError(f"the kernels selected run from {ev['start_s'].min() * 1e3:g} to "
+                            f"{ev['end_s'].max() * 1e3:g} ms", file=str(d),
+                            field=f"--window {window[0] * 1e3:g}:{window[1] * 1e3:g}")
+    if not len(ev):  # an empty run, or ranks and requests that exist but not together
+        raise LigerSimError("no kernels to draw" + (" of these ranks and requests" if ranks or requests else ""),
+                            file=str(d))
 
 
 def _calibrate(args: argparse.Namespace) -> None:

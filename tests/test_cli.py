@@ -280,3 +280,29 @@ def test_corrupt_results_tables_under_plot_are_one_line(scenario_file, tmp_path,
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"ligersim: error: {path}: {says}"), err
+
+
+def test_plot_timeline_selection_the_run_does_not_have_is_an_error(scenario_file, tmp_path, capsys):
+    """--ranks / --requests naming ranks or requests the run lacks (some or all), or a --window where
+    the selected kernels do not run, drew an empty figure: now one line naming them and what exists."""
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out), "--no-trace", "--no-plot", "--no-ir"]) == 0
+    capsys.readouterr()
+    for argv, says in (
+        (["--ranks", "7"], "--ranks 7: this run has ranks 0-3"),
+        (["--ranks", "2,9,7"], "--ranks 7,9: this run has ranks 0-3"),  # the missing ones only
+        (["--requests", "5,30"], "--requests 30: this run has requests 0-29"),
+        (["--ranks", "0", "--window", "900:1000"], "--window 900:1000: the kernels selected run from "),
+    ):
+        assert main(["plot", "timeline", str(out), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ligersim: error: {out}: {says}"), err
+    assert not (out / "timeline.png").exists()
+    assert main(["plot", "timeline", str(out), "--ranks", "0,3", "--requests", "0,29"]) == 0
+
+
+def test_id_ranges():
+    from sim.cli import _id_ranges
+
+    assert _id_ranges([0, 1, 2, 3, 7]) == "0-3, 7"
+    assert _id_ranges(list(range(0, 40, 2)), most=3) == "0, 2, 4, ..."
