@@ -179,6 +179,7 @@ class Engine:
         self.streams: list[list[Stream]] = [[] for _ in range(world)]
         self.pending_coll: dict[tuple, list] = {}
         self.link_runs: dict[int, list[Run]] = {}
+        self.shared_links = 0  # links carrying more than one running collective (usually none)
         self.log = EventLog()
         self.rows = self.log.rows  # appended to in the hot path; packed into columns as it grows
         self.ops: list[Op] | None = [] if record_ir else None
@@ -280,14 +281,22 @@ class Engine:
 
     def _start(self, run: Run) -> None:
         ranks = [st.rank for st in run.streams]
+        link_runs = self.link_runs
         for link in run.links:
-            self.link_runs.setdefault(link, []).append(run)
+            lst = link_runs.get(link)
+            if lst is None:
+                link_runs[link] = [run]
+                continue
+            lst.append(run)
+            if len(lst) == 2:
+                self.shared_links += 1
         alone = True
+        running = self.running
         for r in ranks:
-            if self.running[r]:
+            if running[r]:
                 alone = False
-            self.running[r].append(run)
-        if alone and (not run.links or all(len(self.link_runs[link]) == 1 for link in run.links)):
+            running[r].append(run)
+        if alone and (not self.shared_links or all(len(link_runs[link]) == 1 for link in run.links)):
             run.rate = 1.0  # nothing shares its GPUs or links: what `_rerate` would find, without the search
             self._schedule(run)
             return
@@ -333,7 +342,7 @@ class Engine:
     def _link_share(self, run: Run) -> float:
         """How much slower `run`'s bottleneck flow is when links are shared with others."""
         link_runs = self.link_runs
-        if all(len(link_runs[link]) == 1 for link in run.links):
+        if not self.shared_links or all(len(link_runs[link]) == 1 for link in run.links):
             return 1.0  # the common case: no other transfer on its links
         own = self.topology.bottleneck_bw(run.links)
         shared = min(self.topology.link_bw[link] / sum(o.links[link] for o in link_runs[link])
@@ -349,25 +358,39 @@ class Engine:
         now = self.env.now
         run.version += 1
         rows = self.rows
-        for k, st, launched in zip(run.kernels, run.streams, run.launch):
+        streams = run.streams
+        if len(streams) == 1:  # most kernels: one stream, no zip
+            st, k = streams[0], run.kernels[0]
             rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, k.spec, k.group, k.parent,
-                         launched, run.start, now, run.solo))  # layout: sim.eventlog
-        if len(rows) >= CHUNK:
-            self.log.pack()
-        others: list[Run] = []
-        for st in run.streams:
+                         run.launch[0], run.start, now, run.solo))  # layout: sim.eventlog
             lst = self.running[st.rank]
             lst.remove(run)
-            others.extend(lst)
+            others = list(lst)
             st.busy = None
             st.last_end = now
             self._work.append(st)
+        else:
+            for k, st, launched in zip(run.kernels, streams, run.launch):
+                rows.append((st.rank, st.sid, k.kernel_id, k.request_id, k.layer, k.spec, k.group, k.parent,
+                             launched, run.start, now, run.solo))
+            others = []
+            for st in streams:
+                lst = self.running[st.rank]
+                lst.remove(run)
+                others.extend(lst)
+                st.busy = None
+                st.last_end = now
+                self._work.append(st)
+        if len(rows) >= CHUNK:
+            self.log.pack()
         for link in run.links:
             lst = self.link_runs[link]
             lst.remove(run)
+            if len(lst) == 1:
+                self.shared_links -= 1
             others.extend(lst)
-        if others:
-            self._rerate(list({id(o): o for o in others}.values()))
+        if others:  # one stream and no links: its GPU's other runs, each once
+            self._rerate(others if len(streams) == 1 and not run.links else list({id(o): o for o in others}.values()))
         self._drain()
 
     # ------------------------------------------------------------------ hosts

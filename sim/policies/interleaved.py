@@ -133,6 +133,7 @@ class Planner:
         self.main_rounds = 0
         self.finishing: list[tuple[JobState, int]] = []  # (job, main round of its last segment)
         self._splits: dict[tuple[int, int], tuple[KernelSpec, KernelSpec, KernelSpec]] = {}
+        self._solos: dict[KernelSpec, float] = {}  # KernelSpec hashes by identity
 
     def get(self, i: int, now: float, rank: int = 0) -> Round | None:
         """Round `i` (planned now if no rank has asked for it yet). Rounds every active rank has
@@ -151,7 +152,14 @@ class Planner:
         return rnd
 
     def _solo(self, spec: KernelSpec) -> float:
-        return self.ctx.spec_solo(spec, self.group if spec.is_collective else None)
+        """The cost model's solo time, memoised here by spec object (asked for several times a
+        kernel: budget, fill cost, pieces); bounded, as a long run keeps making specs."""
+        t = self._solos.get(spec)
+        if t is None:
+            if len(self._solos) >= SPLIT_MEMO_MAX:
+                self._solos.clear()
+            t = self._solos[spec] = self.ctx.spec_solo(spec, self.group if spec.cls == COMM else None)
+        return t
 
     def _confirm(self, now: float) -> None:
         last = self.rounds[-1] if self.rounds else None
