@@ -83,11 +83,13 @@ class RecordingRuntime:
 
     def record(self, event: int, stream: int) -> None:
         t = self._record(event, stream)
-        self._rec(Op(self.rank, "record", t, stream=stream, event=event))
+        if self._ops is not None:  # an Op only when recording: a round of Liger's makes several
+            self._ops.append(Op(self.rank, "record", t, stream=stream, event=event))
 
     def wait(self, stream: int, event: int) -> None:
         t = self._wait(stream, event)
-        self._rec(Op(self.rank, "wait", t, stream=stream, event=event))
+        if self._ops is not None:
+            self._ops.append(Op(self.rank, "wait", t, stream=stream, event=event))
 
     def sync(self, event: int) -> Op:
         return self._rec(Op(self.rank, "sync", self.now(), event=event))
