@@ -118,9 +118,7 @@ def _trace_gen(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    import json
-
-    from sim.outputs import read_events, read_results
+    from sim.outputs import read_events, read_json, read_results
     from sim.plots import plot_curve, plot_timeline
 
     d = Path(args.dir)
@@ -142,7 +140,8 @@ def _plot(args: argparse.Namespace) -> None:
         if not (d / "events.parquet").exists():
             raise LigerSimError("no events.parquet here; make one with `ligersim run`", file=str(d))
         ev = read_events(d / "events.parquet")
-        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        summary = read_json(d / "summary.json", may={"scenario": str, "policy": str}) \
+            if (d / "summary.json").exists() else {}
         ranks, reqs, window = args.ranks, args.requests, args.window
         _check_selection(ev, d, ranks, reqs, window)
         title = f"{summary.get('scenario', d.name)}: {summary.get('policy', '')} timeline"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,24 @@ TRACE_KERNELS = 1_000_000
 EVENT_COLUMNS = ("rank", "stream", "kernel_id", "request_id", "layer", "kind", "name", "cls", "fraction",
                  "start_s", "end_s")
 RUN_WRITERS = "`ligersim run` or `ligersim hw run` writes one"
+VALIDATE_WRITES = "`ligersim validate` writes it"
+# A validation folder's own runs (beside its meta.json): its predictions and the runs it measured.
+VALIDATION_RUNS = ("closed_loop", "replay", "measured", "measured_cupti")
 
 
-def read_results(path: Path, kind: str, columns: Sequence[str], writer: str = RUN_WRITERS) -> pd.DataFrame:
+def writer_of(path: Path, elsewhere: str = RUN_WRITERS) -> str:
+    """The command that writes a results file where it is, for an error's hint: `ligersim validate`
+    for a validation folder's own runs, else `elsewhere`."""
+    run = Path(path).parent
+    return VALIDATE_WRITES if run.name in VALIDATION_RUNS and (run.parent / "meta.json").is_file() else elsewhere
+
+
+def read_results(path: Path, kind: str, columns: Sequence[str], writer: str | None = None) -> pd.DataFrame:
     """A results table (.parquet, else CSV) from a folder the user names, or a one-line error naming
     the file: one that is corrupt, cut off or not a table at all raises deep in pyarrow or pandas,
-    and one without the `columns` its reader uses would fail later with a bare KeyError."""
+    and one without the `columns` its reader uses would fail later with a bare KeyError. `writer`:
+    the hint at the end (default: `writer_of` the file)."""
+    writer = writer or writer_of(path)
     try:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except (OSError, ValueError, pa.ArrowException) as e:  # ValueError: pandas' parse errors, UnicodeDecodeError
@@ -48,6 +60,49 @@ def read_results(path: Path, kind: str, columns: Sequence[str], writer: str = RU
 def read_events(path: Path) -> pd.DataFrame:
     """A run's events.parquet (`read_results`)."""
     return read_results(path, "an events", EVENT_COLUMNS)
+
+
+_JSON_TYPES = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+               (list, "an array"), (dict, "an object"), (type(None), "null"))
+
+
+def _json_type(value) -> str:
+    return next(name for t, name in _JSON_TYPES if isinstance(value, t))
+
+
+def read_json(path: Path, writer: str | None = None, needs: Mapping[str, type | tuple[type, ...]] | None = None,
+              may: Mapping[str, type | tuple[type, ...]] | None = None) -> dict:
+    """A JSON object from a folder the user names (a run's summary.json, a validation's meta.json),
+    or a one-line error naming the file: text that is not JSON (or cut off) raises deep in json, and
+    JSON of another type (an array) or without a key its reader uses fails later, as an
+    AttributeError or KeyError far from the read. `needs`: the keys its reader needs and their
+    types; `may`: keys it reads when there, and their types (true and false are not numbers).
+    `writer`: the hint at the end (default: `writer_of` the file)."""
+    writer = writer or writer_of(path)
+    try:
+        text = Path(path).read_text()
+        data = json.loads(text)
+    except OSError as e:
+        raise LigerSimError(f"cannot read it ({e.strerror or e})", file=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise LigerSimError(f"not JSON (not UTF-8 text: byte {e.start}); {writer}", file=str(path)) from None
+    except json.JSONDecodeError as e:
+        cut = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")  # it ends mid-value
+        why = "empty" if not text.strip() else f"{'cut off: ' * cut}{e.msg}: line {e.lineno} column {e.colno}"
+        raise LigerSimError(f"not JSON ({why}); {writer}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise LigerSimError(f"must be a JSON object, not {_json_type(data)}; {writer}", file=str(path))
+    needs, may = needs or {}, may or {}
+    for key, types in {**may, **needs}.items():
+        types = types if isinstance(types, tuple) else (types,)
+        if key not in data:
+            if key in needs:
+                raise LigerSimError(f"missing; {writer}", file=str(path), field=key)
+        elif not isinstance(data[key], types) or (isinstance(data[key], bool) and bool not in types):
+            allowed = " or ".join(dict.fromkeys(name for t, name in _JSON_TYPES if t in types))
+            raise LigerSimError(f"must be {allowed}, not {_json_type(data[key])}; {writer}", file=str(path),
+                                field=key)
+    return data
 
 
 def trace_window(events: pd.DataFrame, limit: int | None) -> tuple[pd.DataFrame, float | None]:

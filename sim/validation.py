@@ -34,12 +34,23 @@ from sim.errors import LigerSimError
 from sim.host_gaps import drift_range, host_breakdown, host_drift, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
-from sim.outputs import _clean, read_events, read_results, run_tables, write_run
+from sim.outputs import (
+    VALIDATE_WRITES,
+    _clean,
+    read_events,
+    read_json,
+    read_results,
+    run_tables,
+    write_run,
+    writer_of,
+)
 
 MODES = ("closed_loop", "replay")
 NEEDED = ("events.parquet", "requests.csv", "ir.jsonl")
 RUN_META = "run_meta.json"
 GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list", "rejected_requests")
+# What `run_tables` reads of a closed loop's run_meta.json besides its iterations, when there, and as what
+RUN_META_TYPES = {"kv_log": list, "kv_capacity_tokens": int, "scenario": dict, "rejected_requests": int}
 
 
 def _run_meta(meta: dict) -> dict:
@@ -52,7 +63,14 @@ def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
     if mode == "replay":
         return measured_meta
     f = out / mode / RUN_META
-    return json.loads(f.read_text()) if f.exists() else {}
+    return read_json(f, VALIDATE_WRITES, needs={"iterations": list}, may=RUN_META_TYPES) if f.exists() else {}
+
+
+def _validation_meta(out: Path) -> dict:
+    """A validation folder's meta.json (none: {}); `measured_dir` (and `kernels_dir`) say where its
+    recorded runs are."""
+    f = out / "meta.json"
+    return read_json(f, VALIDATE_WRITES, needs={"measured_dir": str}, may={"kernels_dir": str}) if f.exists() else {}
 
 
 # ---------------------------------------------------------------------- predictions
@@ -351,7 +369,7 @@ GENERATIVE_MEASURES = ("ttft_mean_s", "tpot_mean_s", "tokens_per_s")
 def build_report(out: str | Path, measured: str | Path | None = None) -> dict:
     """Compare `out/closed_loop` and `out/replay` with the measured run; write the report files."""
     out = Path(out)
-    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    meta = _validation_meta(out)
     measured = Path(measured) if measured else _beside(out, meta.get("measured_dir"), "measured")
     hw = _measured_files(measured)
     m_ev = read_events(measured / "events.parquet")
@@ -419,13 +437,7 @@ def _hw_info(run: Path) -> dict:
     f = run / "hw.json"
     if not f.exists():
         return {}
-    try:
-        info = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LigerSimError(f"not JSON ({e}); `ligersim hw run` writes it", file=str(f)) from None
-    if not isinstance(info, dict):
-        raise LigerSimError("must be a JSON object; `ligersim hw run` writes it", file=str(f))
-    return info
+    return read_json(f, writer_of(f, "`ligersim hw run` writes it"), may={"mode": str, "timing": str})
 
 
 def _beside(out: Path, recorded: str | None, default: str) -> Path:
@@ -557,7 +569,7 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
     if table is None:
         table = read_table(out)
     if measured is None:
-        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+        meta = _validation_meta(out)
         d = meta.get("kernels_dir") or meta.get("measured_dir")
         measured = read_events(_beside(out, d, "measured_cupti" if meta.get("kernels_dir") else "measured")
                                / "events.parquet")

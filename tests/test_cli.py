@@ -306,3 +306,23 @@ def test_id_ranges():
 
     assert _id_ranges([0, 1, 2, 3, 7]) == "0-3, 7"
     assert _id_ranges(list(range(0, 40, 2)), most=3) == "0, 2, 4, ..."
+
+
+@pytest.mark.parametrize("text, says", [
+    ("not json\n", "not JSON (Expecting value: line 1 column 1)"),
+    ('{"scenario": "tiny", "pol', "not JSON (cut off: Unterminated string starting at: line 1 column 22)"),
+    ("", "not JSON (empty)"),
+    ("[1, 2]\n", "must be a JSON object, not an array"),
+    ('{"scenario": ["tiny"]}', "scenario: must be a string, not an array"),
+], ids=["text", "cut-off", "empty", "array", "wrong-type"])
+def test_a_corrupt_summary_json_under_plot_timeline_is_one_line(scenario_file, tmp_path, capsys, text, says):
+    """plot timeline titles its figure from the run's summary.json: one that is not JSON, cut off, or
+    JSON of another shape is one line naming the file (a JSONDecodeError or AttributeError traceback)."""
+    out = tmp_path / "out"
+    assert main(["run", str(scenario_file), "-o", str(out), "--no-trace", "--no-plot", "--no-ir"]) == 0
+    capsys.readouterr()
+    (out / "summary.json").write_text(text)
+    assert main(["plot", "timeline", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ligersim: error: {out / 'summary.json'}: {says}; `ligersim run` or `ligersim hw run` writes one"]
+    assert not (out / "timeline.png").exists()

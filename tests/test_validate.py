@@ -397,3 +397,56 @@ def test_a_corrupt_events_table_in_a_recorded_run_is_one_line(tmp_path, capsys, 
     meta = json.loads((out / "meta.json").read_text())
     (out / "meta.json").write_text(json.dumps({**meta, "measured_dir": str(tmp_path / "m")}))
     assert error(["plot", "validation", str(out)]).startswith(f"ligersim: error: {events}: {says}")
+
+
+@pytest.mark.parametrize("name, text, says", [
+    ("meta.json", "{bad", "not JSON (Expecting property name enclosed in double quotes: line 1 column 2)"),
+    ("meta.json", '{"measured_dir": "/tmp/x', "not JSON (cut off: Unterminated string starting at: line 1 column 18)"),
+    ("meta.json", '["measured"]', "must be a JSON object, not an array"),
+    ("meta.json", '{"scenario": "fixture"}', "measured_dir: missing"),
+    ("meta.json", '{"measured_dir": 3}', "measured_dir: must be a string, not an integer"),
+    ("meta.json", '{"measured_dir": "m", "kernels_dir": true}', "kernels_dir: must be a string, not true or false"),
+    ("closed_loop/run_meta.json", "[]", "must be a JSON object, not an array"),
+    ("closed_loop/run_meta.json", '{"kv_log": []}', "iterations: missing"),
+    ("closed_loop/run_meta.json", '{"iterations": [], "rejected_requests": "2"}',
+     "rejected_requests: must be an integer, not a string"),
+], ids=["meta-text", "meta-cut-off", "meta-array", "meta-no-measured_dir", "meta-measured_dir-int", "meta-kernels_dir-bool",
+        "run_meta-array", "run_meta-no-iterations", "run_meta-rejected-str"])
+def test_a_corrupt_json_file_in_a_validation_folder_is_one_line(tmp_path, capsys, name, text, says):
+    """A validation folder's meta.json (read by `plot validation` and `build_report`) or its closed
+    loop's run_meta.json that is not JSON, cut off, not an object or without a key its reader needs:
+    one line naming the file and the key (a JSONDecodeError, AttributeError, KeyError or TypeError)."""
+    out = tmp_path / "v"
+    predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", out)
+    (out / name).write_text(text)
+    want = f"{out / name}: {says}; `ligersim validate` writes it"
+    with pytest.raises(LigerSimError) as e:
+        build_report(out)
+    assert str(e.value) == want
+    if name == "meta.json":
+        capsys.readouterr()
+        assert main(["plot", "validation", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"ligersim: error: {want}"]
+
+
+@pytest.mark.parametrize("mode", ["closed_loop", "replay"])
+def test_a_corrupt_prediction_says_validate_writes_it(tmp_path, capsys, mode):
+    """A validation folder's closed_loop/ or replay/ events.parquet is `ligersim validate`'s, and
+    the error's hint says so (it said `ligersim run` or `ligersim hw run` writes one); a run of
+    that name outside a validation folder is still `ligersim run`'s."""
+    out = tmp_path / "v"
+    predict(FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml", out)
+    events = out / mode / "events.parquet"
+    events.write_text("not parquet\n")
+    capsys.readouterr()
+    for argv in (["plot", "validation", str(out)], ["plot", "timeline", str(out / mode)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ligersim: error: {events}: not an events table ("), err
+        assert err[0].endswith("; `ligersim validate` writes it"), err
+    with pytest.raises(LigerSimError, match=r"; `ligersim validate` writes it$"):
+        build_report(out)
+    alone = tmp_path / "runs" / mode  # no meta.json beside it: not a validation folder's
+    shutil.copytree(out / mode, alone)
+    assert main(["plot", "timeline", str(alone)]) == 2
+    assert capsys.readouterr().err.strip().endswith("; `ligersim run` or `ligersim hw run` writes one")
