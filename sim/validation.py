@@ -108,6 +108,15 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
 
     measured, out = Path(measured), Path(out)
     hw = _measured_files(measured)
+    # what `build_report` reads of the recorded runs, read now: a corrupt file fails before the
+    # simulation and before anything is written into `out`, not after both
+    read_events(measured / "events.parquet")
+    if kernels is not None:  # kernel times from another recorded run
+        kernels = Path(kernels)
+        _hw_info(kernels)
+        read_events(kernels / "events.parquet")
+        if _has(kernels, "ir.jsonl"):
+            ir.load(kernels / "ir.jsonl")
     prof = load_profile(profile)
     scn, _ = load_scenario(scenario)
     scn.hardware.profile = str(Path(profile).resolve())
@@ -573,6 +582,9 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
         d = meta.get("kernels_dir") or meta.get("measured_dir")
         measured = read_events(_beside(out, d, "measured_cupti" if meta.get("kernels_dir") else "measured")
                                / "events.parquet")
+    # every table read before any figure is written
+    panels = [("measured", measured)] + [(m, read_events(out / m / "events.parquet")) for m in MODES
+                                         if (out / m / "events.parquet").exists()]
     k = table[table["level"] == "kernel"]
     paths = []
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
@@ -610,8 +622,6 @@ def plot_validation(out: Path, table: pd.DataFrame | None = None, measured: pd.D
     fig.savefig(paths[-1])
     plt.close(fig)
 
-    panels = [("measured", measured)] + [(m, read_events(out / m / "events.parquet")) for m in MODES
-                                         if (out / m / "events.parquet").exists()]
     rank = int(measured["rank"].min())
     reqs = sorted(int(r) for r in measured["request_id"].unique() if r >= 0)[:3]
     first = measured[measured["request_id"].isin(reqs)]

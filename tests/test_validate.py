@@ -429,6 +429,34 @@ def test_a_corrupt_json_file_in_a_validation_folder_is_one_line(tmp_path, capsys
         assert capsys.readouterr().err.strip().splitlines() == [f"ligersim: error: {want}"]
 
 
+@pytest.mark.parametrize("damaged", ["measured", "kernels"])
+def test_a_corrupt_recorded_run_fails_before_anything_is_simulated_or_written(tmp_path, capsys, damaged):
+    """`validate --measured` (and --kernels-from) read the recorded runs' events before simulating:
+    a corrupt events.parquet or hw.json is an error before closed_loop/, replay/ or meta.json are
+    written (the events were read only when the report was built, after both)."""
+    runs = {}
+    for which in ("measured", "kernels"):
+        runs[which] = tmp_path / which
+        shutil.copytree(FIX / "measured", runs[which])
+    args = ["validate", str(FIX / "scenario.yaml"), "--profile", str(FIX / "profile-cpu.yaml"),
+            "--measured", str(runs["measured"])] + (["--kernels-from", str(runs["kernels"])] if damaged == "kernels" else [])
+    events, hw = runs[damaged] / "events.parquet", runs[damaged] / "hw.json"
+    events.write_bytes(events.read_bytes()[:2000])
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"ligersim: error: {events}: not an events table (Parquet magic bytes not found")
+    assert not (tmp_path / "new").exists()
+    shutil.copy(FIX / "measured" / "events.parquet", events)
+    hw.write_text("[]")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("kept")
+    assert main([*args, "-o", str(tmp_path / "old")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ligersim: error: {hw}: must be a JSON object, not an array; `ligersim hw run` writes it")
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("mode", ["closed_loop", "replay"])
 def test_a_corrupt_prediction_says_validate_writes_it(tmp_path, capsys, mode):
     """A validation folder's closed_loop/ or replay/ events.parquet is `ligersim validate`'s, and
