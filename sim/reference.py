@@ -36,6 +36,8 @@ def _type_name(annotation) -> str:
         return " \\| ".join(_type_name(a) for a in typing.get_args(annotation))
     if origin is typing.Annotated:
         return _type_name(typing.get_args(annotation)[0])
+    if origin is list:  # list[Annotated[int, Strict()]] reads list[int]
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
     return str(annotation).replace("typing.", "").replace("sim.scenario.", "").replace("sim.workload.", "")
 
 

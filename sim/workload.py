@@ -91,8 +91,9 @@ Arrival = Annotated[
 
 class UniformDist(_Model):
     dist: Literal["uniform"] = Field(description="Integer uniform distribution.")
-    low: int = Field(description="Smallest value (inclusive).")
-    high: int = Field(description="Largest value (inclusive).")
+    # strict: `true` is not read as 1, nor 8.0 or "8" as 8 (a fixed shape must be an integer too)
+    low: int = Field(strict=True, description="Smallest value (inclusive).")
+    high: int = Field(strict=True, description="Largest value (inclusive).")
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformDist:
@@ -103,10 +104,17 @@ class UniformDist(_Model):
 
 class EmpiricalDist(_Model):
     dist: Literal["empirical"] = Field(description="Pick among given values.")
-    values: list[int] = Field(min_length=1, description="Values to pick from.")
+    values: list[Annotated[int, Field(strict=True)]] = Field(min_length=1, description="Values to pick from.")
     weights: list[float] | None = Field(
         None, description="Relative weights, one per value, >= 0 (need not sum to 1); default equal."
     )
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(isinstance(x, bool) for x in v):
+            raise ValueError("must be numbers, not true or false")
+        return v
 
     @model_validator(mode="after")
     def _weights_ok(self) -> EmpiricalDist:

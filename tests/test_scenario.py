@@ -129,6 +129,12 @@ def test_ir_of_another_version(tmp_path):
     ({"dist": "uniform", "low": 9, "high": 4}, "", "low (9) must be <= high (4)"),
     ({"dist": "uniform", "low": -3, "high": 4}, "", "the distribution can draw -3"),
     ({"dist": "uniform", "low": "a", "high": 4}, ".low", "valid integer"),
+    ({"dist": "uniform", "low": True, "high": 4}, ".low", "valid integer (got True)"),  # not read as 1
+    ({"dist": "uniform", "low": 1, "high": True}, ".high", "valid integer (got True)"),
+    ({"dist": "uniform", "low": 2.0, "high": 4}, ".low", "valid integer (got 2.0)"),
+    ({"dist": "uniform", "low": "2", "high": 4}, ".low", "valid integer (got '2')"),
+    ({"dist": "empirical", "values": [1, True]}, ".values.1", "valid integer (got True)"),
+    ({"dist": "empirical", "values": [1, 2], "weights": [True, 1]}, ".weights", "must be numbers, not true or false"),
     ({"dist": "uniform", "low": 1, "high": 4, "mean": 2}, ".mean", "allowed: dist, low, high"),
     ({"dist": "empirical", "values": [1], "weights": [1, 2]}, "", "weights has 2 entries"),
     (-3, "", "must be >= "),
