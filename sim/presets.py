@@ -36,11 +36,26 @@ GPUS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- links
 # kind: switch (every GPU has one up- and one down-link to a crossbar), pairwise (one
 # direct link per GPU pair), mesh (link counts per GPU pair, as nvidia-smi topo prints),
-# pcie (each GPU's x16 link to a host bridge that all GPU-to-GPU traffic crosses).
+# pcie (each GPU's x16 link to a host bridge that all GPU-to-GPU traffic crosses),
+# multinode (nodes of gpus_per_node GPUs on a switch, each GPU with its own NIC of nic_bw).
 # link_bw: bytes/s per direction of one link (for mesh: of one NVLink brick).
 # step_latency_s / base_latency_s: NCCL's own cost model (src/graph/tuning.cc, hwLat and
 # baseLat, Ring/Simple): 3.4 us per ring step over NVLink, 5.7 us over PCIe, 8.4 us base.
+# net_step_latency_s: the same table's NET row, Ring/Simple: 14.0 us (NCCL 2.20.3, commit
+# b6475625, src/graph/tuning.cc line 75; NCCL 2.7.5 had 9.6). NCCL charges it to 2 x nodes of
+# an all-reduce's 2(n-1) ring steps (ncclTopoTuneModel, nInterSteps), the rest at NVLink's. Left
+# out: its "plateau" factor on large multi-node all-reduces' latency (1.4 on Ampere and later),
+# and its floor of 3 x the NIC's post overhead on the NVLink steps of a multi-node ring (1 us on
+# Intel hosts, as DGX H100's, so 3.4 stands; 2 us on AMD, as DGX A100's: 6 us).
 _NVLINK_STEP, _PCIE_STEP, _NCCL_BASE = 3.4e-6, 5.7e-6, 8.4e-6
+_NET_STEP = 14.0e-6
+# InfiniBand per direction: NDR 400 Gb/s = 50 GB/s, HDR 200 Gb/s = 25 GB/s per port.
+_IB_NDR, _IB_HDR = 50e9, 25e9
+# Multi-node presets join up to 256 GPUs (32 nodes of 8): a DGX SuperPOD scalable unit, 32 DGX
+# H100 on one rail-optimised non-blocking InfiniBand fabric (DGX SuperPOD reference architecture,
+# RA-11333-001). Beyond it traffic crosses spine and core switches this model leaves out. Override
+# max_gpus to go further; the simulation's cost grows with the GPUs it simulates.
+_SU_GPUS = 256
 # PCIe x16 per direction: 4.0 = 16 GT/s x 16 lanes x 128/130 / 8 = 31.5 GB/s;
 # 5.0 = 32 GT/s -> 63.0 GB/s (PCI-SIG base specifications 4.0 and 5.0).
 _PCIE4_X16, _PCIE5_X16 = 31.5e9, 63.0e9
@@ -83,6 +98,17 @@ INTERCONNECTS: dict[str, dict[str, Any]] = {
                   step_latency_s=_PCIE_STEP, base_latency_s=_NCCL_BASE),
     "pcie5": dict(name="pcie5", kind="pcie", link_bw=_PCIE5_X16, bridge_bw=_PCIE5_X16, max_gpus=8,
                   step_latency_s=_PCIE_STEP, base_latency_s=_NCCL_BASE),
+    # DGX H100 nodes: NVSwitch as nvswitch-h100; "four OSFP ports serving eight single-port NVIDIA
+    # ConnectX-7 VPI, up to 400 Gb/s InfiniBand" (DGX BasePOD reference architecture, core
+    # components; one ConnectX-7 per GPU, DGX H100 User Guide table 6), on InfiniBand NDR.
+    "dgx-h100-ndr": dict(name="dgx-h100-ndr", kind="multinode", link_bw=450e9, gpus_per_node=8, nic_bw=_IB_NDR,
+                         max_gpus=_SU_GPUS, step_latency_s=_NVLINK_STEP, net_step_latency_s=_NET_STEP,
+                         base_latency_s=_NCCL_BASE),
+    # DGX A100 nodes: NVSwitch as nvswitch-a100; eight single-port Mellanox ConnectX-6 VPI at
+    # 200 Gb/s HDR InfiniBand, one per GPU (NVIDIA DGX A100 datasheet, 2020).
+    "dgx-a100-hdr": dict(name="dgx-a100-hdr", kind="multinode", link_bw=300e9, gpus_per_node=8, nic_bw=_IB_HDR,
+                         max_gpus=_SU_GPUS, step_latency_s=_NVLINK_STEP, net_step_latency_s=_NET_STEP,
+                         base_latency_s=_NCCL_BASE),
 }
 
 # --------------------------------------------------------------------------- models

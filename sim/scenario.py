@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sim.errors import LigerSimError
 from sim.layers import ModelShape, activation_bytes_per_gpu, tp_errors, weight_bytes_per_gpu
@@ -58,13 +66,19 @@ class GpuSpec(_Model):
 
 class InterconnectSpec(_Model):
     name: str = Field(description="Interconnect name (a preset: " + ", ".join(PRESETS["interconnect"]) + ").")
-    kind: Literal["switch", "pairwise", "mesh", "pcie"] = Field(
+    kind: Literal["switch", "pairwise", "mesh", "pcie", "multinode"] = Field(
         description="switch: NVSwitch crossbar; pairwise: a direct link per pair; mesh: NVLink bricks per "
-        "pair (DGX-1 cube-mesh); pcie: per-GPU x16 links through a shared host bridge.")
+        "pair (DGX-1 cube-mesh); pcie: per-GPU x16 links through a shared host bridge; multinode: nodes of "
+        "gpus_per_node GPUs on NVSwitch, each GPU with its own NIC on a non-blocking network (GPU i in node "
+        "i // gpus_per_node; a last node may be partly filled).")
     link_bw: float = Field(gt=0, description="Bandwidth of one link per direction, bytes/s.")
     bridge_bw: float | None = Field(None, gt=0, description="pcie: host bridge bandwidth shared by all flows, bytes/s.")
     fallback_bw: float | None = Field(None, gt=0, description="mesh: bandwidth between GPUs without NVLink, bytes/s.")
     mesh: list[list[int]] | None = Field(None, description="mesh: NVLink bricks between each GPU pair.")
+    gpus_per_node: int | None = Field(None, ge=1, strict=True, description="multinode: GPUs in one node.")
+    nic_bw: float | None = Field(None, gt=0, description="multinode: each GPU's NIC bandwidth per direction, bytes/s.")
+    net_step_latency_s: float | None = Field(None, ge=0, description="multinode: latency of a ring step between "
+                                             "nodes, s (a step inside a node costs step_latency_s).")
     max_gpus: int = Field(8, ge=1, description="Most GPUs this interconnect joins.")
     step_latency_s: float = Field(ge=0, description="Latency of one ring step (α), s.")
     base_latency_s: float = Field(0.0, ge=0, description="Fixed latency of a collective call, s.")
@@ -76,7 +90,24 @@ class InterconnectSpec(_Model):
             raise ValueError("kind 'pcie' needs bridge_bw (bytes/s)")
         if self.kind == "mesh" and not self.mesh:
             raise ValueError("kind 'mesh' needs mesh (NVLink bricks per GPU pair)")
+        if self.kind == "multinode":
+            missing = [f for f in ("gpus_per_node", "nic_bw", "net_step_latency_s") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"kind 'multinode' needs {', '.join(missing)}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_multinode(self, handler):
+        """The multinode fields only where given: a run's recorded scenario (IR header, summary) of
+        another kind stays as it was before they existed."""
+        out = handler(self)
+        for name in _MULTINODE_FIELDS:
+            if out.get(name, 0) is None:
+                del out[name]
+        return out
+
+
+_MULTINODE_FIELDS = ("gpus_per_node", "nic_bw", "net_step_latency_s")
 
 
 class HostSpec(_Model):
