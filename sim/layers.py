@@ -137,9 +137,12 @@ def weight_bytes_per_gpu(m: ModelShape, tp: int, pp: int = 1) -> float:
     """Bytes of weights each GPU holds when sharded `tp` ways inside `pp` pipeline stages.
 
     The embedding and LM head (vocab × hidden each) are split across the TP ranks of the
-    first and last stage; counting both on every stage keeps the check conservative.
+    first and last stage; counting both on every stage keeps the check conservative. With more
+    TP ranks than KV heads each rank holds a whole KV head (`_local_heads`), not a fraction.
     """
     per_layer = layer_params(m) / tp
+    if tp > m.kv_heads:  # K and V projections (weights and biases) replicated, as the kernels run them
+        per_layer += 2 * m.head_dim * (m.hidden + 1) * (_local_heads(m, tp)[1] - m.kv_heads / tp)
     layers = -(-m.layers // pp)
     embed = 2 * m.vocab * m.hidden / tp
     return (per_layer * layers + embed) * m.dtype_bytes

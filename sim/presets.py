@@ -135,6 +135,21 @@ MODELS: dict[str, dict[str, Any]] = {
     "llama2-70b": dict(name="llama2-70b", arch="decoder", layers=80, hidden=8192, heads=64, kv_heads=8,
                        head_dim=128, ffn=28672, gated=True, vocab=32000, norm="rmsnorm", rope=True,
                        dtype_bytes=2, context=4096),
+    # Llama 3 (Meta, April 2024; the released config.json of meta-llama/Meta-Llama-3-8B and -70B):
+    # GQA with 8 KV heads, SwiGLU, RMSNorm, RoPE, a 128,256-token vocabulary, 8,192-token context.
+    "llama3-8b": dict(name="llama3-8b", arch="decoder", layers=32, hidden=4096, heads=32, kv_heads=8,
+                      head_dim=128, ffn=14336, gated=True, vocab=128256, norm="rmsnorm", rope=True,
+                      dtype_bytes=2, context=8192),
+    "llama3-70b": dict(name="llama3-70b", arch="decoder", layers=80, hidden=8192, heads=64, kv_heads=8,
+                       head_dim=128, ffn=28672, gated=True, vocab=128256, norm="rmsnorm", rope=True,
+                       dtype_bytes=2, context=8192),
+    # Llama 3.1 405B (meta-llama/Llama-3.1-405B config.json; Dubey et al. 2024, "The Llama 3 Herd of
+    # Models", Table 3): 126 layers, 128 heads sharing 8 KV heads (an earlier revision of the config
+    # said 16; the paper and the current config say 8), 131,072-token context. 810 GB of bf16
+    # weights: two nodes of 8 x 80 GB.
+    "llama3.1-405b": dict(name="llama3.1-405b", arch="decoder", layers=126, hidden=16384, heads=128, kv_heads=8,
+                          head_dim=128, ffn=53248, gated=True, vocab=128256, norm="rmsnorm", rope=True,
+                          dtype_bytes=2, context=131072),
     # OPT (Zhang et al. 2022, Table 1): ReLU FFN of 4x hidden, LayerNorm, learned positions for a
     # 2048-token context.
     "opt-30b": dict(name="opt-30b", arch="decoder", layers=48, hidden=7168, heads=56, kv_heads=56,
