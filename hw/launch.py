@@ -67,6 +67,11 @@ def execute(plan: Plan, src: Source, out: Path, opts: Options) -> dict:
         world = int(os.environ["WORLD_SIZE"])
         if world != plan.world:
             raise LigerSimError(f"torchrun started {world} processes but the scenario has {plan.world} ranks")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if local != world:  # rank 0's time.perf_counter() (CLOCK_MONOTONIC) is every rank's zero: one host's
+            raise LigerSimError(f"torchrun started {world} processes over several hosts ({local} on this one); "
+                                "`hw run` times every rank against one host's clock, so its ranks must share a "
+                                "host (simulate multi-node scenarios with `ligersim run`)")
         summary = _rank_main(int(os.environ["RANK"]), world, src, out, opts, "env://", None)
         return summary or {}
     if opts.device == "cpu":
