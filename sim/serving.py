@@ -112,10 +112,21 @@ def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: Ser
 
 
 class BatchScheduler:
-    """Iteration-level batching over `groups` batch groups (one per in-flight iteration)."""
+    """Iteration-level batching over `groups` batch groups (one per in-flight iteration).
 
-    def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>"):
+    With `bind_on_arrival` (pipelines), a request joins a group when it arrives, the one with
+    the fewest unfinished requests (as vLLM's engine adds a request to the pipeline's virtual
+    engine with the fewest unfinished sequence groups, `LLMEngine._add_processed_request`), and
+    only that group's iterations admit it. Without it (interleaving), whichever group is batched
+    next admits the oldest arrived request: a pipeline's first stage batches its groups in turn,
+    so the group after a busy one would take every arrival and the others would stay empty."""
+
+    def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>",
+                 bind_on_arrival: bool = False):
         self.spec, self.groups = spec, groups
+        self.bind_on_arrival = bind_on_arrival
+        self.bound: list[deque[Seq]] = [deque() for _ in range(groups)]  # arrived, bound, not admitted
+        self.unfinished = [0] * groups  # bound requests not yet finished, per group
         self.block = spec.kv_block_tokens
         self.free_blocks = self.total_blocks = kv_tokens // self.block
         self.waiting: deque[Seq] = deque()
@@ -163,14 +174,36 @@ class BatchScheduler:
 
     # -------------------------------------------------------------- queries
     def next_arrival(self) -> float | None:
-        return self.waiting[0].arrival_s if self.waiting else None
+        """When the oldest request not yet admitted arrived or arrives."""
+        heads = [q[0].arrival_s for q in self.bound if q]
+        if self.waiting:
+            heads.append(self.waiting[0].arrival_s)
+        return min(heads) if heads else None
 
     def done(self) -> bool:
-        return not self.waiting and not self.running
+        return not self.waiting and not self.running and not any(self.bound)
 
     def group_has_work(self, group: int, now: float) -> bool:
-        return any(s.group == group for s in self.running) or bool(
-            self.waiting and self.waiting[0].arrival_s <= now)
+        if any(s.group == group for s in self.running):
+            return True
+        if self.bind_on_arrival:
+            self._bind(now)
+            return bool(self.bound[group])
+        return bool(self.waiting and self.waiting[0].arrival_s <= now)
+
+    def _bind(self, now: float) -> None:
+        """Bind every request that has arrived by `now` to the group with the fewest unfinished
+        requests (the lowest-numbered on a tie). Counts change only in scheduler calls, so binding
+        at the first call after an arrival is binding at the arrival."""
+        while self.waiting and self.waiting[0].arrival_s <= now:
+            s = self.waiting.popleft()
+            s.group = min(range(self.groups), key=self.unfinished.__getitem__)
+            self.unfinished[s.group] += 1
+            self.bound[s.group].append(s)
+
+    def _queue(self, group: int) -> deque[Seq]:
+        """The requests `group` may admit, oldest first."""
+        return self.bound[group] if self.bind_on_arrival else self.waiting
 
     # -------------------------------------------------------------- planning
     def _blocks_for(self, tokens: int) -> int:
@@ -198,13 +231,19 @@ class BatchScheduler:
                 victim.target = victim.prompt + victim.generated
                 victim.preemptions += 1
                 self._preemptions += 1
-                victim.group = -1
-                self.waiting.appendleft(victim)
+                if self.bind_on_arrival:  # it stays in its group, first to be readmitted
+                    self.bound[victim.group].appendleft(victim)
+                else:
+                    victim.group = -1
+                    self.waiting.appendleft(victim)
                 return True
         return False
 
     def plan(self, now: float, group: int) -> Iteration | None:
         """The next iteration of `group`, whose previous iteration has completed."""
+        if self.bind_on_arrival:
+            self._bind(now)
+        queue = self._queue(group)
         it = Iteration(len(self.iterations), group, planned_s=now)
         budget, room = self.spec.max_batch_tokens, self.spec.max_batch_seqs
         scheduled: set[int] = set()
@@ -232,16 +271,16 @@ class BatchScheduler:
             room -= 1
         # after preempting, admit nothing this iteration (vLLM does the same): the freed blocks
         # go to the running decodes, or the victim would be readmitted and preempted forever
-        while (self._preemptions == preempted and self.waiting and self.waiting[0].arrival_s <= now
+        while (self._preemptions == preempted and queue and queue[0].arrival_s <= now
                and room > 0 and budget > 0):
-            s = self.waiting[0]
+            s = queue[0]
             chunk = min(s.target, budget) if self.spec.chunked_prefill else s.target
             if chunk > budget:
                 break
             reserve = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.target + 1
             if self._blocks_for(reserve) > self.free_blocks:
                 break
-            self.waiting.popleft()
+            queue.popleft()
             self._grow(s, reserve)
             s.group = group
             self.running.append(s)
@@ -252,8 +291,8 @@ class BatchScheduler:
             budget -= chunk
             room -= 1
         if not it.prefills and not it.decodes:
-            if not self.running and not self.in_flight and self.waiting and self.waiting[0].arrival_s <= now:
-                raise LigerSimError(f"the scheduler cannot admit request {self.waiting[0].rid} with nothing else "
+            if not self.running and not self.in_flight and queue and queue[0].arrival_s <= now:
+                raise LigerSimError(f"the scheduler cannot admit request {queue[0].rid} with nothing else "
                                     "running (a bug: the checks at start should have refused it)")
             return None
         self._log(now)
@@ -271,6 +310,8 @@ class BatchScheduler:
     def complete(self, it: Iteration, now: float) -> None:
         """Apply an iteration's results: prompts advance, tokens are emitted, finished
         sequences free their KV blocks (logged at `now`, when the host learns of it)."""
+        if self.bind_on_arrival:
+            self._bind(now)
         self.in_flight.discard(it.group)
         for rid, chunk, _ in it.prefills:
             self.seqs[rid].prefilled += chunk
@@ -282,6 +323,8 @@ class BatchScheduler:
                 self.running.remove(s)
                 self.free_blocks += s.blocks
                 s.blocks = 0
+                if self.bind_on_arrival:
+                    self.unfinished[s.group] -= 1
         self._log(now)
 
 
