@@ -14,7 +14,9 @@ do: an all-reduce over k > 1 nodes takes 2k of its 2(n-1) steps at the network l
 rest at the NVLink one (ring steps are pipelined chunk transfers, so a chunk's latency is the sum
 of its hops', not n times the slowest), and a send between nodes one network step. NCCL runs one
 ring per NIC, each entering and leaving a node at a different GPU (`node_rings`), so the rings
-share out the data and together use every NIC of the group.
+share out the data and together use every NIC of the group. Where GPUs share a NIC
+(`nics_per_node` < `gpus_per_node`), the rings leaving through it split its bandwidth, so a
+group's bandwidth across nodes is that of the NICs it reaches, not of its GPUs.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ class Topology:
         """NCCL's rings over a group that spans nodes: one per GPU of the group in its fullest node
         (one per NIC), each visiting the nodes in order and each node's ranks from a different one,
         so each GPU leaves its node in one ring and enters it in one: the rings' network hops
-        spread over all the group's NICs. Each ring carries 1/len(rings) of the data."""
+        spread over all the group's NICs. Each ring carries 1/len(rings) of the data; GPUs that
+        share a NIC put their rings' hops on it together (a group spread unevenly over shared NICs
+        is then bound by its busiest NIC)."""
         key = tuple(sorted(group))
         rings = self._node_rings.get(key)
         if rings is None:
@@ -152,16 +156,20 @@ def build_topology(spec: dict, gpus: int) -> Topology:
     elif kind == "pairwise":
         routes = {(s, d): (add(bw),) for s, d in pairs}
     elif kind == "multinode":
-        # NVSwitch inside a node (as `switch`); between nodes each GPU's own NIC, a send link and a
-        # receive link of nic_bw, over a non-blocking (rail-optimised fat-tree) network.
+        # NVSwitch inside a node (as `switch`); between nodes a NIC, a send link and a receive link
+        # of nic_bw, over a non-blocking (rail-optimised fat-tree) network. nics_per_node NICs per
+        # node (default one per GPU), each shared by a contiguous block of the node's GPUs.
         per = int(spec["gpus_per_node"])
+        share = per // int(spec.get("nics_per_node") or per)  # GPUs per NIC
         nic = float(spec["nic_bw"])
         node = tuple(i // per for i in range(gpus))
+        nic_of = [node[i] * (per // share) + i % per // share for i in range(gpus)]
         up = [add(bw) for _ in range(gpus)]
         down = [add(bw) for _ in range(gpus)]
-        tx = [add(nic) for _ in range(gpus)]
-        rx = [add(nic) for _ in range(gpus)]
-        routes = {(s, d): (up[s], down[d]) if node[s] == node[d] else (tx[s], rx[d]) for s, d in pairs}
+        tx = [add(nic) for _ in range(max(nic_of, default=-1) + 1)]
+        rx = [add(nic) for _ in range(len(tx))]
+        routes = {(s, d): (up[s], down[d]) if node[s] == node[d] else (tx[nic_of[s]], rx[nic_of[d]])
+                  for s, d in pairs}
         return Topology(link_bw, routes, float(spec["step_latency_s"]), float(spec["base_latency_s"]),
                         node_of=node, net_step_latency_s=float(spec["net_step_latency_s"]))
     elif kind == "mesh":

@@ -78,14 +78,15 @@ def reference() -> str:
         lines.append(f"| {g['name']} | {g['peak_flops'] / 1e12:g} | {g['hbm_bw'] / 1e12:g} | {g['memory'] / 1e9:g} "
                      f"| {g['sms']} |")
     lines += ["", "### Interconnects", "", "| name | kind | link (GB/s per direction) | bridge (GB/s) | "
-              "GPUs per node | NIC (GB/s per direction) | ring step α (µs) | network step α (µs) | base (µs) | "
-              "max GPUs |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "GPUs per node | NICs per node | NIC (GB/s per direction) | ring step α (µs) | network step α (µs) | "
+              "base (µs) | max GPUs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in PRESETS["interconnect"].values():
         bridge = f"{c['bridge_bw'] / 1e9:g}" if c.get("bridge_bw") else ""
         per_node = c.get("gpus_per_node") or ""
+        nics = c.get("nics_per_node") or per_node
         nic = f"{c['nic_bw'] / 1e9:g}" if c.get("nic_bw") else ""
         net = f"{c['net_step_latency_s'] * 1e6:g}" if c.get("net_step_latency_s") is not None else ""
-        lines.append(f"| {c['name']} | {c['kind']} | {c['link_bw'] / 1e9:g} | {bridge} | {per_node} | {nic} | "
+        lines.append(f"| {c['name']} | {c['kind']} | {c['link_bw'] / 1e9:g} | {bridge} | {per_node} | {nics} | {nic} | "
                      f"{c['step_latency_s'] * 1e6:g} | {net} | {c['base_latency_s'] * 1e6:g} | {c['max_gpus']} |")
     lines += ["", "### Models", "", "| name | arch | layers | hidden | heads (KV) | head dim | FFN | gated | vocab |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -69,14 +69,17 @@ class InterconnectSpec(_Model):
     kind: Literal["switch", "pairwise", "mesh", "pcie", "multinode"] = Field(
         description="switch: NVSwitch crossbar; pairwise: a direct link per pair; mesh: NVLink bricks per "
         "pair (DGX-1 cube-mesh); pcie: per-GPU x16 links through a shared host bridge; multinode: nodes of "
-        "gpus_per_node GPUs on NVSwitch, each GPU with its own NIC on a non-blocking network (GPU i in node "
-        "i // gpus_per_node; a last node may be partly filled).")
+        "gpus_per_node GPUs on NVSwitch, each GPU with its own NIC (or nics_per_node NICs) on a non-blocking "
+        "network (GPU i in node i // gpus_per_node; a last node may be partly filled).")
     link_bw: float = Field(gt=0, description="Bandwidth of one link per direction, bytes/s.")
     bridge_bw: float | None = Field(None, gt=0, description="pcie: host bridge bandwidth shared by all flows, bytes/s.")
     fallback_bw: float | None = Field(None, gt=0, description="mesh: bandwidth between GPUs without NVLink, bytes/s.")
     mesh: list[list[int]] | None = Field(None, description="mesh: NVLink bricks between each GPU pair.")
     gpus_per_node: int | None = Field(None, ge=1, strict=True, description="multinode: GPUs in one node.")
-    nic_bw: float | None = Field(None, gt=0, description="multinode: each GPU's NIC bandwidth per direction, bytes/s.")
+    nic_bw: float | None = Field(None, gt=0, description="multinode: each NIC's bandwidth per direction, bytes/s.")
+    nics_per_node: int | None = Field(None, ge=1, strict=True, description="multinode: NICs in one node, dividing "
+                                      "gpus_per_node; GPUs share them in contiguous blocks (local GPU j uses NIC "
+                                      "j // (gpus_per_node / nics_per_node)). Default: one per GPU.")
     net_step_latency_s: float | None = Field(None, ge=0, description="multinode: latency of a ring step between "
                                              "nodes, s (a step inside a node costs step_latency_s).")
     max_gpus: int = Field(8, ge=1, description="Most GPUs this interconnect joins.")
@@ -94,6 +97,9 @@ class InterconnectSpec(_Model):
             missing = [f for f in ("gpus_per_node", "nic_bw", "net_step_latency_s") if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"kind 'multinode' needs {', '.join(missing)}")
+            if self.nics_per_node is not None and self.gpus_per_node % self.nics_per_node:
+                raise ValueError(f"nics_per_node ({self.nics_per_node}) must divide gpus_per_node "
+                                 f"({self.gpus_per_node})")
         return self
 
     @model_serializer(mode="wrap")
@@ -107,7 +113,7 @@ class InterconnectSpec(_Model):
         return out
 
 
-_MULTINODE_FIELDS = ("gpus_per_node", "nic_bw", "net_step_latency_s")
+_MULTINODE_FIELDS = ("gpus_per_node", "nic_bw", "nics_per_node", "net_step_latency_s")
 
 
 class HostSpec(_Model):

@@ -326,3 +326,79 @@ def test_hw_run_over_several_hosts_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     with pytest.raises(LigerSimError, match="several hosts"):
         execute(plan, Source("scenario", str(path)), tmp_path / "out", Options(device="cuda"))
+
+
+def test_one_nic_per_gpu_is_the_default_and_changes_nothing():
+    for gpus in (16, 12):
+        default, explicit = build_topology(DGX, gpus), build_topology({**DGX, "nics_per_node": 8}, gpus)
+        assert (default.link_bw, default.routes) == (explicit.link_bw, explicit.routes)
+
+
+def test_gpus_share_nics_in_contiguous_blocks():
+    """4 NICs per node of 8 GPUs: local GPUs 0-1 use NIC 0, 2-3 NIC 1, ...; a group's rings that
+    leave through one NIC split it, so a group's bandwidth across nodes is its NICs', not its GPUs'."""
+    topo = build_topology({**DGX, "nics_per_node": 4}, 16)
+    assert len(topo.link_bw) == 32 + 16  # NVSwitch up and down per GPU, tx and rx per NIC
+    assert topo.route(0, 8) == topo.route(1, 9) and topo.route(0, 8) != topo.route(2, 10)
+    assert topo.route(0, 9)[0] == topo.route(1, 8)[0] and topo.route(7, 8)[0] == topo.route(6, 9)[0]
+    nbytes = 64 << 20
+    for k, nics in ((1, 1), (2, 1), (4, 2), (8, 4)):
+        group = (*range(k), *range(8, 8 + k))
+        steps = 2 * (2 * k - 1)
+        net = min(steps, 4)
+        assert topo.collective_time("all_reduce", group, nbytes) == pytest.approx(
+            BASE + (steps - net) * NVL + net * NET + 2 * (2 * k - 1) / (2 * k) * nbytes / (nics * NIC), rel=1e-12)
+    loads = topo.collective_loads("all_reduce", tuple(range(16)))
+    assert sorted(loads.values()) == [2] * 16 + [7] * 32  # each NIC's tx and rx: two rings' hops
+
+
+def test_concurrent_sends_share_a_shared_nic():
+    from sim.contention import ContentionTable
+    from sim.costs import RooflineCost
+    from sim.engine import Engine, HostParams
+    from sim.kernels import Kernel, collective
+    from sim.simulate import events_frame
+
+    topo = build_topology({**DGX, "nics_per_node": 4}, 16)
+
+    def durations(pairs):
+        eng = Engine(16, RooflineCost(1e15, 1e12, 100, 0.0, topo).solo, ContentionTable([]), topo,
+                     HostParams(0.0, 0.0))
+
+        def policy(rt):
+            for a, b in pairs:
+                if rt.rank in (a, b):
+                    kind = "send" if rt.rank == a else "recv"
+                    rt.launch(Kernel(collective(kind, kind, 64 * 2**20), rt.rank, 0, 0, (a, b)), rt.new_stream(0))
+            yield rt.sleep_until(0.0)
+
+        ev = events_frame(eng.run([policy] * 16).events)
+        ev = ev[ev["rank"] == ev["group"].map(lambda g: int(g.split(",")[0]))]
+        return (ev["end_s"] - ev["start_s"]).to_numpy(), ev["solo_s"].to_numpy()
+
+    same_nic, solo = durations([(0, 8), (1, 9)])  # GPUs 0 and 1 leave through NIC 0
+    assert same_nic == pytest.approx(2 * solo)
+    own_nics, solo = durations([(0, 8), (2, 10)])
+    assert own_nics == pytest.approx(solo)
+
+
+@pytest.mark.parametrize("nics,words", [(3, "must divide gpus_per_node"), (0, "greater than or equal to 1"),
+                                        (2.5, "integer")])
+def test_bad_nics_per_node_names_the_field(tmp_path, nics, words):
+    d = committed()
+    d["hardware"]["interconnect"] = {"preset": "dgx-h100-ndr", "nics_per_node": nics}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(LigerSimError) as e:
+        load_scenario(path)
+    assert "hardware.interconnect" in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_nics_per_node_is_recorded_only_where_given():
+    scn = parse_scenario(small({"name": "intra_op"}))
+    assert "nics_per_node" not in scn.model_dump(mode="json")["hardware"]["interconnect"]
+    d = small({"name": "intra_op"})
+    d["hardware"]["interconnect"] = {"preset": "dgx-h100-ndr", "nics_per_node": 2}
+    dumped = parse_scenario(d).model_dump(mode="json")
+    assert dumped["hardware"]["interconnect"]["nics_per_node"] == 2
+    assert parse_scenario(dumped).hardware.interconnect.nics_per_node == 2
