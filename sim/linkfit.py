@@ -30,6 +30,14 @@ the 64 MB points (ms); α ≥ 0 is enforced by refitting B alone when the free f
 One line cannot follow NCCL's switch from the LL/LL128 protocols (small messages) to Simple
 (large ones), nor its chunking sawtooth, so errors are reported overall and separately for
 messages under and over 1 MiB (`SMALL_BYTES`).
+
+Across nodes (`fit_multinode`): the groups of a DGX table that span two nodes are scored with
+the simulator's own `multinode` link model (`sim.links`), each group placed as Vidur's profiler
+placed it (local GPUs 0..k-1 of each node, microsoft/vidur
+`vidur/profiling/collectives/benchmark_runner.py`, `_get_rank`: "pack devices in order"). Inside
+a node it takes the 8-GPU single-node fit; it fits the NIC bandwidth and the network step latency
+to every 2-node group at once (the same relative least squares) for each possible count of NICs
+per node, and keeps the count that fits best.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import pandas as pd
 import yaml
 
 from sim.errors import LigerSimError
+from sim.links import build_topology
 
 COLLECTIVES = ("all_reduce", "send_recv")
 # NVLink peak per GPU per direction, bytes/s: the ceiling any measured bus bandwidth must obey.
@@ -229,6 +238,106 @@ def fit_alpha_beta(df: pd.DataFrame, min_bytes: int = 0) -> FitResult:
     )
 
 
+def profiled_group(devices_per_node: int, gpus_per_node: int) -> tuple[int, ...]:
+    """The GPUs of a 2-node group as Vidur's profiler picks them: local GPUs 0..k-1 of each node."""
+    return (*range(devices_per_node), *range(gpus_per_node, gpus_per_node + devices_per_node))
+
+
+def multinode_times(spec: dict, table: pd.DataFrame) -> np.ndarray:
+    """Seconds `sim.links` gives each row of a 2-node table on the `multinode` interconnect `spec`."""
+    per = int(spec["gpus_per_node"])
+    if (table["nodes"] != 2).any() or (table["devices_per_node"] > per).any():
+        raise LigerSimError(f"expected groups over 2 nodes of at most {per} GPUs each", field="nodes")
+    topo = build_topology(spec, 2 * per)
+    return np.array([
+        topo.collective_time("all_reduce" if c == "all_reduce" else "send", profiled_group(int(k), per), float(b))
+        for c, k, b in zip(table["collective"], table["devices_per_node"], table["bytes"], strict=True)
+    ])
+
+
+@dataclass(frozen=True, slots=True)
+class MultinodeFit:
+    """A `multinode` interconnect fitted to the 2-node groups of one topology, and its errors."""
+
+    topology: str
+    gpus_per_node: int
+    nics_per_node: int
+    nics_determined: bool  # False: every group had one GPU per node, so any NIC count fits alike
+    nic_bw_Bps: float
+    net_step_latency_s: float
+    link_bw_Bps: float  # inside a node: the single-node fit of gpus_per_node GPUs
+    step_latency_s: float
+    median_rel_err: float
+    p90_rel_err: float
+    candidates: dict[int, float]  # median relative error of the best fit for each NIC count
+    groups: list[dict]  # per (collective, n, devices_per_node): errors and median predicted/measured
+
+    def spec(self) -> dict:
+        """The fit as a `multinode` interconnect spec (`sim.links.build_topology`'s input)."""
+        return dict(kind="multinode", link_bw=self.link_bw_Bps, gpus_per_node=self.gpus_per_node,
+                    nics_per_node=self.nics_per_node, nic_bw=self.nic_bw_Bps,
+                    net_step_latency_s=self.net_step_latency_s, step_latency_s=self.step_latency_s,
+                    base_latency_s=0.0)
+
+
+def fit_multinode(table: pd.DataFrame, link_bw_Bps: float, step_latency_s: float, gpus_per_node: int) -> MultinodeFit:
+    """Fit nic_bw and net_step_latency_s of a `multinode` interconnect to a topology's 2-node rows
+    (`load_nccl_table` rows with nodes == 2, both collectives), for each NIC count that divides
+    `gpus_per_node`, and keep the one with the least median relative error (ties: more NICs).
+
+    The model's time is linear in (net step, 1/nic_bw) while the NICs are the bottleneck, so its
+    coefficients are read off `sim.links` itself (a 1 B/s NIC, unit latencies) and fitted by least
+    squares on relative error; the errors are then those of the real model at the fitted values.
+    """
+    table = table[table["nodes"] == 2]
+    if table.empty:
+        raise LigerSimError("no groups over 2 nodes to fit", field="nodes")
+    topology = str(table["topology"].iloc[0])
+    t = table["time_s"].to_numpy(dtype=float)
+    best: MultinodeFit | None = None
+    candidates: dict[int, float] = {}
+    for nics in sorted((d for d in range(1, gpus_per_node + 1) if gpus_per_node % d == 0), reverse=True):
+        probe = dict(kind="multinode", link_bw=link_bw_Bps, gpus_per_node=gpus_per_node, nics_per_node=nics,
+                     nic_bw=1.0, net_step_latency_s=0.0, step_latency_s=step_latency_s, base_latency_s=0.0)
+        zero = table.assign(bytes=0)
+        fixed = multinode_times(probe, zero)
+        per_net = multinode_times({**probe, "net_step_latency_s": 1.0}, zero) - fixed
+        per_inv_bw = multinode_times(probe, table) - fixed
+        (net, inv_bw), *_ = np.linalg.lstsq(np.column_stack([per_net / t, per_inv_bw / t]), (t - fixed) / t,
+                                            rcond=None)
+        if net < 0:  # latency cannot be negative: best pure-bandwidth line instead
+            net, x = 0.0, per_inv_bw / t
+            inv_bw = float(x @ ((t - fixed) / t) / (x @ x))
+        if inv_bw <= 0:
+            raise LigerSimError(f"{topology}: time does not grow with size, no NIC bandwidth can be fitted")
+        fit_spec = {**probe, "nic_bw": 1.0 / inv_bw, "net_step_latency_s": float(net)}
+        pred = multinode_times(fit_spec, table)
+        rel = np.abs(pred - t) / t
+        candidates[nics] = float(np.median(rel))
+        if best is None or candidates[nics] < best.median_rel_err * (1 - 1e-9):
+            groups = []
+            for (collective, n, k), idx in table.groupby(["collective", "n", "devices_per_node"], sort=True).groups.items():
+                i = table.index.get_indexer(idx)
+                small = table["bytes"].to_numpy()[i] < SMALL_BYTES
+                ratio = pred[i] / t[i]
+                groups.append(dict(
+                    collective=str(collective), n=int(n), devices_per_node=int(k),
+                    median_rel_err=float(np.median(rel[i])), p90_rel_err=float(np.quantile(rel[i], 0.9)),
+                    small_median_rel_err=float(np.median(rel[i][small])) if small.any() else float("nan"),
+                    large_median_rel_err=float(np.median(rel[i][~small])) if (~small).any() else float("nan"),
+                    median_ratio=float(np.median(ratio)),
+                ))
+            best = MultinodeFit(
+                topology=topology, gpus_per_node=gpus_per_node, nics_per_node=nics,
+                nics_determined=bool((table["devices_per_node"] > 1).any()), nic_bw_Bps=1.0 / float(inv_bw),
+                net_step_latency_s=float(net), link_bw_Bps=link_bw_Bps, step_latency_s=step_latency_s,
+                median_rel_err=candidates[nics], p90_rel_err=float(np.quantile(rel, 0.9)), candidates={},
+                groups=groups,
+            )
+    assert best is not None
+    return MultinodeFit(**{**asdict(best), "candidates": candidates})
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -306,6 +415,39 @@ def _sig(x: float, digits: int = 4) -> float | None:
     return None if not np.isfinite(x) else float(f"{x:.{digits}g}")
 
 
+def multinode_document(fit: MultinodeFit) -> dict:
+    """One topology's `multinode` entry of `profiles/links.yaml` (read by `sim.presets`)."""
+    return {
+        "gpus_per_node": fit.gpus_per_node,
+        "nics_per_node": fit.nics_per_node,
+        "nics_per_node_determined": fit.nics_determined,
+        "nic_bw_GBps": _sig(fit.nic_bw_Bps / 1e9),
+        "net_step_latency_s": _sig(fit.net_step_latency_s),
+        "link_bw_GBps": _sig(fit.link_bw_Bps / 1e9),
+        "step_latency_s": _sig(fit.step_latency_s),
+        "median_rel_err": _sig(fit.median_rel_err, 3),
+        "p90_rel_err": _sig(fit.p90_rel_err, 3),
+        "median_rel_err_by_nics_per_node": {k: _sig(v, 3) for k, v in fit.candidates.items()},
+        "groups": [{k: _sig(v, 3) if isinstance(v, float) else v for k, v in g.items()} for g in fit.groups],
+    }
+
+
+def fit_multinode_tables(directory: str | Path, fits: pd.DataFrame) -> dict[str, MultinodeFit]:
+    """`fit_multinode` for every NVSwitch (`*_dgx`) topology with 2-node groups in `directory`,
+    inside a node the all-reduce fit of its largest single-node group (as `sim.presets` uses it)."""
+    out = {}
+    for topology, rows in fits.groupby("topology", sort=False):
+        single = rows[(rows["collective"] == "all_reduce") & (rows["nodes"] == 1)]
+        if not str(topology).endswith("_dgx") or single.empty or not (rows["nodes"] == 2).any():
+            continue
+        inside = single.loc[single["n"].idxmax()]
+        table = pd.concat([load_nccl_table(Path(directory) / name) for name in sorted(rows["source"].unique())],
+                          ignore_index=True)
+        out[str(topology)] = fit_multinode(table, float(inside["bandwidth_GBps"]) * 1e9, float(inside["alpha_s"]),
+                                           int(inside["n"]))
+    return out
+
+
 def links_document(fits: pd.DataFrame, directory: str | Path, min_bytes: int = 0) -> dict:
     """The `profiles/links.yaml` content: provenance header, then per topology and collective the groups."""
     doc: dict = {
@@ -351,6 +493,18 @@ def links_document(fits: pd.DataFrame, directory: str | Path, min_bytes: int = 0
                 for r in rows.itertuples()
             ]
         doc["topologies"][topology] = entry
+    multinode = fit_multinode_tables(directory, fits)
+    if multinode:
+        doc["multinode"] = {
+            "model": (
+                "sim.links multinode kind: inside a node the largest single-node all-reduce fit (link_bw, "
+                "step_latency_s, base 0); nic_bw and net_step_latency_s fitted to every 2-node group at once "
+                "(relative least squares, all sizes) for each nics_per_node dividing gpus_per_node, the best kept; "
+                "groups placed as the profiler placed them (local GPUs 0..k-1 of each node); median_ratio is "
+                "predicted/measured time"
+            ),
+            "topologies": {t: multinode_document(f) for t, f in multinode.items()},
+        }
     return doc
 
 
@@ -407,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     ]
     print(show.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    for topology, entry in doc.get("multinode", {}).get("topologies", {}).items():
+        print(f"{topology} across 2 nodes: {entry['nics_per_node']} NICs per node of {entry['nic_bw_GBps']} GB/s, "
+              f"network step {entry['net_step_latency_s'] * 1e6:.3g} us, median error {entry['median_rel_err']:.0%}")
     print(f"wrote {out}")
     return 0
 

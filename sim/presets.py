@@ -37,7 +37,8 @@ GPUS: dict[str, dict[str, Any]] = {
 # kind: switch (every GPU has one up- and one down-link to a crossbar), pairwise (one
 # direct link per GPU pair), mesh (link counts per GPU pair, as nvidia-smi topo prints),
 # pcie (each GPU's x16 link to a host bridge that all GPU-to-GPU traffic crosses),
-# multinode (nodes of gpus_per_node GPUs on a switch, each GPU with its own NIC of nic_bw).
+# multinode (nodes of gpus_per_node GPUs on a switch, each GPU with its own NIC of nic_bw, or
+# nics_per_node NICs each shared by a block of GPUs).
 # link_bw: bytes/s per direction of one link (for mesh: of one NVLink brick).
 # step_latency_s / base_latency_s: NCCL's own cost model (src/graph/tuning.cc, hwLat and
 # baseLat, Ring/Simple): 3.4 us per ring step over NVLink, 5.7 us over PCIe, 8.4 us base.
@@ -220,7 +221,36 @@ def _measured_switches() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _measured_multinode() -> dict[str, dict[str, Any]]:
+    """`dgx-<gpu>-measured` multinode presets from `profiles/links.yaml`'s `multinode` fits
+    (`python -m sim.linkfit`): NVSwitch inside a node as `nvswitch-<gpu>-measured`; NIC count,
+    NIC bandwidth and network step fitted to the measured 2-node groups, with their errors there.
+    a100 (Vidur's DGX A100 cluster): no NIC count follows every group; the best, 4 NICs of
+    7.68 GB/s and a 23.3 us network step, is off by 23% (median) and predicts the 16-GPU
+    all-reduce 1.85x too fast (median time ratio 0.54), the 8-GPU one 1.28x too slow.
+    h100: only one GPU per node was measured (send/recv, 2.6% median error): NIC bandwidth
+    35.9 GB/s and a 19.1 us step; the NIC count is not in the data, so one per GPU (DGX H100).
+    max_gpus: the two nodes measured; override it to extrapolate to more."""
+    path = Path(__file__).resolve().parents[1] / "profiles" / "links.yaml"
+    try:
+        fits = (yaml.safe_load(path.read_text()).get("multinode") or {}).get("topologies", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    out = {}
+    for gpu in ("h100", "a100"):
+        fit = fits.get(f"{gpu}_dgx")
+        if fit:
+            name = f"dgx-{gpu}-measured"
+            out[name] = dict(name=name, kind="multinode", link_bw=float(fit["link_bw_GBps"]) * 1e9,
+                             gpus_per_node=int(fit["gpus_per_node"]), nics_per_node=int(fit["nics_per_node"]),
+                             nic_bw=float(fit["nic_bw_GBps"]) * 1e9, max_gpus=2 * int(fit["gpus_per_node"]),
+                             step_latency_s=float(fit["step_latency_s"]),
+                             net_step_latency_s=float(fit["net_step_latency_s"]), base_latency_s=0.0)
+    return out
+
+
 INTERCONNECTS.update(_measured_switches())
+INTERCONNECTS.update(_measured_multinode())
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": GPUS, "interconnect": INTERCONNECTS, "model": MODELS, "host": HOSTS, "contention": CONTENTION,
