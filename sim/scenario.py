@@ -14,7 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,14 +25,11 @@ from sim.errors import LigerSimError
 from sim.layers import ModelShape, activation_bytes_per_gpu, tp_errors, weight_bytes_per_gpu
 from sim.presets import PRESETS
 from sim.reference import models_in
+from sim.schema import EXPECTED, Float, StrictModel
 from sim.serving import ServingSpec
 from sim.workload import GenerateWorkload, TraceWorkload, WorkloadConfig
 
 KernelClass = Literal["compute", "memory", "collective", "copy"]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _preset(section: str, label: str):
@@ -55,36 +51,36 @@ def _preset(section: str, label: str):
     return resolve
 
 
-class GpuSpec(_Model):
+class GpuSpec(StrictModel):
     name: str = Field(description="GPU name (a preset: H100-SXM, H200-SXM, A100-SXM, A100-PCIe, V100-SXM2).")
-    peak_flops: float = Field(gt=0, description="Peak dense FP16/BF16 tensor throughput, FLOP/s.")
-    hbm_bw: float = Field(gt=0, description="Peak HBM bandwidth, bytes/s.")
-    memory: float = Field(gt=0, description="Device memory, bytes.")
+    peak_flops: Float = Field(gt=0, description="Peak dense FP16/BF16 tensor throughput, FLOP/s.")
+    hbm_bw: Float = Field(gt=0, description="Peak HBM bandwidth, bytes/s.")
+    memory: Float = Field(gt=0, description="Device memory, bytes.")
     sms: int = Field(ge=1, description="Streaming multiprocessors.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("gpu", "GPU")(v)))
 
 
-class InterconnectSpec(_Model):
+class InterconnectSpec(StrictModel):
     name: str = Field(description="Interconnect name (a preset: " + ", ".join(PRESETS["interconnect"]) + ").")
     kind: Literal["switch", "pairwise", "mesh", "pcie", "multinode"] = Field(
         description="switch: NVSwitch crossbar; pairwise: a direct link per pair; mesh: NVLink bricks per "
         "pair (DGX-1 cube-mesh); pcie: per-GPU x16 links through a shared host bridge; multinode: nodes of "
         "gpus_per_node GPUs on NVSwitch, each GPU with its own NIC (or nics_per_node NICs) on a non-blocking "
         "network (GPU i in node i // gpus_per_node; a last node may be partly filled).")
-    link_bw: float = Field(gt=0, description="Bandwidth of one link per direction, bytes/s.")
-    bridge_bw: float | None = Field(None, gt=0, description="pcie: host bridge bandwidth shared by all flows, bytes/s.")
-    fallback_bw: float | None = Field(None, gt=0, description="mesh: bandwidth between GPUs without NVLink, bytes/s.")
+    link_bw: Float = Field(gt=0, description="Bandwidth of one link per direction, bytes/s.")
+    bridge_bw: Float | None = Field(None, gt=0, description="pcie: host bridge bandwidth shared by all flows, bytes/s.")
+    fallback_bw: Float | None = Field(None, gt=0, description="mesh: bandwidth between GPUs without NVLink, bytes/s.")
     mesh: list[list[int]] | None = Field(None, description="mesh: NVLink bricks between each GPU pair.")
-    gpus_per_node: int | None = Field(None, ge=1, strict=True, description="multinode: GPUs in one node.")
-    nic_bw: float | None = Field(None, gt=0, description="multinode: each NIC's bandwidth per direction, bytes/s.")
-    nics_per_node: int | None = Field(None, ge=1, strict=True, description="multinode: NICs in one node, dividing "
+    gpus_per_node: int | None = Field(None, ge=1, description="multinode: GPUs in one node.")
+    nic_bw: Float | None = Field(None, gt=0, description="multinode: each NIC's bandwidth per direction, bytes/s.")
+    nics_per_node: int | None = Field(None, ge=1, description="multinode: NICs in one node, dividing "
                                       "gpus_per_node; GPUs share them in contiguous blocks (local GPU j uses NIC "
                                       "j // (gpus_per_node / nics_per_node)). Default: one per GPU.")
-    net_step_latency_s: float | None = Field(None, ge=0, description="multinode: latency of a ring step between "
+    net_step_latency_s: Float | None = Field(None, ge=0, description="multinode: latency of a ring step between "
                                              "nodes, s (a step inside a node costs step_latency_s).")
     max_gpus: int = Field(8, ge=1, description="Most GPUs this interconnect joins.")
-    step_latency_s: float = Field(ge=0, description="Latency of one ring step (α), s.")
-    base_latency_s: float = Field(0.0, ge=0, description="Fixed latency of a collective call, s.")
+    step_latency_s: Float = Field(ge=0, description="Latency of one ring step (α), s.")
+    base_latency_s: Float = Field(0.0, ge=0, description="Fixed latency of a collective call, s.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("interconnect", "interconnect")(v)))
 
     @model_validator(mode="after")
@@ -116,31 +112,31 @@ class InterconnectSpec(_Model):
 _MULTINODE_FIELDS = ("gpus_per_node", "nic_bw", "nics_per_node", "net_step_latency_s")
 
 
-class HostSpec(_Model):
+class HostSpec(StrictModel):
     name: str = Field("default", description="Host preset name.")
-    launch_s: float = Field(ge=0, description="Host time to launch a kernel or record/wait an event, s.")
-    sync_wakeup_s: float = Field(ge=0, description="Delay from an event completing to the blocked host resuming, s.")
-    kernel_overhead_s: float = Field(ge=0, description="Fixed GPU time added to every non-collective kernel, s.")
+    launch_s: Float = Field(ge=0, description="Host time to launch a kernel or record/wait an event, s.")
+    sync_wakeup_s: Float = Field(ge=0, description="Delay from an event completing to the blocked host resuming, s.")
+    kernel_overhead_s: Float = Field(ge=0, description="Fixed GPU time added to every non-collective kernel, s.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("host", "host")(v)))
 
 
-class ContentionPair(_Model):
+class ContentionPair(StrictModel):
     victim: KernelClass = Field(description="Class of the kernel that is slowed.")
     other: KernelClass = Field(description="Class of the kernel running beside it.")
-    slowdown: float = Field(ge=1.0, description="How many times longer the victim takes (≥ 1).")
+    slowdown: Float = Field(ge=1.0, description="How many times longer the victim takes (≥ 1).")
     priority: Literal["any", "higher", "lower", "equal"] = Field(
         "any", description="Victim's stream priority relative to the other's; `any` matches all.")
 
 
-class ContentionSpec(_Model):
+class ContentionSpec(StrictModel):
     name: str = Field("custom", description="Contention preset name (default, none).")
     pairs: list[ContentionPair] = Field(description="Slowdown factors per kernel-class pair.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("contention", "contention")(v)))
 
 
-class Hardware(_Model):
+class Hardware(StrictModel):
     gpu: GpuSpec = Field(description="GPU preset name or fields.")
-    count: int = Field(ge=1, strict=True, description="Number of GPUs.")
+    count: int = Field(ge=1, description="Number of GPUs.")
     interconnect: InterconnectSpec = Field(description="Interconnect preset name or fields.")
     host: HostSpec = Field(default_factory=lambda: HostSpec.model_validate("default"),
                            description="Host launch/sync costs.")
@@ -160,7 +156,7 @@ class Hardware(_Model):
         return self
 
 
-class ModelSpec(_Model):
+class ModelSpec(StrictModel):
     name: str = Field(description="Model name (a preset: " + ", ".join(PRESETS["model"]) + ").")
     arch: Literal["encoder", "decoder"] = Field(description="Layer type: encoder (Liger) or decoder (LLaMA/OPT).")
     layers: int = Field(ge=1, description="Transformer layers.")
@@ -192,7 +188,7 @@ class ModelSpec(_Model):
 POLICIES = ("intra_op", "in_order", "inter_op", "interleaved", "hybrid")
 
 
-class PolicySpec(_Model):
+class PolicySpec(StrictModel):
     name: str = Field("intra_op", description="Scheduling policy: " + ", ".join(POLICIES) + " (in_order is "
                       "intra_op's old name).")
     tp: int | None = Field(None, ge=1, description="Tensor-parallel degree (default: all GPUs; inter_op: 1; "
@@ -231,7 +227,7 @@ class PolicySpec(_Model):
         return self.tp or gpus, self.pp or 1
 
 
-class Scenario(_Model):
+class Scenario(StrictModel):
     name: str = Field("scenario", description="Label used in outputs and plot titles.")
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of every random draw (same seed, same result).")
     hardware: Hardware
@@ -291,10 +287,14 @@ def format_validation_error(err: ValidationError, file: str) -> LigerSimError:
         key = e["ctx"]["discriminator"].strip("'")
         tags = [repr(t) for m in models if key in m.model_fields for t in typing.get_args(m.model_fields[key].annotation)]
         msg = f"needs {key}" + (f": one of {', '.join(tags)}" if tags else "")
+    elif e["type"] in EXPECTED:  # strict types (sim.schema): say what the field takes, and that a boolean is none
+        got = e.get("input")
+        msg = f"must be {EXPECTED[e['type']]}" + (", not true or false" if isinstance(got, bool) else
+                                                  f" (got {got!r})" if not isinstance(got, dict | list) else "")
     else:
         msg = e["msg"].removeprefix("Value error, ")
-        if "input" in e and not isinstance(e["input"], dict | list):
-            msg += f" (got {e['input']!r})"
+        if "input" in e and not isinstance(e["input"], dict | list):  # as YAML writes it: true, not True
+            msg += f" (got {str(e['input']).lower() if isinstance(e['input'], bool) else repr(e['input'])})"
     more = len(err.errors()) - 1
     return LigerSimError(msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""),
                          file=file, field=".".join(path) or "(top level)")

@@ -19,17 +19,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from sim.errors import LigerSimError
 from sim.jobs import Job
 from sim.kernels import KernelSpec
 from sim.layers import ModelShape, iteration_layer, weight_bytes_per_gpu
+from sim.schema import Float, StrictModel
 
 
-class ServingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ServingSpec(StrictModel):
     mode: Literal["encoder", "generative"] = Field(
         "encoder", description="encoder: each job is one forward pass of batch x seq_len tokens (Liger's "
         "setting); generative: prefill + output_tokens decode steps with continuous batching.")
@@ -39,7 +38,7 @@ class ServingSpec(BaseModel):
     chunked_prefill: bool = Field(False, description="generative: split prompts across iterations so they fit "
                                   "the token budget beside the decodes (Sarathi).")
     kv_block_tokens: int = Field(16, ge=1, description="generative: tokens per KV-cache block.")
-    memory_utilization: float = Field(0.9, gt=0, le=1, description="generative: fraction of GPU memory "
+    memory_utilization: Float = Field(0.9, gt=0, le=1, description="generative: fraction of GPU memory "
                                       "for weights, activations and KV cache (vLLM's gpu_memory_utilization).")
     on_kv_full: Literal["queue", "preempt"] = Field(
         "queue", description="generative: queue = admit a request only when its prompt + output fit (never "
@@ -52,8 +51,8 @@ class ServingSpec(BaseModel):
         "allow", description="Requests longer than model.context: allow = run them as asked (with a warning); "
         "enforce = as vLLM does with max_model_len, reject a prompt that does not leave room for one output "
         "token and stop generation at the context (a job of the encoder setting longer than it is rejected).")
-    slo_ttft_s: float | None = Field(None, gt=0, description="SLO on time to first token, s (for goodput and JPC).")
-    slo_tpot_s: float | None = Field(None, gt=0, description="SLO on mean time per output token, s.")
+    slo_ttft_s: Float | None = Field(None, gt=0, description="SLO on time to first token, s (for goodput and JPC).")
+    slo_tpot_s: Float | None = Field(None, gt=0, description="SLO on mean time per output token, s.")
 
 
 @dataclass

@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -27,6 +25,7 @@ from pydantic import (
 
 from sim.errors import LigerSimError
 from sim.jobs import Job
+from sim.schema import Float, StrictModel
 
 JOB_COLUMNS = ("request_id", "arrival_s", "batch", "seq_len", "prompt_tokens", "output_tokens")
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -36,49 +35,41 @@ _CSV_EXACT = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[
 _SHAPE_MIN = {"batch": 1, "seq_len": 1, "prompt_tokens": 0, "output_tokens": 0}
 
 
-class _Model(BaseModel):
-    """Unknown keys are errors: a typo in a scenario must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
 # ---------------------------------------------------------------- arrival processes
 
 
-class PoissonArrival(_Model):
+class PoissonArrival(StrictModel):
     process: Literal["poisson"] = Field(description="Poisson arrivals: exponential inter-arrival times.")
-    rate: float = Field(gt=0, allow_inf_nan=False, description="Mean arrival rate, jobs/s.")
+    rate: Float = Field(gt=0, description="Mean arrival rate, jobs/s.")
 
 
-class GammaArrival(_Model):
+class GammaArrival(StrictModel):
     process: Literal["gamma"] = Field(
         description="Renewal process with gamma inter-arrival times (burstiness knob)."
     )
-    rate: float = Field(gt=0, allow_inf_nan=False, description="Mean arrival rate, jobs/s.")
-    cv: float = Field(
+    rate: Float = Field(gt=0, description="Mean arrival rate, jobs/s.")
+    cv: Float = Field(
         1.0,
         gt=0,
-        allow_inf_nan=False,
         description="Coefficient of variation of inter-arrival times (dimensionless); 1 = Poisson, >1 = bursty.",
     )
 
 
-class ConstantArrival(_Model):
+class ConstantArrival(StrictModel):
     process: Literal["constant"] = Field(description="Evenly spaced arrivals, exactly 1/rate apart.")
-    rate: float = Field(gt=0, allow_inf_nan=False, description="Arrival rate, jobs/s.")
+    rate: Float = Field(gt=0, description="Arrival rate, jobs/s.")
 
 
-class OnOffArrival(_Model):
+class OnOffArrival(StrictModel):
     process: Literal["onoff"] = Field(
         description="Poisson at `rate` during on periods, silent during off periods; starts with an on period at t=0."
     )
-    rate: float = Field(
+    rate: Float = Field(
         gt=0,
-        allow_inf_nan=False,
         description="Arrival rate during on periods, jobs/s (long-run mean is rate·on_s/(on_s+off_s)).",
     )
-    on_s: float = Field(gt=0, allow_inf_nan=False, description="Length of each on period, s.")
-    off_s: float = Field(gt=0, allow_inf_nan=False, description="Length of each off period, s.")
+    on_s: Float = Field(gt=0, description="Length of each on period, s.")
+    off_s: Float = Field(gt=0, description="Length of each off period, s.")
 
 
 Arrival = Annotated[
@@ -89,11 +80,10 @@ Arrival = Annotated[
 # ---------------------------------------------------------------- job-shape distributions
 
 
-class UniformDist(_Model):
+class UniformDist(StrictModel):
     dist: Literal["uniform"] = Field(description="Integer uniform distribution.")
-    # strict: `true` is not read as 1, nor 8.0 or "8" as 8 (a fixed shape must be an integer too)
-    low: int = Field(strict=True, description="Smallest value (inclusive).")
-    high: int = Field(strict=True, description="Largest value (inclusive).")
+    low: int = Field(description="Smallest value (inclusive).")
+    high: int = Field(description="Largest value (inclusive).")
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformDist:
@@ -102,19 +92,12 @@ class UniformDist(_Model):
         return self
 
 
-class EmpiricalDist(_Model):
+class EmpiricalDist(StrictModel):
     dist: Literal["empirical"] = Field(description="Pick among given values.")
-    values: list[Annotated[int, Field(strict=True)]] = Field(min_length=1, description="Values to pick from.")
-    weights: list[float] | None = Field(
+    values: list[int] = Field(min_length=1, description="Values to pick from.")
+    weights: list[Float] | None = Field(
         None, description="Relative weights, one per value, >= 0 (need not sum to 1); default equal."
     )
-
-    @field_validator("weights", mode="before")
-    @classmethod
-    def _no_bools(cls, v: Any) -> Any:
-        if isinstance(v, list) and any(isinstance(x, bool) for x in v):
-            raise ValueError("must be numbers, not true or false")
-        return v
 
     @model_validator(mode="after")
     def _weights_ok(self) -> EmpiricalDist:
@@ -166,7 +149,7 @@ def _draw(spec: Shape, n: int, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------- workload configs
 
 
-class GenerateWorkload(_Model):
+class GenerateWorkload(StrictModel):
     """Synthetic jobs; the first job arrives at t=0 and later ones follow the drawn gaps."""
 
     kind: Literal["generate"] = Field(description="Draw arrivals and job shapes from distributions.")
@@ -196,7 +179,7 @@ class GenerateWorkload(_Model):
         return spec
 
 
-class TraceColumns(_Model):
+class TraceColumns(StrictModel):
     """Column names in the file; a name you set must exist, a default one is used only if present."""
 
     arrival_s: str = Field(
@@ -213,11 +196,12 @@ class TraceColumns(_Model):
     output_tokens: str = Field("output_tokens", description="Column with output (decode) tokens; default 0.")
 
 
-class TraceWorkload(_Model):
+class TraceWorkload(StrictModel):
     """Jobs replayed from a file; arrival times are kept as they are in the file (not shifted)."""
 
     kind: Literal["trace"] = Field(description="Replay a request trace file.")
-    path: Path = Field(
+    path: Path = Field(  # YAML gives text: a path is the one field that takes text for another type
+        strict=False,
         description="CSV or Parquet file (by extension: .csv, .parquet, .pq); relative to the scenario's folder, then to the working dir."
     )
     format: Literal["azure", "columns", "ligersim"] = Field(
@@ -228,10 +212,9 @@ class TraceWorkload(_Model):
     columns: TraceColumns | None = Field(None, description="Column mapping, only with format: columns.")
     time_unit: Literal["s", "ms", "us"] = Field("s", description="Unit of the arrival column: s, ms or us (a "
                                                 "column of timestamps is read as seconds since its first).")
-    rate: float | None = Field(
+    rate: Float | None = Field(
         None,
         gt=0,
-        allow_inf_nan=False,
         description="Time-scale arrivals so the mean rate, (N-1)/(last-first), is this many jobs/s (after `jobs`); default: as recorded.",
     )
     jobs: int | None = Field(None, gt=0, description="Keep only the first N jobs; default all.")
