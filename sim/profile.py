@@ -267,13 +267,35 @@ def host_key_of(scenario: dict) -> str:
                     (scenario.get("serving") or {}).get("mode") == "generative")
 
 
-def _need(d: dict, key: str, file: str, where: str, kind: type | tuple = (int, float)) -> Any:
+def _number(v: Any) -> bool:
+    """A finite number, as YAML writes one; true and false are none (Python counts them as 1 and 0)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _time(v: Any) -> bool:
+    return _number(v) and v >= 0
+
+
+def _got(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else repr(v)
+
+
+def _need(d: dict, key: str, file: str, where: str) -> float:
     if key not in d:
         raise LigerSimError("required field is missing", file=file, field=f"{where}.{key}" if where else key)
     v = d[key]
-    if not isinstance(v, kind) or isinstance(v, bool):
-        raise LigerSimError(f"must be {getattr(kind, '__name__', 'a number')}, got {v!r}", file=file,
-                            field=f"{where}.{key}" if where else key)
+    if not isinstance(v, int | float) or isinstance(v, bool):  # the caller checks its range (and inf, nan)
+        raise LigerSimError(f"must be a number, got {_got(v)}", file=file, field=f"{where}.{key}" if where else key)
+    return float(v)
+
+
+def _optional(d: dict, key: str, default: float, file: str, where: str, integer: bool = False) -> float:
+    """An optional number ≥ 0 of a measurement (an integer ≥ 1 with `integer`), else a LigerSimError."""
+    v = d.get(key, default)
+    ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) if integer else _time(v)
+    if not ok:
+        raise LigerSimError(f"must be {'a whole number ≥ 1' if integer else 'a finite number ≥ 0'}, got {_got(v)}",
+                            file=file, field=f"{where}.{key}")
     return v
 
 
@@ -303,7 +325,7 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
             where = f"kernels.{kind}[{i}]"
             if not isinstance(e, dict) or not isinstance(e.get("dims"), dict):
                 raise LigerSimError("each measurement needs `dims` (a mapping)", file=file, field=where)
-            med = float(_need(e, "median_s", file, where))
+            med = _need(e, "median_s", file, where)
             if not (med > 0 and math.isfinite(med)):
                 raise LigerSimError(f"median_s must be a finite number > 0, got {med}", file=file,
                                     field=f"{where}.median_s")
@@ -311,9 +333,11 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
             if bad:
                 raise LigerSimError(f"must be whole numbers >= 0, got {e['dims'][bad[0]]!r}", file=file,
                                     field=f"{where}.dims.{bad[0]}")
-            out.append(Measurement({k: int(v) for k, v in e["dims"].items()}, med, float(e.get("p10_s", med)),
-                                   float(e.get("p90_s", med)), int(e.get("reps", 1)), str(e.get("name", "")),
-                                   float(e.get("flops", 0.0)), float(e.get("bytes", 0.0))))
+            p10, p90, flops, nbytes = (float(_optional(e, k, d, file, where)) for k, d in (
+                ("p10_s", med), ("p90_s", med), ("flops", 0.0), ("bytes", 0.0)))
+            out.append(Measurement({k: int(v) for k, v in e["dims"].items()}, med, p10, p90,
+                                   int(_optional(e, "reps", 1, file, where, integer=True)), str(e.get("name", "")),
+                                   flops, nbytes))
         kernels[str(kind)] = out
     contention = d.get("contention") or {}
     table = contention.get("table", []) if isinstance(contention, dict) else None
@@ -328,29 +352,37 @@ def profile_from_dict(d: Any, file: str = "<profile>") -> Profile:
         if p.get("priority", "any") not in (*PRIORITIES, "any"):
             raise LigerSimError(f"priority must be one of {', '.join((*PRIORITIES, 'any'))}", file=file,
                                 field=f"{where}.priority")
-        if not float(_need(p, "slowdown", file, where)) >= 1.0:
-            raise LigerSimError("slowdown must be ≥ 1", file=file, field=f"{where}.slowdown")
+        slowdown = _need(p, "slowdown", file, where)
+        if not (slowdown >= 1.0 and math.isfinite(slowdown)):
+            raise LigerSimError(f"slowdown must be a finite number ≥ 1, got {slowdown}", file=file,
+                                field=f"{where}.slowdown")
         if p.get("first", "any") not in FIRSTS:
             raise LigerSimError(f"first must be one of {', '.join(FIRSTS)}", file=file, field=f"{where}.first")
     host = d.get("host") or {}
     for key, what in (("host", host), ("links", d.get("links") or {}), ("settings", d.get("settings") or {})):
         if not isinstance(what, dict):
             raise LigerSimError("must be a mapping", file=file, field=key)
-    for key in ("launch_s", "sync_wakeup_s", "sync_call_s", "kernel_gap_s", "event_pair_gpu_s"):
-        if key in host and (not isinstance(host[key], int | float) or host[key] < 0):
-            raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"host.{key}")
+    for key, v in host.items():  # launch_s, sync_wakeup_s, ...: every one a time
+        if not _time(v):
+            raise LigerSimError(f"must be a time ≥ 0 in seconds, got {_got(v)}", file=file, field=f"host.{key}")
     host_ops = d.get("host_ops") or {}
-    if not isinstance(host_ops, dict) or not all(isinstance(v, int | float) and v >= 0 for v in host_ops.values()):
+    if not isinstance(host_ops, dict) or not all(_time(v) for v in host_ops.values()):
         raise LigerSimError("must map op names to host times ≥ 0 in seconds", file=file, field="host_ops")
+    emulated = d.get("emulated_collective") or []
+    for i, e in enumerate(emulated if isinstance(emulated, list) else [None]):
+        if not (isinstance(e, dict) and isinstance(e.get("n"), int) and not isinstance(e["n"], bool) and e["n"] >= 1
+                and _time(e.get("target_s")) and _time(e.get("median_s"))):
+            raise LigerSimError("must be a list of {n: GPUs ≥ 1, target_s, median_s: seconds ≥ 0}", file=file,
+                                field=f"emulated_collective[{i}]" if isinstance(emulated, list) else "emulated_collective")
     situ = d.get("host_in_situ") or {}
     if not isinstance(situ, dict):
         raise LigerSimError("must map policies to their in-situ host costs", file=file, field="host_in_situ")
     for pol, v in situ.items():
         check_situ_entry(v, file, f"host_in_situ.{pol}")
     return Profile(device=dict(device), date=str(d.get("date", "")), command=str(d.get("command", "")),
-                   host={k: float(v) for k, v in host.items() if isinstance(v, int | float)}, kernels=kernels,
+                   host={k: float(v) for k, v in host.items()}, kernels=kernels,
                    contention={"measurements": list(contention.get("measurements", [])), "table": list(table)},
-                   emulated_collective=list(d.get("emulated_collective") or []), links=dict(d.get("links") or {}),
+                   emulated_collective=list(emulated), links=dict(d.get("links") or {}),
                    settings=dict(d.get("settings") or {}), status=str(d.get("status", "complete")), path=file,
                    host_ops={str(k): float(v) for k, v in host_ops.items()},
                    host_in_situ={str(k): dict(v) for k, v in situ.items()})
@@ -360,35 +392,34 @@ def check_situ_entry(v, file: str, where: str) -> None:
     """An in-situ host entry (a profile's `host_in_situ` value, or a run's `host_in_process`) is
     well formed, else a LigerSimError naming `file` and the field under `where`."""
     launch = v.get("launch") if isinstance(v, dict) else None
-    if not isinstance(launch, dict) or not all(isinstance(t, int | float) and t >= 0 for t in launch.values()):
+    if not isinstance(launch, dict) or not all(_time(t) for t in launch.values()):
         raise LigerSimError("must be an in-situ entry: {launch: {op name: host seconds ≥ 0}, ...}", file=file,
                             field=where)
     linear = v.get("launch_linear") or {}
     if not isinstance(linear, dict) or not all(
             isinstance(x, list | tuple) and len(x) == 4 and isinstance(x[0], str)
-            and all(isinstance(y, int | float) for y in x[1:]) for x in linear.values()):
+            and all(_number(y) for y in x[1:]) for x in linear.values()):
         raise LigerSimError("must map op names to [dim, base s, s per unit, samples]", file=file,
                             field=f"{where}.launch_linear")
     stats = v.get("launch_stats") or {}
     if not isinstance(stats, dict) or not all(
-            isinstance(x, list | tuple) and len(x) == 3 and all(isinstance(y, int | float) and y >= 0 for y in x)
-            for x in stats.values()):
+            isinstance(x, list | tuple) and len(x) == 3 and all(_time(y) for y in x) for x in stats.values()):
         raise LigerSimError("must map op names to [samples, mean s, 90th percentile s], all ≥ 0", file=file,
                             field=f"{where}.launch_stats")
     for kind in ("record", "wait"):
         x = v.get(f"{kind}_stats")
         if x is not None and not (isinstance(x, list | tuple) and len(x) == 3
-                                  and all(isinstance(y, int | float) and y >= 0 for y in x)):
+                                  and all(_time(y) for y in x)):
             raise LigerSimError("must be [samples, mean s, 90th percentile s], all ≥ 0", file=file,
                                 field=f"{where}.{kind}_stats")
     after = v.get("after_s") or {}
     if not isinstance(after, dict) or not all(
-            k in BLOCKING and isinstance(x, int | float) and x >= 0 for k, x in after.items()):
+            k in BLOCKING and _time(x) for k, x in after.items()):
         raise LigerSimError("must map sync and sleep_until to host seconds ≥ 0", file=file,
                             field=f"{where}.after_s")
-    late = v.get("sleep_late_s", 0.0)
-    if not isinstance(late, int | float) or late < 0:
-        raise LigerSimError("must be a time ≥ 0 in seconds", file=file, field=f"{where}.sleep_late_s")
+    for key in ("sleep_late_s", "record_s", "wait_s"):
+        if key in v and not _time(v[key]):
+            raise LigerSimError(f"must be a time ≥ 0 in seconds, got {_got(v[key])}", file=file, field=f"{where}.{key}")
 
 
 _CACHE: dict[tuple[str, float], Profile] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -89,6 +90,55 @@ def test_clear_errors(tmp_path):
     bad = {**d, "host_in_situ": {"intra_op": {"launch": {"q": 1e-4}, "launch_stats": {"q": [3, 1e-4]}}}}
     with pytest.raises(LigerSimError, match=r"host_in_situ.intra_op.launch_stats: must map op names to \[samples"):
         profile_from_dict(bad, "p.yaml")
+
+
+GEMM = {"dims": {"m": 1, "n": 1, "k": 1}, "median_s": 1e-5}
+SITU = {"launch": {"q": 1e-4}}
+
+
+@pytest.mark.parametrize("bad, field, says", [
+    ({"kernels": {"gemm": [{**GEMM, "median_s": True}]}}, r"kernels.gemm\[0\].median_s", "must be a number, got true"),
+    ({"kernels": {"gemm": [{**GEMM, "p10_s": True}]}}, r"kernels.gemm\[0\].p10_s", "must be a finite number ≥ 0, got true"),
+    ({"kernels": {"gemm": [{**GEMM, "p90_s": "x"}]}}, r"kernels.gemm\[0\].p90_s", "must be a finite number ≥ 0, got 'x'"),
+    ({"kernels": {"gemm": [{**GEMM, "flops": False}]}}, r"kernels.gemm\[0\].flops", "got false"),
+    ({"kernels": {"gemm": [{**GEMM, "bytes": math.inf}]}}, r"kernels.gemm\[0\].bytes", "got inf"),
+    ({"kernels": {"gemm": [{**GEMM, "reps": True}]}}, r"kernels.gemm\[0\].reps", "must be a whole number ≥ 1, got true"),
+    ({"kernels": {"gemm": [{**GEMM, "reps": 2.5}]}}, r"kernels.gemm\[0\].reps", "got 2.5"),
+    ({"kernels": {"gemm": [{**GEMM, "dims": {"m": True}}]}}, r"kernels.gemm\[0\].dims.m", "must be whole numbers"),
+    ({"contention": {"table": [{"victim": "compute", "other": "memory", "slowdown": True}]}},
+     r"contention.table\[0\].slowdown", "must be a number, got true"),
+    ({"contention": {"table": [{"victim": "compute", "other": "memory", "slowdown": math.inf}]}},
+     r"contention.table\[0\].slowdown", "slowdown must be a finite number ≥ 1, got inf"),
+    ({"host": {"launch_s": True}}, "host.launch_s", "must be a time ≥ 0 in seconds, got true"),
+    ({"host": {"runtime_s": False}}, "host.runtime_s", "got false"),  # every host value, not five of them
+    ({"host": {"record_s": "4e-6"}}, "host.record_s", "got '4e-6'"),  # was dropped without a word
+    ({"host": {"sync_wakeup_s": math.nan}}, "host.sync_wakeup_s", "got nan"),
+    ({"host_ops": {"q": True}}, "host_ops", "must map op names to host times"),
+    ({"host_in_situ": {"intra_op": {"launch": {"q": True}}}}, "host_in_situ.intra_op", "must be an in-situ entry"),
+    ({"host_in_situ": {"intra_op": {**SITU, "launch_linear": {"q": ["b", 1e-4, True, 3]}}}},
+     "host_in_situ.intra_op.launch_linear", "must map op names"),
+    ({"host_in_situ": {"intra_op": {**SITU, "launch_stats": {"q": [True, 1e-4, 2e-4]}}}},
+     "host_in_situ.intra_op.launch_stats", "must map op names"),
+    ({"host_in_situ": {"intra_op": {**SITU, "record_stats": [3, False, 1e-4]}}},
+     "host_in_situ.intra_op.record_stats", "must be \\[samples"),
+    ({"host_in_situ": {"intra_op": {**SITU, "after_s": {"sync": True}}}}, "host_in_situ.intra_op.after_s",
+     "must map sync and sleep_until"),
+    ({"host_in_situ": {"intra_op": {**SITU, "sleep_late_s": True}}}, "host_in_situ.intra_op.sleep_late_s", "got true"),
+    ({"host_in_situ": {"intra_op": {**SITU, "record_s": True}}}, "host_in_situ.intra_op.record_s", "got true"),
+    ({"host_in_situ": {"intra_op": {**SITU, "wait_s": "x"}}}, "host_in_situ.intra_op.wait_s", "got 'x'"),
+    ({"emulated_collective": [{"n": True, "target_s": 1e-5, "median_s": 2e-5}]}, r"emulated_collective\[0\]",
+     "must be a list of {n: GPUs ≥ 1, target_s, median_s: seconds ≥ 0}"),
+    ({"emulated_collective": [{"n": 2, "target_s": 1e-5, "median_s": True}]}, r"emulated_collective\[0\]", "must be"),
+    ({"emulated_collective": [{"n": 2, "target_s": 1e-5}]}, r"emulated_collective\[0\]", "must be"),
+    ({"emulated_collective": {"n": 2}}, "emulated_collective", "must be a list"),
+])
+def test_a_profile_number_that_is_true_false_or_text_is_an_error(tmp_path, bad, field, says):
+    """A profile's numbers are numbers: `true` is not read as 1 second (or 1 sample), text is not
+    dropped or a traceback; the error names the file and the field."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**a_profile().to_dict(), **bad}))
+    with pytest.raises(LigerSimError, match=f"^{re.escape(str(path))}: {field}: .*{says}"):
+        load_profile(path)
 
 
 def test_interpolation_exact_at_measured_points_and_monotone_between():
