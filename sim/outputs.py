@@ -160,6 +160,12 @@ def _clean(v):
     return v
 
 
+# The files `write_run` writes, some only for some runs (kv.csv: generative ones; trace.json and ir.jsonl: when
+# asked; ir.jsonl.gz stands in for a missing ir.jsonl). It removes them all first: a folder written over keeps
+# none of an earlier run's (a generative run's kv.csv beside an encoder run's tables, an IR it did not record).
+RUN_FILES = ("events.parquet", "requests.csv", "summary.json", "kv.csv", "trace.json", "ir.jsonl", "ir.jsonl.gz")
+
+
 def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | None, policy: str,
               sim_wall_s: float | None, extra: dict | None = None, trace: bool = True,
               trace_kernels: int | None = TRACE_KERNELS, progress: bool = False) -> dict:
@@ -169,6 +175,8 @@ def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | Non
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
     steps = 2 + trace + (schedule is not None)
     with tqdm(total=steps, desc="writing", unit="file", leave=False, disable=not progress) as bar:
         bar.set_postfix_str("events.parquet")

@@ -35,6 +35,7 @@ from sim.host_gaps import drift_range, host_breakdown, host_drift, shape_key
 from sim.jobs import Job
 from sim.kernels import Kernel
 from sim.outputs import (
+    RUN_FILES,
     VALIDATE_WRITES,
     _clean,
     read_events,
@@ -51,6 +52,9 @@ RUN_META = "run_meta.json"
 GENERATIVE_KEYS = ("iterations", "kv_log", "kv_capacity_tokens", "scenario", "job_list", "rejected_requests")
 # What `run_tables` reads of a closed loop's run_meta.json besides its iterations, when there, and as what
 RUN_META_TYPES = {"kv_log": list, "kv_capacity_tokens": int, "scenario": dict, "rejected_requests": int}
+# What `predict` and `build_report` write into a validation folder besides each mode's run files (`RUN_FILES`)
+REPORT_FILES = ("meta.json", "summary.json", "validation.csv", "validation.csv.gz", "report.md", "scatter.png",
+                "error_cdf.png", "timelines.png")
 
 
 def _run_meta(meta: dict) -> dict:
@@ -64,6 +68,17 @@ def _mode_meta(out: Path, mode: str, measured_meta: dict) -> dict:
         return measured_meta
     f = out / mode / RUN_META
     return read_json(f, VALIDATE_WRITES, needs={"iterations": list}, may=RUN_META_TYPES) if f.exists() else {}
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier validation wrote into `out` (not the runs it measured there): nothing of it
+    is then read as this one's (a generative run's closed_loop/run_meta.json gave an encoder run's closed
+    loop its iterations), and a prediction that fails leaves no half-old report."""
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for mode in MODES:
+        for name in (*RUN_FILES, RUN_META):
+            (out / mode / name).unlink(missing_ok=True)
 
 
 def _validation_meta(out: Path) -> dict:
@@ -124,10 +139,11 @@ def predict(measured: str | Path, scenario: str | Path, profile: str | Path, out
     _same_setup(schedule, scn, measured, str(scenario))
     jobs = jobs_from_meta(schedule.meta) or _jobs_from_requests(measured)
     emulated = hw.get("mode") == "emulate"
-    token = EMULATED.set(emulated)
-    timed = EVENT_TIMED.set(hw.get("timing") == "events")
     if "host_in_process" in hw:
         check_situ_entry(hw["host_in_process"], str(measured / "hw.json"), "host_in_process")
+    _clear(out)  # every input read and checked: this validation's files replace an earlier one's
+    token = EMULATED.set(emulated)
+    timed = EVENT_TIMED.set(hw.get("timing") == "events")
     own = hw.get("host_in_process") if host_costs == "in_process" else None
     situ = HOST_IN_PROCESS.set(own)
     try:

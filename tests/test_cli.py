@@ -326,3 +326,14 @@ def test_a_corrupt_summary_json_under_plot_timeline_is_one_line(scenario_file, t
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ligersim: error: {out / 'summary.json'}: {says}; `ligersim run` or `ligersim hw run` writes one"]
     assert not (out / "timeline.png").exists()
+
+
+def test_a_run_written_over_another_keeps_none_of_its_files(scenario_file, tmp_path):
+    """An earlier run's optional files go: a generative run's kv.csv, a trace and an IR (also compressed)
+    this run does not write were left beside its tables as if they were its own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("kv.csv", "trace.json", "ir.jsonl", "ir.jsonl.gz"):
+        (out / name).write_text("an earlier run's\n")
+    assert main(["run", str(scenario_file), "-o", str(out), "--no-trace", "--no-ir", "--no-plot"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["events.parquet", "requests.csv", "summary.json"]

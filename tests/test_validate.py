@@ -17,7 +17,7 @@ from sim.outputs import write_run
 from sim.profile import load_profile
 from sim.scenario import load_scenario
 from sim.simulate import load_jobs, simulate
-from sim.validation import build_report, predict
+from sim.validation import MODES, REPORT_FILES, build_report, predict
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "validation"
 KEYS = ("kernel_err_median", "kernel_err_p90", "makespan_err", "jct_mean_err", "throughput_err")
@@ -478,3 +478,26 @@ def test_a_corrupt_prediction_says_validate_writes_it(tmp_path, capsys, mode):
     shutil.copytree(out / mode, alone)
     assert main(["plot", "timeline", str(alone)]) == 2
     assert capsys.readouterr().err.strip().endswith("; `ligersim run` or `ligersim hw run` writes one")
+
+
+def test_a_reused_output_folder_keeps_nothing_of_an_earlier_validation(tmp_path):
+    """An encoder run validated into a generative validation's -o folder read its closed_loop/run_meta.json
+    (the closed loop's requests from the other run's iterations); a compressed table or IR, or a
+    kv.csv, of the earlier one stayed beside the new report. The report is a fresh folder's."""
+    args = (FIX / "measured", FIX / "scenario.yaml", FIX / "profile-cpu.yaml")
+    fresh, out = tmp_path / "fresh", tmp_path / "reused"
+    predict(*args, fresh)
+    for mode in MODES:  # what an earlier generative validation, compressed as committed, left
+        (out / mode).mkdir(parents=True)
+        (out / mode / "kv.csv").write_text("time_s,kv_tokens\n0.0,16\n")
+        (out / mode / "ir.jsonl.gz").write_bytes(b"an earlier run's")
+    (out / "closed_loop" / "run_meta.json").write_text(json.dumps(
+        {"iterations": [[0, 0, 0, 64, 1], [1, 0, 1, 64, 1]], "kv_log": [[0.0, 128]], "kv_capacity_tokens": 4096}))
+    (out / "validation.csv.gz").write_bytes(b"an earlier report's")
+    predict(*args, out)
+    assert (out / "summary.json").read_text() == (fresh / "summary.json").read_text()
+    assert (out / "validation.csv").read_text() == (fresh / "validation.csv").read_text()
+    for d in (out, out / "closed_loop", out / "replay"):
+        assert sorted(p.name for p in d.iterdir() if p.is_file()) == sorted(
+            p.name for p in (fresh / d.relative_to(out)).iterdir() if p.is_file()), d
+    assert set(REPORT_FILES) - {"validation.csv.gz"} <= {p.name for p in out.iterdir()}
