@@ -203,6 +203,8 @@ BOOLEANS = [
     ("hardware.interconnect.max_gpus", True, INTEGER, {}),
     ("hardware.interconnect.step_latency_s", False, NUMBER, {}),
     ("hardware.interconnect.base_latency_s", True, NUMBER, {}),
+    *((f"hardware.interconnect.{f}", True, INTEGER, {}) for f in ("gpus_per_node", "nics_per_node")),
+    *((f"hardware.interconnect.{f}", False, NUMBER, {}) for f in ("nic_bw", "net_step_latency_s")),
     ("hardware.host.launch_s", True, NUMBER, HOST),
     ("hardware.host.sync_wakeup_s", False, NUMBER, HOST),
     ("hardware.host.kernel_overhead_s", True, NUMBER, HOST),
