@@ -47,6 +47,11 @@ class ServingSpec(StrictModel):
         "prompt + output - 1 tokens must fit max_batch_tokens).")
     groups: int = Field(2, ge=1, description="generative interleaved: batch groups whose iterations alternate "
                         "on the main and sub streams (inter_op/hybrid: micro-batch groups, default pp).")
+    pipeline_admission: Literal["next_group", "least_loaded"] = Field(
+        "next_group", description="generative inter_op/hybrid: next_group = one queue, the group batched next "
+        "admits the oldest arrivals (at light load they gather in few groups); least_loaded = an arriving "
+        "request joins the micro-batch group with the fewest unfinished requests and waits for that group "
+        "(vLLM's pipeline virtual engines).")
     over_context: Literal["allow", "enforce"] = Field(
         "allow", description="Requests longer than model.context: allow = run them as asked (with a warning); "
         "enforce = as vLLM does with max_model_len, reject a prompt that does not leave room for one output "

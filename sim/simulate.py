@@ -167,7 +167,8 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
         kv = kv_capacity_tokens(ctx.model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, scn.serving, file,
                                 in_flight)
         ctx.scheduler = BatchScheduler(jobs, scn.serving, kv, max(groups, scn.pp()), file,
-                                       bind_on_arrival=scn.policy.name in ("inter_op", "hybrid"))
+                                       bind_on_arrival=scn.policy.name in ("inter_op", "hybrid")
+                                       and scn.serving.pipeline_admission == "least_loaded")
     else:
         biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
         check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
