@@ -435,10 +435,16 @@ class Engine:
         from tqdm import tqdm
 
         env, step = self.env, max(horizon, 1e-3) / 100
+        queue, advance = env._queue, env.step
         with tqdm(total=round(horizon, 3), unit="sim s", desc="simulating", leave=False,
                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} sim s [{elapsed}<{remaining}{postfix}]") as bar:
-            while env.peek() != float("inf"):
-                env.run(until=env.now + step)
+            # the queue's own events in `run_all`'s order, the bar redrawn every `step` of simulated
+            # time: `env.run(until=...)` left its `until` event queued, so the loop never ended and
+            # the run's end moved to a step boundary
+            while queue:
+                until = max(env.now + step, queue[0][0])
+                while queue and queue[0][0] <= until:
+                    advance()
                 bar.n = round(min(env.now, horizon), 3)
                 bar.set_postfix_str(f"{len(self.log):,} kernels", refresh=False)
                 bar.refresh()

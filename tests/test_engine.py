@@ -472,3 +472,26 @@ def test_clock_callbacks_run_where_timeouts_would():
     assert scenario(Clock(), True) == expected and len(expected) == 11
     with pytest.raises(ValueError, match="negative delay"):
         Clock().call_in(-1e-9, print, None)
+
+
+def test_a_run_with_its_progress_bar_ends_and_gives_the_same_run():
+    """`ligersim run` in a terminal shows a progress bar; that path looped for ever after the last
+    kernel (SimPy's `until` event stayed queued), so it runs in a child process with a time limit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import warnings; warnings.simplefilter("ignore")
+        from sim.scenario import load_scenario
+        from sim.simulate import load_jobs, simulate
+        scn, base = load_scenario("scenarios/tiny-cpu.yaml")
+        jobs = load_jobs(scn, base, 20)
+        runs = [simulate(scn, jobs, record_ir=False, progress=p) for p in (False, True)]
+        assert runs[0].result.end_s == runs[1].result.end_s, [r.result.end_s for r in runs]
+        assert runs[0].events.equals(runs[1].events)
+        print("same")
+    """)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
