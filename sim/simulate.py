@@ -139,7 +139,14 @@ def fit_context(scn: Scenario, jobs: list[Job]) -> list[Job]:
 
 def run_meta(scn: Scenario, jobs: list[Job]) -> dict:
     """What an IR header records so the run can be replayed on either backend."""
-    meta = {"scenario": scn.model_dump(mode="json"), "policy": scn.policy.name, "jobs": len(jobs),
+    scenario = scn.model_dump(mode="json")
+    hw = scn.hardware
+    if hw.profile:  # the profile's host costs and contention table apply unless the scenario set its
+        # own (`make_engine`): written out, a replay of the header would take them as set
+        for name in ("host", "contention"):
+            if name not in hw.model_fields_set:
+                scenario["hardware"].pop(name, None)
+    meta = {"scenario": scenario, "policy": scn.policy.name, "jobs": len(jobs),
             "job_list": [[j.request_id, j.arrival_s, j.batch, j.seq_len, j.prompt_tokens, j.output_tokens]
                          for j in jobs]}
     if getattr(jobs, "rejected", 0):  # turned away by `fit_context`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -337,3 +338,18 @@ def test_a_run_written_over_another_keeps_none_of_its_files(scenario_file, tmp_p
         (out / name).write_text("an earlier run's\n")
     assert main(["run", str(scenario_file), "-o", str(out), "--no-trace", "--no-ir", "--no-plot"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["events.parquet", "requests.csv", "summary.json"]
+
+
+def test_a_replay_of_a_profiled_run_keeps_the_profiles_host_costs(tmp_path):
+    """The IR header embeds the scenario; written out whole, its default host costs and contention
+    read back as set by the user, so a replay ran with them instead of the profile's."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "validation"
+    scn = yaml.safe_load((fixture / "scenario.yaml").read_text())
+    scn["hardware"]["profile"] = str(fixture / "profile-cpu.yaml")
+    path = tmp_path / "profiled.yaml"
+    path.write_text(yaml.safe_dump(scn))
+    out, rep = tmp_path / "out", tmp_path / "rep"
+    assert main(["run", str(path), "-o", str(out), "--no-plot"]) == 0
+    assert main(["replay", str(out / "ir.jsonl"), "-o", str(rep)]) == 0
+    a, b = pd.read_parquet(out / "events.parquet"), pd.read_parquet(rep / "events.parquet")
+    pd.testing.assert_frame_equal(a, b)

@@ -196,3 +196,11 @@ def test_the_knob_table_covers_every_policy_field():
     assert fields == {f for f in POLICY_FIELDS if f.startswith("policy.")}
     assert set(KNOBS) == set(GENERATIVE_KNOBS) == set(POLICIES)
     assert all(set(k) <= set(POLICY_FIELDS) for t in (KNOBS, GENERATIVE_KNOBS) for k in t.values())
+
+
+def test_only_pipelines_read_how_they_admit_requests():
+    """A sweep of serving.pipeline_admission draws one line for the policies that do not read it."""
+    from sim.policies import reads
+
+    assert [p for p in ("intra_op", "inter_op", "interleaved", "hybrid")
+            if reads(p, "serving.pipeline_admission", generative=True)] == ["inter_op", "hybrid"]

@@ -37,11 +37,13 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "interleaved": ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention"),
 }
 GENERATIVE_KNOBS: dict[str, tuple[str, ...]] = {
-    "intra_op": (), "in_order": (), "inter_op": ("serving.groups",), "hybrid": ("serving.groups",),
+    "intra_op": (), "in_order": (), "inter_op": ("serving.groups", "serving.pipeline_admission"),
+    "hybrid": ("serving.groups", "serving.pipeline_admission"),
     "interleaved": ("serving.groups", "policy.split", "policy.split_collectives", "policy.contention"),
 }
 POLICY_FIELDS = ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention",
-                 "policy.microbatches", "serving.groups")  # the fields some policy reads and another not
+                 "policy.microbatches", "serving.groups",
+                 "serving.pipeline_admission")  # the fields some policy reads and another not
 
 
 def reads(policy: str, key: str, generative: bool) -> bool:
