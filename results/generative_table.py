@@ -1,7 +1,8 @@
 """The generative-serving tables in the README: the Azure traces' first N requests on each
 `scenarios/azure-*.yaml` under every policy (rank-folded where exact).
 
-Run: `.venv/bin/python results/generative_table.py [--jobs 100]`; writes
+Run: `.venv/bin/python results/generative_table.py [--jobs 100] [--policies inter_op,hybrid]
+[--pipeline-admission least_loaded]`; writes
 results/generative/<scenario>/<policy>.json (summaries) and prints markdown tables.
 """
 
@@ -25,11 +26,12 @@ COLUMNS = [("ttft_mean_s", "TTFT mean (ms)", 1e3), ("ttft_p99_s", "TTFT p99 (ms)
            ("slo_attainment", "SLO met", 100.0), ("overlap_frac", "overlap", 100.0)]
 
 
-def run(name: str, policy: str, knobs: dict, jobs: int) -> dict:
+def run(name: str, policy: str, knobs: dict, jobs: int, admission: str) -> dict:
     path = ROOT / "scenarios" / f"{name}.yaml"
     scn, base = load_scenario(path)
     d = scn.model_dump(mode="json")
     d["policy"] = {**d["policy"], "name": policy, "tp": None, "pp": None, **knobs}
+    d["serving"] = {**d["serving"], "pipeline_admission": admission}
     scn = parse_scenario(d, str(path))
     js = load_jobs(scn, base, jobs)
     r = simulate(scn, js, record_ir=False, file=str(path), fold_ranks=policy in SYMMETRIC_POLICIES)
@@ -40,7 +42,11 @@ def run(name: str, policy: str, knobs: dict, jobs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--policies", default=",".join(POLICIES), help="a subset of " + ", ".join(POLICIES))
+    ap.add_argument("--pipeline-admission", default="next_group", choices=("next_group", "least_loaded"),
+                    help="serving.pipeline_admission; other than the default, summaries go to POLICY-VALUE.json")
     args = ap.parse_args()
+    suffix = "" if args.pipeline_admission == "next_group" else f"-{args.pipeline_admission}"
     for name in SCENARIOS:
         out = ROOT / "results" / "generative" / name
         out.mkdir(parents=True, exist_ok=True)
@@ -48,8 +54,10 @@ def main() -> None:
         print("| policy | " + " | ".join(c[1] for c in COLUMNS) + " |")
         print("|---|" + "---|" * len(COLUMNS))
         for policy, knobs in POLICIES.items():
-            s = run(name, policy, knobs, args.jobs)
-            (out / f"{policy}.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
+            if policy not in args.policies.split(","):
+                continue
+            s = run(name, policy, knobs, args.jobs, args.pipeline_admission)
+            (out / f"{policy}{suffix}.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
             label = policy + (" (tp 2 x pp 2)" if policy == "hybrid" else "")
             cells = [f"{s[k] * scale:.1f}" if s.get(k) is not None else "" for k, _, scale in COLUMNS]
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

@@ -124,20 +124,27 @@ def parse_vary(items: list[str] | None) -> list[tuple[str, list]]:
     return out
 
 
-def with_setting(scn_dict: dict, key: str, value, file: str) -> dict:
+def with_setting(scn_dict: dict, key: str, value, file: str, _path: str = "") -> dict:
     """The scenario mapping with the dotted field `key` set (copies along the path; a preset given
-    by name, as `model: llama2-70b`, becomes `{preset: llama2-70b}` so its fields can be set)."""
+    by name, as `model: llama2-70b`, becomes `{preset: llama2-70b}` so its fields can be set, and
+    a section left out that stands for a preset, as `hardware.host`, starts from that preset)."""
+    from sim.scenario import DEFAULT_PRESETS
+
     head, _, rest = key.partition(".")
     if not rest:
         return {**scn_dict, head: value}
+    path = f"{_path}.{head}" if _path else head
     inner = scn_dict.get(head)
+    if inner is None and path in DEFAULT_PRESETS:
+        inner = DEFAULT_PRESETS[path]
     if isinstance(inner, str):
         inner = {"preset": inner}
     if inner is None:
         inner = {}
     if not isinstance(inner, dict):
-        raise LigerSimError(f"--vary {key}: {head} is {inner!r}, not a mapping with fields", file=file, field=key)
-    return {**scn_dict, head: with_setting(inner, rest, value, file)}
+        full = f"{_path}.{key}" if _path else key
+        raise LigerSimError(f"--vary {full}: {path} is {inner!r}, not a mapping with fields", file=file, field=full)
+    return {**scn_dict, head: with_setting(inner, rest, value, file, path)}
 
 
 def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Scenario, scn_dict: dict,

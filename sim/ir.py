@@ -63,7 +63,8 @@ def save(schedule: Schedule, path: str | Path) -> None:
     directly: a run's IR has millions of operations, and a dict plus a `json.dumps` call per line
     took 4 us of the 6 us each line cost (tests/test_ir.py checks the text against `json.dumps`)."""
     spec_ids: dict[int, int] = {}
-    with open(path, "w") as f:
+    opener = gzip.open if Path(path).suffix == ".gz" else open  # `load` reads NAME.gz as gzip
+    with opener(path, "wt") as f:
         f.write(json.dumps({"format": IR_FORMAT, "version": IR_VERSION, "world": schedule.world,
                             "ops": len(schedule.ops), "meta": schedule.meta}) + "\n")
         write = f.write

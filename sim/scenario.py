@@ -134,13 +134,19 @@ class ContentionSpec(StrictModel):
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("contention", "contention")(v)))
 
 
+# Sections a scenario may leave out that then stand for a preset (a sweep that sets one of their
+# fields starts from it, not from nothing).
+DEFAULT_PRESETS = {"hardware.host": "default", "hardware.contention": "default"}
+
+
 class Hardware(StrictModel):
     gpu: GpuSpec = Field(description="GPU preset name or fields.")
     count: int = Field(ge=1, description="Number of GPUs.")
     interconnect: InterconnectSpec = Field(description="Interconnect preset name or fields.")
-    host: HostSpec = Field(default_factory=lambda: HostSpec.model_validate("default"),
+    host: HostSpec = Field(default_factory=lambda: HostSpec.model_validate(DEFAULT_PRESETS["hardware.host"]),
                            description="Host launch/sync costs.")
-    contention: ContentionSpec = Field(default_factory=lambda: ContentionSpec.model_validate("default"),
+    contention: ContentionSpec = Field(default_factory=lambda: ContentionSpec.model_validate(
+        DEFAULT_PRESETS["hardware.contention"]),
                                        description="Contention table.")
     profile: str | None = Field(None, description="Calibrated profile (`ligersim calibrate`), relative to the "
                                 "scenario's folder: measured kernel costs, and host costs and contention table "

@@ -132,7 +132,12 @@ class BatchScheduler:
         self.bound: list[deque[Seq]] = [deque() for _ in range(groups)]  # arrived, bound, not admitted
         self.unfinished = [0] * groups  # bound requests not yet finished, per group
         self.block = spec.kv_block_tokens
-        self.free_blocks = self.total_blocks = kv_tokens // self.block
+        # bound requests draw on their group's own share of the cache, as each of vLLM's pipeline
+        # virtual engines gets 1/pp of the blocks (its `Scheduler`); otherwise one pool
+        pools = groups if bind_on_arrival else 1
+        self.free = [kv_tokens // self.block // pools] * pools  # free blocks per pool
+        self.total_blocks = self.free[0] * pools
+        kv_tokens = self.free[0] * self.block  # what one request can hold at most
         self.waiting: deque[Seq] = deque()
         self.seqs: dict[int, Seq] = {}
         for j in jobs:
@@ -149,9 +154,11 @@ class BatchScheduler:
                 raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
                                     "serving needs at least 1", file=file, field="workload.output_tokens")
             if prompt + j.output_tokens > kv_tokens:
+                share = f" ({kv_tokens} in each of {pools} groups' shares)" if pools > 1 else ""
                 raise LigerSimError(
                     f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
-                    f"{kv_tokens} per GPU; use more GPUs or shorter requests", file=file, field="workload")
+                    f"{self.total_blocks * self.block} per GPU{share}; use more GPUs or shorter requests", file=file,
+                    field="workload")
             if prompt > spec.max_batch_tokens and not spec.chunked_prefill:
                 raise LigerSimError(
                     f"request {j.request_id} has a {prompt}-token prompt, more than serving.max_batch_tokens="
@@ -213,13 +220,22 @@ class BatchScheduler:
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block)
 
+    @property
+    def free_blocks(self) -> int:
+        return sum(self.free)
+
+    def _pool(self, s: Seq) -> int:
+        """The pool of KV blocks `s` draws on: its group's when bound on arrival."""
+        return s.group if self.bind_on_arrival else 0
+
     def _grow(self, s: Seq, tokens: int) -> bool:
         need = self._blocks_for(tokens) - s.blocks
         if need <= 0:
             return True
-        if need > self.free_blocks:
+        pool = self._pool(s)
+        if need > self.free[pool]:
             return False
-        self.free_blocks -= need
+        self.free[pool] -= need
         s.blocks += need
         return True
 
@@ -228,9 +244,11 @@ class BatchScheduler:
         still on the GPU, to be recomputed later (its prompt and generated tokens are
         prefilled again)."""
         for victim in reversed(self.running):
-            if victim.rid not in scheduled and (victim.group == group or victim.group not in self.in_flight):
+            # bound on arrival, only its own group's sequences free blocks of its pool
+            others = not self.bind_on_arrival and victim.group not in self.in_flight
+            if victim.rid not in scheduled and (victim.group == group or others):
                 self.running.remove(victim)
-                self.free_blocks += victim.blocks
+                self.free[self._pool(victim)] += victim.blocks
                 victim.blocks = victim.prefilled = 0
                 victim.target = victim.prompt + victim.generated
                 victim.preemptions += 1
@@ -282,7 +300,7 @@ class BatchScheduler:
             if chunk > budget:
                 break
             reserve = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.target + 1
-            if self._blocks_for(reserve) > self.free_blocks:
+            if self._blocks_for(reserve) > self.free[self._pool(s)]:
                 break
             queue.popleft()
             self._grow(s, reserve)
@@ -325,7 +343,7 @@ class BatchScheduler:
             s = self.seqs[rid]
             if s.generated >= s.output and s in self.running:
                 self.running.remove(s)
-                self.free_blocks += s.blocks
+                self.free[self._pool(s)] += s.blocks
                 s.blocks = 0
                 if self.bind_on_arrival:
                     self.unfinished[s.group] -= 1

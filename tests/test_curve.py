@@ -204,3 +204,18 @@ def test_only_pipelines_read_how_they_admit_requests():
 
     assert [p for p in ("intra_op", "inter_op", "interleaved", "hybrid")
             if reads(p, "serving.pipeline_admission", generative=True)] == ["inter_op", "hybrid"]
+
+
+def test_varying_a_field_of_a_section_the_scenario_leaves_out_starts_from_its_preset():
+    """`--vary hardware.host.launch_s=...` on a scenario without `host:` was refused for missing
+    fields: the section started from nothing instead of the default preset it stands for."""
+    from sim.curve import with_setting
+
+    d = tiny("intra_op")
+    d["hardware"].pop("host", None)
+    varied = with_setting(d, "hardware.host.launch_s", 2e-5, "s.yaml")
+    assert varied["hardware"]["host"] == {"preset": "default", "launch_s": 2e-5}
+    scn = parse_scenario(varied)
+    assert scn.hardware.host.launch_s == 2e-5 and scn.hardware.host.sync_wakeup_s == 10e-6
+    with pytest.raises(LigerSimError, match=r"--vary model.layers.x: model.layers is 4"):
+        with_setting({**d, "model": {"preset": "llama2-7b", "layers": 4}}, "model.layers.x", 1, "s.yaml")

@@ -129,6 +129,9 @@ def test_ir_round_trips_and_replay_reproduces_events(prog):
         path = Path(d) / "ir.jsonl"
         ir.save(res.schedule, path)
         loaded = ir.load(path)
+        ir.save(res.schedule, Path(d) / "ir2.jsonl.gz")  # a .gz name is written gzipped, as load reads it
+        zipped = ir.load(Path(d) / "ir2.jsonl.gz")
+    assert [o.key() for o in zipped.ops] == [o.key() for o in res.schedule.ops]
     assert [o.key() for o in loaded.ops] == [o.key() for o in res.schedule.ops]
     assert [o.t for o in loaded.ops] == [o.t for o in res.schedule.ops]
     eng = make_engine(prog.world)

@@ -372,3 +372,22 @@ def test_pipeline_groups_all_get_requests_when_bound_on_arrival(policy):
     if policy == "inter_op":  # (hybrid's two groups happen to split this trace evenly either way)
         assert pd.Series(first).value_counts().max() > 32 // groups + 8
     assert (req["tokens"] == req["output_tokens"]).all()
+
+
+def test_bound_groups_each_hold_their_share_of_the_kv_cache():
+    """vLLM gives each pipeline virtual engine 1/pp of the KV blocks: bound to group 0, a request
+    waits for group 0's blocks even while group 1 has room, and one that fits the whole cache but
+    not a group's share is refused up front."""
+    from sim.jobs import Job
+    from sim.serving import BatchScheduler, ServingSpec
+
+    spec = ServingSpec(mode="generative", kv_block_tokens=16)
+    jobs = [Job(i, 0.0, 1, 16, 16, 16) for i in range(3)]  # each reserves 32 tokens: 2 blocks
+    sched = BatchScheduler(jobs, spec, 96, 2, bind_on_arrival=True)  # 6 blocks, 3 per group
+    it = sched.plan(0.0, 0)
+    assert [r for r, *_ in it.prefills] == [0] and [s.rid for s in sched.bound[0]] == [2]
+    assert sched.free == [1, 3] and sched.free_blocks == 4
+    assert [r for r, *_ in sched.plan(0.0, 1).prefills] == [1]
+    with pytest.raises(LigerSimError, match="each of 2 groups' shares"):
+        BatchScheduler([Job(0, 0.0, 1, 40, 40, 20)], spec, 96, 2, bind_on_arrival=True)
+    BatchScheduler([Job(0, 0.0, 1, 40, 40, 20)], spec, 96, 2)  # one pool: it fits
