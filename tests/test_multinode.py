@@ -103,15 +103,15 @@ def test_a_send_between_nodes_uses_the_nic(nbytes):
         BASE + 2 * NET + nbytes / NIC, rel=1e-12)
 
 
-def _durations(pairs: list[tuple[int, int]], gpus: int = 16):
-    """Each send of `pairs` (one stream each, all at t=0) simulated on dgx-h100-ndr: (durations, solo)."""
+def _durations(pairs: list[tuple[int, int]], gpus: int = 16, interconnect: dict = DGX):
+    """Each send of `pairs` (one stream each, all at t=0) simulated on `interconnect`: (durations, solo)."""
     from sim.contention import ContentionTable
     from sim.costs import RooflineCost
     from sim.engine import Engine, HostParams
     from sim.kernels import Kernel, collective
     from sim.simulate import events_frame
 
-    topo = build_topology(DGX, gpus)
+    topo = build_topology(interconnect, gpus)
     cost = RooflineCost(1e15, 1e12, 100, 0.0, topo)
     eng = Engine(gpus, cost.solo, ContentionTable([]), topo, HostParams(0.0, 0.0))
 
@@ -353,32 +353,10 @@ def test_gpus_share_nics_in_contiguous_blocks():
 
 
 def test_concurrent_sends_share_a_shared_nic():
-    from sim.contention import ContentionTable
-    from sim.costs import RooflineCost
-    from sim.engine import Engine, HostParams
-    from sim.kernels import Kernel, collective
-    from sim.simulate import events_frame
-
-    topo = build_topology({**DGX, "nics_per_node": 4}, 16)
-
-    def durations(pairs):
-        eng = Engine(16, RooflineCost(1e15, 1e12, 100, 0.0, topo).solo, ContentionTable([]), topo,
-                     HostParams(0.0, 0.0))
-
-        def policy(rt):
-            for a, b in pairs:
-                if rt.rank in (a, b):
-                    kind = "send" if rt.rank == a else "recv"
-                    rt.launch(Kernel(collective(kind, kind, 64 * 2**20), rt.rank, 0, 0, (a, b)), rt.new_stream(0))
-            yield rt.sleep_until(0.0)
-
-        ev = events_frame(eng.run([policy] * 16).events)
-        ev = ev[ev["rank"] == ev["group"].map(lambda g: int(g.split(",")[0]))]
-        return (ev["end_s"] - ev["start_s"]).to_numpy(), ev["solo_s"].to_numpy()
-
-    same_nic, solo = durations([(0, 8), (1, 9)])  # GPUs 0 and 1 leave through NIC 0
+    shared = {**DGX, "nics_per_node": 4}
+    same_nic, solo = _durations([(0, 8), (1, 9)], interconnect=shared)  # GPUs 0 and 1 leave through NIC 0
     assert same_nic == pytest.approx(2 * solo)
-    own_nics, solo = durations([(0, 8), (2, 10)])
+    own_nics, solo = _durations([(0, 8), (2, 10)], interconnect=shared)
     assert own_nics == pytest.approx(solo)
 
 
