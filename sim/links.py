@@ -78,7 +78,7 @@ class Topology:
 
     def node_rings(self, group: tuple[int, ...]) -> list[tuple[int, ...]]:
         """NCCL's rings over a group that spans nodes: one per GPU of the group in its fullest node
-        (one per NIC), each visiting the nodes in order and each node's ranks from a different one,
+        (one per NIC when every GPU has its own), each visiting the nodes in order and each node's ranks from a different one,
         so each GPU leaves its node in one ring and enters it in one: the rings' network hops
         spread over all the group's NICs. Each ring carries 1/len(rings) of the data; GPUs that
         share a NIC put their rings' hops on it together (a group spread unevenly over shared NICs
@@ -121,8 +121,10 @@ class Topology:
 
     def collective_loads(self, kind: str, group: tuple[int, ...]) -> dict[int, int]:
         """Flows a collective puts on each link (for sharing links between collectives); for a
-        group across nodes, every ring's flows (the engine compares loads, so the count of rings
-        cancels out)."""
+        group across nodes, every ring's: each ring is a flow of its own (an NCCL channel) and a
+        link is shared equally among the flows on it, so a collective with R rings on a link
+        claims R shares. A flow held back by another link (a NIC) still claims its full share of
+        this one: no max-min fairness (README, Limitations)."""
         if len(group) < 2:
             return {}
         if kind == "all_reduce":

@@ -96,6 +96,10 @@ class InterconnectSpec(StrictModel):
             if self.nics_per_node is not None and self.gpus_per_node % self.nics_per_node:
                 raise ValueError(f"nics_per_node ({self.nics_per_node}) must divide gpus_per_node "
                                  f"({self.gpus_per_node})")
+        else:  # set on another kind they would change nothing, silently
+            given = [f for f in _MULTINODE_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to kind 'multinode' (this is kind '{self.kind}')")
         return self
 
     @model_serializer(mode="wrap")

@@ -380,3 +380,15 @@ def test_nics_per_node_is_recorded_only_where_given():
     dumped = parse_scenario(d).model_dump(mode="json")
     assert dumped["hardware"]["interconnect"]["nics_per_node"] == 2
     assert parse_scenario(dumped).hardware.interconnect.nics_per_node == 2
+
+
+@pytest.mark.parametrize("field,value", [("gpus_per_node", 4), ("nic_bw", 1e9), ("nics_per_node", 2),
+                                         ("net_step_latency_s", 1e-5)])
+def test_multinode_fields_on_another_kind_are_an_error(field, value):
+    """Set on a switch they changed nothing and were recorded: a user could think they had built
+    a cluster of nodes."""
+    d = {"name": "x", "hardware": {"gpu": "H100-SXM", "count": 8,
+                                   "interconnect": {"preset": "nvswitch-h100", field: value}},
+         "model": "llama2-7b", "workload": {"kind": "generate", "jobs": 2, "seq_len": 64}, "policy": {"name": "intra_op"}}
+    with pytest.raises(LigerSimError, match=f"{field} only apply to kind 'multinode'"):
+        parse_scenario(d)
