@@ -118,12 +118,13 @@ def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: Ser
 class BatchScheduler:
     """Iteration-level batching over `groups` batch groups (one per in-flight iteration).
 
-    With `bind_on_arrival` (pipelines), a request joins a group when it arrives, the one with
-    the fewest unfinished requests (as vLLM's engine adds a request to the pipeline's virtual
-    engine with the fewest unfinished sequence groups, `LLMEngine._add_processed_request`), and
-    only that group's iterations admit it. Without it (interleaving), whichever group is batched
-    next admits the oldest arrived request: a pipeline's first stage batches its groups in turn,
-    so the group after a busy one would take every arrival and the others would stay empty."""
+    Without `bind_on_arrival`, one queue: whichever group is batched next admits the oldest
+    arrived requests (interleaving; pipelines with `serving.pipeline_admission: next_group`, where
+    the group batched after a busy one takes what arrived meanwhile). With it (`least_loaded`), a
+    request joins a group when it arrives, the one with the fewest unfinished requests, and only
+    that group's iterations admit it, from that group's own share of the KV blocks (as vLLM adds a
+    request to the pipeline virtual engine with the fewest unfinished sequence groups,
+    `LLMEngine._add_processed_request`, each holding 1/pp of the blocks)."""
 
     def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>",
                  bind_on_arrival: bool = False):
@@ -137,7 +138,7 @@ class BatchScheduler:
         pools = groups if bind_on_arrival else 1
         self.free = [kv_tokens // self.block // pools] * pools  # free blocks per pool
         self.total_blocks = self.free[0] * pools
-        kv_tokens = self.free[0] * self.block  # what one request can hold at most
+        most = self.free[0] * self.block  # what one request can hold at most
         self.waiting: deque[Seq] = deque()
         self.seqs: dict[int, Seq] = {}
         for j in jobs:
@@ -153,8 +154,8 @@ class BatchScheduler:
             if j.output_tokens < 1:
                 raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
                                     "serving needs at least 1", file=file, field="workload.output_tokens")
-            if prompt + j.output_tokens > kv_tokens:
-                share = f" ({kv_tokens} in each of {pools} groups' shares)" if pools > 1 else ""
+            if prompt + j.output_tokens > most:
+                share = f" ({most} in each of {pools} groups' shares)" if pools > 1 else ""
                 raise LigerSimError(
                     f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
                     f"{self.total_blocks * self.block} per GPU{share}; use more GPUs or shorter requests", file=file,
@@ -197,16 +198,15 @@ class BatchScheduler:
     def group_has_work(self, group: int, now: float) -> bool:
         if any(s.group == group for s in self.running):
             return True
-        if self.bind_on_arrival:
-            self._bind(now)
-            return bool(self.bound[group])
-        return bool(self.waiting and self.waiting[0].arrival_s <= now)
+        self._bind(now)
+        queue = self._queue(group)
+        return bool(queue and queue[0].arrival_s <= now)
 
     def _bind(self, now: float) -> None:
         """Bind every request that has arrived by `now` to the group with the fewest unfinished
-        requests (the lowest-numbered on a tie). Counts change only in scheduler calls, so binding
-        at the first call after an arrival is binding at the arrival."""
-        while self.waiting and self.waiting[0].arrival_s <= now:
+        requests (the lowest-numbered on a tie), when binding on arrival. Counts change only in
+        scheduler calls, so binding at the first call after an arrival is binding at the arrival."""
+        while self.bind_on_arrival and self.waiting and self.waiting[0].arrival_s <= now:
             s = self.waiting.popleft()
             s.group = min(range(self.groups), key=self.unfinished.__getitem__)
             self.unfinished[s.group] += 1
@@ -263,8 +263,7 @@ class BatchScheduler:
 
     def plan(self, now: float, group: int) -> Iteration | None:
         """The next iteration of `group`, whose previous iteration has completed."""
-        if self.bind_on_arrival:
-            self._bind(now)
+        self._bind(now)
         queue = self._queue(group)
         it = Iteration(len(self.iterations), group, planned_s=now)
         budget, room = self.spec.max_batch_tokens, self.spec.max_batch_seqs
@@ -332,8 +331,7 @@ class BatchScheduler:
     def complete(self, it: Iteration, now: float) -> None:
         """Apply an iteration's results: prompts advance, tokens are emitted, finished
         sequences free their KV blocks (logged at `now`, when the host learns of it)."""
-        if self.bind_on_arrival:
-            self._bind(now)
+        self._bind(now)
         self.in_flight.discard(it.group)
         for rid, chunk, _ in it.prefills:
             self.seqs[rid].prefilled += chunk

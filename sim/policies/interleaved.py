@@ -74,10 +74,6 @@ SPLIT_MEMO_MAX = 100_000
 COMM = "collective"  # the class of every collective kind: `spec.cls == COMM` is `spec.is_collective`
 
 
-def is_comm(spec: KernelSpec) -> bool:
-    return spec.cls == COMM
-
-
 def pending_queue(specs: list[KernelSpec], layers: list[int]) -> deque[Pending]:
     """A job's kernels, in order, as its planner queue."""
     return deque(zip(specs, layers, range(len(specs))))
