@@ -122,11 +122,21 @@ class RankResult:
     cupti: list[tuple] = field(default_factory=list)  # CUPTI runs: (rank, kernel_id, start, end, ready) per activity
 
 
+def one_replica(scn: Scenario, file: str) -> None:
+    """The CUDA backend runs one model replica: several data-parallel replicas are simulated only."""
+    if scn.policy.dp > 1:
+        raise LigerSimError(f"policy.dp={scn.policy.dp}: the CUDA backend runs one model replica; run one replica's "
+                            "GPUs with policy.dp: 1 (the simulator models replicas, whose only shared resource is "
+                            "the interconnect)", file=file, field="policy.dp")
+
+
 def build_plan(src: Source) -> Plan:
     if src.kind == "scenario":
         scn, base = load_scenario(src.path)
+        one_replica(scn, src.path)
         jobs = load_jobs(scn, base, src.jobs)
-        engine, cost, rank_policies, ctx = prepare(scn, jobs, record_ir=False, file=src.path)
+        engine, cost, rank_policies, ctxs = prepare(scn, jobs, record_ir=False, file=src.path)
+        ctx = ctxs[0]
         shapes = {j.request_id: (j.batch, j.seq_len) for j in jobs}
         plan = Plan(scn, scn.hardware.count, scn.tp(), rank_policies, cost.solo, engine.topology, shapes,
                     scn.policy.name, run_meta(scn, jobs), jobs=jobs, max_shape=_largest(shapes), ctx=ctx)
@@ -138,6 +148,7 @@ def build_plan(src: Source) -> Plan:
         return plan
     schedule = ir.load(src.path)
     scn = scenario_of(schedule, src.path)
+    one_replica(scn, src.path)
     engine, cost = make_engine(scn, record_ir=False)
     jobs = jobs_from_meta(schedule.meta)
     shapes = ({j.request_id: (j.batch, j.seq_len) for j in jobs} if jobs

@@ -192,8 +192,10 @@ class Engine:
         self._link_loads: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
         # Symmetric tensor parallelism: every rank runs the same kernels at the same times, so
         # simulating rank 0 alone (its collectives start when it reaches them) is exact and
-        # `world` times faster. Only for policies whose ranks are all alike.
+        # `world` times faster. Only for policies whose ranks are all alike. With data-parallel
+        # replicas of `replica` GPUs each, the first rank of every replica.
         self.fold = False
+        self.replica = world
 
     # ------------------------------------------------------------------ streams
     def add_stream(self, rank: int, sid: int, priority: int) -> Stream:
@@ -405,9 +407,9 @@ class Engine:
         show a progress bar over simulated time. Ctrl-C stops the run and returns what has
         completed so far, flagged `interrupted`."""
         wall = time.perf_counter()
-        rts = [SimRankRuntime(self, r) for r in range(1 if self.fold else self.world)]
-        for rt, policy in zip(rts, policies):
-            rt.gen = policy(rt)
+        rts = [SimRankRuntime(self, r) for r in range(0, self.world, self.replica if self.fold else 1)]
+        for rt in rts:
+            rt.gen = policies[rt.rank](rt)
             self.env.call_in(0.0, self._host, rt, 0)
         meta = dict(meta or {})
         thresholds = gc.get_threshold()

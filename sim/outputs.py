@@ -214,9 +214,12 @@ def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: 
         requests = generative_requests_frame(events, meta["iterations"], jobs)
         summary = summarise(events, requests, policy, sim_wall_s)
         serving = meta.get("scenario", {}).get("serving", {})
+        replicas = meta.get("replica_requests", [])
         summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),
                                           summary["makespan_s"], serving.get("slo_ttft_s"), serving.get("slo_tpot_s"),
-                                          rejected))
+                                          rejected, max(1, len(replicas))))
+        if replicas:
+            summary["replica_requests"] = replicas
     if rejected:
         summary["rejected"] = rejected
     return requests, summary
@@ -244,6 +247,9 @@ def describe(summary: dict) -> str:
         if "slo_attainment" in summary:
             lines.append(f"  SLO attainment {summary['slo_attainment']:.1%}, goodput {summary['goodput_jobs_s']:.2f} "
                          "jobs/s")
+    if "replica_requests" in summary:
+        lines.append(f"  {len(summary['replica_requests'])} replicas served "
+                     + " / ".join(f"{n:,}" for n in summary["replica_requests"]) + " requests")
     if "gpu_busy_frac" in summary:
         lines.append(f"  GPU busy {summary['gpu_busy_frac']:.1%}, compute/comm overlap {summary['overlap_frac']:.1%}")
     if "trace_until_s" in summary:

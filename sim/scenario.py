@@ -213,6 +213,13 @@ class PolicySpec(StrictModel):
         0.8, description="interleaved: scalar factor on the fill budget (Liger: 0.8), or `table` to cost each "
         "fill kernel with the contention table.")
     microbatches: int = Field(1, ge=1, description="inter_op/hybrid: micro-batches each job's batch is cut into.")
+    dp: int = Field(1, ge=1, description="Data-parallel replicas: copies of the model, each on hardware.count / dp "
+                    "GPUs sharded by tp and pp (replica r holds GPUs r x tp x pp onwards); a router sends each "
+                    "request to one of them.")
+    router: Literal["round_robin", "least_loaded"] = Field(
+        "round_robin", description="dp > 1: round_robin = request i goes to replica i mod dp; least_loaded = to "
+        "the replica with the fewest unfinished requests when it arrives (ties: the lowest index; generative "
+        "serving only).")
 
     @field_validator("name")
     @classmethod
@@ -230,7 +237,8 @@ class PolicySpec(StrictModel):
         return v
 
     def degrees(self, gpus: int) -> tuple[int, int]:
-        """(tp, pp) this policy shards with on `gpus` GPUs."""
+        """(tp, pp) this policy shards one replica with, on `gpus` GPUs in all."""
+        gpus = max(1, gpus // self.dp)
         if self.name in ("inter_op", "hybrid"):
             tp = self.tp or 1
             return tp, self.pp or max(1, gpus // tp)
@@ -252,6 +260,10 @@ class Scenario(StrictModel):
 
     def pp(self) -> int:
         return self.policy.degrees(self.hardware.count)[1]
+
+    def replica_gpus(self) -> int:
+        """GPUs one data-parallel replica holds (tp x pp)."""
+        return self.tp() * self.pp()
 
 
 def _tags(model: type[BaseModel]) -> set:
@@ -319,19 +331,27 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     except ValidationError as err:
         raise format_validation_error(err, file) from None
     pol, gpus = scn.policy, scn.hardware.count
-    tp, pp = scn.tp(), scn.pp()
+    if gpus % pol.dp:
+        raise LigerSimError(f"dp={pol.dp} replicas cannot split hardware.count = {gpus} GPUs evenly; give a dp that "
+                            f"divides {gpus}", file=file, field="policy.dp")
+    tp, pp, dp = scn.tp(), scn.pp(), pol.dp
+    per = gpus // dp
+    replica = f" of each of the {dp} replicas" if dp > 1 else ""
     if pol.name == "hybrid" and pol.tp is None:
-        raise LigerSimError("hybrid needs tp (and optionally pp) with tp x pp = hardware.count",
+        raise LigerSimError("hybrid needs tp (and optionally pp) with tp x pp x dp = hardware.count",
                             file=file, field="policy.tp")
     if pol.name == "inter_op" and tp != 1:
         raise LigerSimError(f"inter_op is pure pipeline parallelism: tp must be 1 (got {tp}); use hybrid for TP "
                             "inside stages", file=file, field="policy.tp")
-    if pol.name in ("intra_op", "in_order", "interleaved") and (tp != gpus or pp != 1):
-        raise LigerSimError(f"{pol.name} shards tensor-parallel over all {gpus} GPUs: leave tp and pp unset "
+    if pol.name in ("intra_op", "in_order", "interleaved") and (tp != per or pp != 1):
+        raise LigerSimError(f"{pol.name} shards tensor-parallel over all {per} GPUs{replica}: leave tp and pp unset "
                             f"(got tp={tp}, pp={pp})", file=file, field="policy.tp")
-    if tp * pp != gpus:
-        raise LigerSimError(f"tp x pp = {tp} x {pp} = {tp * pp} must equal hardware.count = {gpus}",
+    if tp * pp * dp != gpus:
+        raise LigerSimError(f"tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp} must equal hardware.count = {gpus}",
                             file=file, field="policy.pp")
+    if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
+        raise LigerSimError("policy.router: least_loaded counts unfinished requests of generative serving; in "
+                            "serving.mode: encoder use round_robin", file=file, field="policy.router")
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
                             field="policy.pp")

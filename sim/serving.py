@@ -15,7 +15,9 @@ policies decide *when* it runs and how the iterations' kernels are launched.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -127,8 +129,8 @@ class BatchScheduler:
     `LLMEngine._add_processed_request`, each holding 1/pp of the blocks)."""
 
     def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>",
-                 bind_on_arrival: bool = False):
-        self.spec, self.groups = spec, groups
+                 bind_on_arrival: bool = False, numbering: Iterator[int] | None = None):
+        self.spec, self.groups, self.file = spec, groups, file
         self.bind_on_arrival = bind_on_arrival
         self.bound: list[deque[Seq]] = [deque() for _ in range(groups)]  # arrived, bound, not admitted
         self.unfinished = [0] * groups  # bound requests not yet finished, per group
@@ -138,44 +140,12 @@ class BatchScheduler:
         pools = groups if bind_on_arrival else 1
         self.free = [kv_tokens // self.block // pools] * pools  # free blocks per pool
         self.total_blocks = self.free[0] * pools
-        most = self.free[0] * self.block  # what one request can hold at most
         self.waiting: deque[Seq] = deque()
         self.seqs: dict[int, Seq] = {}
-        for j in jobs:
-            prompt = j.prompt
-            if j.batch != 1:
-                raise LigerSimError(f"request {j.request_id} has batch {j.batch}: a generative request is one "
-                                    "sequence (give each its own row, or serving.mode: encoder)", file=file,
-                                    field="workload.batch")
-            if j.prompt_tokens < 1:
-                raise LigerSimError(f"request {j.request_id} has an empty prompt (prompt_tokens 0); a generative "
-                                    "request needs at least one prompt token", file=file,
-                                    field="workload.prompt_tokens")
-            if j.output_tokens < 1:
-                raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
-                                    "serving needs at least 1", file=file, field="workload.output_tokens")
-            if prompt + j.output_tokens > most:
-                share = f" ({most} in each of {pools} groups' shares)" if pools > 1 else ""
-                raise LigerSimError(
-                    f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
-                    f"{self.total_blocks * self.block} per GPU{share}; use more GPUs or shorter requests", file=file,
-                    field="workload")
-            if prompt > spec.max_batch_tokens and not spec.chunked_prefill:
-                raise LigerSimError(
-                    f"request {j.request_id} has a {prompt}-token prompt, more than serving.max_batch_tokens="
-                    f"{spec.max_batch_tokens}; raise it or set serving.chunked_prefill: true", file=file,
-                    field="serving.max_batch_tokens")
-            longest = prompt + j.output_tokens - 1  # recomputed in one pass after a late preemption
-            if spec.on_kv_full == "preempt" and not spec.chunked_prefill and longest > spec.max_batch_tokens:
-                raise LigerSimError(
-                    f"request {j.request_id} may have to be recomputed as {longest} tokens (prompt + output - 1) "
-                    f"after a preemption, more than serving.max_batch_tokens={spec.max_batch_tokens} (vLLM asks "
-                    "max_num_batched_tokens >= max_model_len for the same reason); raise it, set "
-                    "serving.chunked_prefill: true, or serving.on_kv_full: queue", file=file,
-                    field="serving.max_batch_tokens")
-            s = Seq(j.request_id, j.arrival_s, prompt, j.output_tokens, target=prompt)
-            self.seqs[s.rid] = s
-            self.waiting.append(s)
+        self.finished = 0  # requests that have emitted their last token
+        # iteration numbers: data-parallel replicas draw from one sequence (kernels carry them)
+        self.numbering = numbering if numbering is not None else itertools.count()
+        self.router: Router | None = None  # least-loaded routing: adds requests as they arrive
         self.running: list[Seq] = []  # admission order
         self.iterations: list[Iteration] = []
         # (time, KV tokens allocated) whenever it changes hands: at each plan, and when a completed
@@ -183,6 +153,52 @@ class BatchScheduler:
         self.kv_log: list[tuple[float, int]] = []
         self._preemptions = 0
         self.in_flight: set[int] = set()  # groups with a planned iteration not yet completed
+        for j in jobs:
+            self.check(j)
+            self.add(j)
+
+    def check(self, j: Job) -> None:
+        """Refuse, naming the field, a request this server could never serve."""
+        spec, file = self.spec, self.file
+        pools = len(self.free)
+        most = self.free[0] * self.block  # what one request can hold at most
+        prompt = j.prompt
+        if j.batch != 1:
+            raise LigerSimError(f"request {j.request_id} has batch {j.batch}: a generative request is one "
+                                "sequence (give each its own row, or serving.mode: encoder)", file=file,
+                                field="workload.batch")
+        if j.prompt_tokens < 1:
+            raise LigerSimError(f"request {j.request_id} has an empty prompt (prompt_tokens 0); a generative "
+                                "request needs at least one prompt token", file=file,
+                                field="workload.prompt_tokens")
+        if j.output_tokens < 1:
+            raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
+                                "serving needs at least 1", file=file, field="workload.output_tokens")
+        if prompt + j.output_tokens > most:
+            share = f" ({most} in each of {pools} groups' shares)" if pools > 1 else ""
+            raise LigerSimError(
+                f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
+                f"{self.total_blocks * self.block} per GPU{share}; use more GPUs or shorter requests", file=file,
+                field="workload")
+        if prompt > spec.max_batch_tokens and not spec.chunked_prefill:
+            raise LigerSimError(
+                f"request {j.request_id} has a {prompt}-token prompt, more than serving.max_batch_tokens="
+                f"{spec.max_batch_tokens}; raise it or set serving.chunked_prefill: true", file=file,
+                field="serving.max_batch_tokens")
+        longest = prompt + j.output_tokens - 1  # recomputed in one pass after a late preemption
+        if spec.on_kv_full == "preempt" and not spec.chunked_prefill and longest > spec.max_batch_tokens:
+            raise LigerSimError(
+                f"request {j.request_id} may have to be recomputed as {longest} tokens (prompt + output - 1) "
+                f"after a preemption, more than serving.max_batch_tokens={spec.max_batch_tokens} (vLLM asks "
+                "max_num_batched_tokens >= max_model_len for the same reason); raise it, set "
+                "serving.chunked_prefill: true, or serving.on_kv_full: queue", file=file,
+                field="serving.max_batch_tokens")
+
+    def add(self, j: Job) -> None:
+        """Queue a request (checked) as arrived at its arrival time."""
+        s = Seq(j.request_id, j.arrival_s, j.prompt, j.output_tokens, target=j.prompt)
+        self.seqs[s.rid] = s
+        self.waiting.append(s)
 
     # -------------------------------------------------------------- queries
     def next_arrival(self) -> float | None:
@@ -190,10 +206,13 @@ class BatchScheduler:
         heads = [q[0].arrival_s for q in self.bound if q]
         if self.waiting:
             heads.append(self.waiting[0].arrival_s)
+        if self.router is not None and self.router.pending():  # the next request may come here
+            heads.append(self.router.next_arrival())
         return min(heads) if heads else None
 
     def done(self) -> bool:
-        return not self.waiting and not self.running and not any(self.bound)
+        return (not self.waiting and not self.running and not any(self.bound)
+                and (self.router is None or not self.router.pending()))
 
     def group_has_work(self, group: int, now: float) -> bool:
         if any(s.group == group for s in self.running):
@@ -205,7 +224,10 @@ class BatchScheduler:
     def _bind(self, now: float) -> None:
         """Bind every request that has arrived by `now` to the group with the fewest unfinished
         requests (the lowest-numbered on a tie), when binding on arrival. Counts change only in
-        scheduler calls, so binding at the first call after an arrival is binding at the arrival."""
+        scheduler calls, so binding at the first call after an arrival is binding at the arrival.
+        Requests routed among replicas are routed first, by the same argument."""
+        if self.router is not None:
+            self.router.route(now)
         while self.bind_on_arrival and self.waiting and self.waiting[0].arrival_s <= now:
             s = self.waiting.popleft()
             s.group = min(range(self.groups), key=self.unfinished.__getitem__)
@@ -265,7 +287,7 @@ class BatchScheduler:
         """The next iteration of `group`, whose previous iteration has completed."""
         self._bind(now)
         queue = self._queue(group)
-        it = Iteration(len(self.iterations), group, planned_s=now)
+        it = Iteration(-1, group, planned_s=now)
         budget, room = self.spec.max_batch_tokens, self.spec.max_batch_seqs
         scheduled: set[int] = set()
         preempted = self._preemptions
@@ -317,6 +339,7 @@ class BatchScheduler:
                                     "running (a bug: the checks at start should have refused it)")
             return None
         self._log(now)
+        it.index = next(self.numbering)
         self.iterations.append(it)
         self.in_flight.add(group)
         return it
@@ -343,9 +366,38 @@ class BatchScheduler:
                 self.running.remove(s)
                 self.free[self._pool(s)] += s.blocks
                 s.blocks = 0
+                self.finished += 1
                 if self.bind_on_arrival:
                     self.unfinished[s.group] -= 1
         self._log(now)
+
+
+class Router:
+    """Sends each request, when it arrives, to the data-parallel replica with the fewest unfinished
+    requests (the lowest-numbered on a tie), as a load-aware front end does (vLLM's data-parallel
+    coordinator balances by its engines' waiting and running counts; a least-outstanding-requests
+    load balancer by open requests). A replica's count changes only in its scheduler's calls, each
+    of which first routes every request that has arrived by its time, so routing at the first
+    call after an arrival is routing at the arrival."""
+
+    def __init__(self, jobs: list[Job], replicas: list[BatchScheduler]):
+        self.jobs, self.replicas, self.next = jobs, replicas, 0
+        for sched in replicas:
+            sched.router = self
+        for j in jobs:  # every replica is alike: refuse what none could serve before the run
+            replicas[0].check(j)
+
+    def pending(self) -> bool:
+        return self.next < len(self.jobs)
+
+    def next_arrival(self) -> float:
+        return self.jobs[self.next].arrival_s
+
+    def route(self, now: float) -> None:
+        jobs, replicas = self.jobs, self.replicas
+        while self.next < len(jobs) and jobs[self.next].arrival_s <= now:
+            min(replicas, key=lambda r: len(r.seqs) - r.finished).add(jobs[self.next])
+            self.next += 1
 
 
 def iteration_kernels(m: ModelShape, tp: int, it: Iteration) -> list[KernelSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from sim.jobs import Job
 from sim.links import build_topology
 from sim.runtime import replay_policy
 from sim.scenario import Scenario, check_memory, parse_scenario
-from sim.serving import BatchScheduler, kv_capacity_tokens
+from sim.serving import BatchScheduler, Router, kv_capacity_tokens
 from sim.workload import build_jobs
 
 
@@ -60,7 +61,9 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
         # timed with CUDA events also has their pair of records between queued kernels
         host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0) + (
             prof.host.get("event_pair_gpu_s", 0.0) if EVENT_TIMED.get() else 0.0)
-    return Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir), cost
+    engine = Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir)
+    engine.replica = scn.replica_gpus()
+    return engine, cost
 
 
 def load_jobs(scn: Scenario, base_dir: Path | None, limit: int | None = None, fit: bool = True) -> list[Job]:
@@ -163,23 +166,32 @@ def jobs_from_meta(meta: dict) -> list[Job] | None:
 
 
 def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>"):
-    """Check the scenario fits, build the engine and cost model, and each rank's policy:
-    shared by the simulator and the CUDA backend so both schedule identically."""
+    """Check the scenario fits, build the engine and cost model, each rank's policy and each
+    data-parallel replica's context: shared by the simulator and the CUDA backend so both
+    schedule identically. Replica r runs on GPUs r x tp x pp onwards with the requests its
+    router gives it; all replicas share the engine, so their collectives contend for links."""
     engine, cost = make_engine(scn, record_ir)
-    ctx = policies.PolicyContext(scn.model.shape(), jobs, scn.hardware.count, scn.policy, cost.solo,
-                                 cost.spec_solo, engine.contention, scn.serving)
-    if scn.serving.mode == "generative":
-        groups = scn.serving.groups if scn.policy.name in ("interleaved", "inter_op", "hybrid") else 1
-        in_flight = groups if scn.policy.name == "interleaved" else 1  # a stage runs one micro-batch at a time
-        kv = kv_capacity_tokens(ctx.model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, scn.serving, file,
-                                in_flight)
-        ctx.scheduler = BatchScheduler(jobs, scn.serving, kv, max(groups, scn.pp()), file,
-                                       bind_on_arrival=scn.policy.name in ("inter_op", "hybrid")
-                                       and scn.serving.pipeline_admission == "least_loaded")
+    pol, sv, dp, per = scn.policy, scn.serving, scn.policy.dp, scn.replica_gpus()
+    generative = sv.mode == "generative"
+    least_loaded = dp > 1 and pol.router == "least_loaded"
+    shares = [[] for _ in range(dp)] if least_loaded else [jobs[r::dp] for r in range(dp)]
+    ctxs = [policies.PolicyContext(scn.model.shape(), share, per, pol, cost.solo, cost.spec_solo, engine.contention,
+                                   sv, base=r * per, typical_jobs=jobs) for r, share in enumerate(shares)]
+    if generative:
+        groups = sv.groups if pol.name in ("interleaved", "inter_op", "hybrid") else 1
+        in_flight = groups if pol.name == "interleaved" else 1  # a stage runs one micro-batch at a time
+        kv = kv_capacity_tokens(ctxs[0].model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, sv, file, in_flight)
+        numbering = itertools.count()  # iteration ids, unique across replicas
+        for ctx in ctxs:
+            ctx.scheduler = BatchScheduler(ctx.jobs, sv, kv, max(groups, scn.pp()), file,
+                                           bind_on_arrival=pol.name in ("inter_op", "hybrid")
+                                           and sv.pipeline_admission == "least_loaded", numbering=numbering)
+        if least_loaded:
+            Router(jobs, [ctx.scheduler for ctx in ctxs])
     else:
         biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
         check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())
-    return engine, cost, policies.build(ctx), ctx
+    return engine, cost, [p for ctx in ctxs for p in policies.build(ctx)], ctxs
 
 
 SYMMETRIC_POLICIES = ("intra_op", "in_order", "interleaved")
@@ -194,26 +206,53 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
         raise LigerSimError(f"--fold-ranks needs a policy whose ranks are all alike ({', '.join(SYMMETRIC_POLICIES)});"
                             f" {scn.policy.name} gives each pipeline stage different work", file=file,
                             field="policy.name")
-    engine, _, rank_policies, ctx = prepare(scn, jobs, record_ir, file)
+    engine, _, rank_policies, ctxs = prepare(scn, jobs, record_ir, file)
     engine.fold = fold_ranks
-    ctx.active_ranks = 1 if fold_ranks else engine.world
+    for ctx in ctxs:
+        ctx.active_ranks = 1 if fold_ranks else ctx.world
     horizon = max(j.arrival_s for j in jobs) if progress else None
     meta = run_meta(scn, jobs)
     if fold_ranks:
         meta["folded_ranks"] = True
     result = engine.run(rank_policies, meta, progress_horizon_s=horizon or (1e-3 if progress else None))
-    if ctx.scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
-        sched = ctx.scheduler
-        result.meta.update(iterations=iteration_table(sched), kv_log=sched.kv_log,
-                           kv_capacity_tokens=sched.total_blocks * sched.block,
-                           preemptions=[[s.rid, s.preemptions] for s in sched.seqs.values() if s.preemptions])
+    if ctxs[0].scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
+        result.meta.update(serving_meta([ctx.scheduler for ctx in ctxs]))
     return Run(scn, jobs, result, events_frame(result.events))
 
 
-def iteration_table(sched: BatchScheduler) -> list[list]:
-    """[iteration, group, request, new tokens, emits a token] for every request of every iteration."""
+def serving_meta(scheds: list[BatchScheduler]) -> dict:
+    """What generative serving records in the IR header: the iterations, the KV cache in use
+    over time (summed over data-parallel replicas) and per GPU, preemptions, and with several
+    replicas how many requests each served."""
+    first = scheds[0]
+    meta = {"iterations": iteration_table(scheds),
+            "kv_log": first.kv_log if len(scheds) == 1 else merge_steps([s.kv_log for s in scheds]),
+            "kv_capacity_tokens": first.total_blocks * first.block,
+            "preemptions": [[q.rid, q.preemptions] for s in scheds for q in s.seqs.values() if q.preemptions]}
+    if len(scheds) > 1:
+        meta["replica_requests"] = [len(s.seqs) for s in scheds]
+    return meta
+
+
+def merge_steps(logs: list[list[tuple[float, int]]]) -> list[tuple[float, int]]:
+    """The sum of several step functions given as (time, level) changes."""
+    level = [0] * len(logs)
+    out: list[tuple[float, int]] = []
+    for t, i, v in sorted((t, i, v) for i, log in enumerate(logs) for t, v in log):
+        level[i] = v
+        if out and out[-1][0] == t:
+            out[-1] = (t, sum(level))
+        else:
+            out.append((t, sum(level)))
+    return out
+
+
+def iteration_table(scheds: BatchScheduler | list[BatchScheduler]) -> list[list]:
+    """[iteration, group, request, new tokens, emits a token] for every request of every iteration
+    (of every replica's scheduler, in iteration order)."""
+    scheds = [scheds] if isinstance(scheds, BatchScheduler) else scheds
     rows = []
-    for it in sched.iterations:
+    for it in sorted((it for s in scheds for it in s.iterations), key=lambda it: it.index):
         emits = set(it.emits)
         rows += [[it.index, it.group, rid, c, int(rid in emits)] for rid, c, _ in it.prefills]
         rows += [[it.index, it.group, rid, 1, int(rid in emits)] for rid, _ in it.decodes]

@@ -192,7 +192,8 @@ def test_the_knob_table_covers_every_policy_field():
     from sim.policies import GENERATIVE_KNOBS, KNOBS, POLICIES, POLICY_FIELDS
     from sim.scenario import PolicySpec
 
-    fields = {f"policy.{f}" for f in PolicySpec.model_fields} - {"policy.name", "policy.tp", "policy.pp"}
+    every = {"policy.name", "policy.tp", "policy.pp", "policy.dp", "policy.router"}  # read by every policy
+    fields = {f"policy.{f}" for f in PolicySpec.model_fields} - every
     assert fields == {f for f in POLICY_FIELDS if f.startswith("policy.")}
     assert set(KNOBS) == set(GENERATIVE_KNOBS) == set(POLICIES)
     assert all(set(k) <= set(POLICY_FIELDS) for t in (KNOBS, GENERATIVE_KNOBS) for k in t.values())

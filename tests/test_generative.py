@@ -52,7 +52,7 @@ def test_iterations_respect_token_budget_and_kv_capacity(on_kv_full, chunked):
     d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 0.68e9}  # ~3,000 KV tokens: admission must wait
     scn = parse_scenario(d)
     jobs = load_jobs(scn, None)
-    _, _, _, ctx = prepare(scn, jobs)
+    ctx = prepare(scn, jobs)[3][0]
     sched = ctx.scheduler
     r = simulate(scn, jobs)
     req, _ = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
@@ -293,7 +293,7 @@ def test_interleaved_sets_aside_activations_for_each_group_in_flight():
     act = (4 * m.hidden + 2 * m.ffn // 4) * scn.serving.max_batch_tokens * m.dtype_bytes
     assert one - three == pytest.approx(2 * act / (2 * m.layers * (m.kv_heads // 4) * m.head_dim * m.dtype_bytes),
                                         abs=scn.serving.kv_block_tokens + 1)
-    _, _, _, ctx = prepare(scn, load_jobs(scn, None))
+    ctx = prepare(scn, load_jobs(scn, None))[3][0]
     assert ctx.scheduler.total_blocks * ctx.scheduler.block == three
 
 

@@ -157,7 +157,7 @@ def test_preempted_requests_are_recomputed_right(tmp_path, one_thread):
     d = small_cache(scenario(count=1, jobs=10, seed=2, out_high=20, on_kv_full="preempt", max_batch_tokens=8), 96)
     scn = parse_scenario(d)
     jobs = load_jobs(scn, None)
-    _, _, _, ctx = prepare(scn, jobs)
+    prepare(scn, jobs)
     run = simulate(scn, jobs)
     write_run(tmp_path / "sim", run.events, jobs, run.result.schedule, "intra_op", None, trace=False)
     assert run.result.meta["kv_capacity_tokens"] == 96
@@ -176,7 +176,7 @@ def test_preempted_requests_are_recomputed_right(tmp_path, one_thread):
 def _replayed_vs_live(d: dict) -> tuple[int, int]:
     scn = parse_scenario(d)
     jobs = load_jobs(scn, None)
-    engine, _, policies, ctx = prepare(scn, jobs)
+    engine, _, policies, (ctx,) = prepare(scn, jobs)
     result = engine.run(policies, run_meta(scn, jobs))
     sched = ctx.scheduler
     result.meta.update(iterations=iteration_table(sched), kv_capacity_tokens=sched.total_blocks * sched.block)

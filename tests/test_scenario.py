@@ -211,7 +211,7 @@ BOOLEANS = [
     ("hardware.contention.pairs.0.slowdown", True, NUMBER, PAIRS),
     *((f"model.{f}", True, INTEGER, {}) for f in ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
                                                    "dtype_bytes", "context")),
-    *((f"policy.{f}", True, INTEGER, {}) for f in ("tp", "pp", "depth", "split", "microbatches")),
+    *((f"policy.{f}", True, INTEGER, {}) for f in ("tp", "pp", "dp", "depth", "split", "microbatches")),
     *((f"serving.{f}", True, INTEGER, {}) for f in ("max_batch_tokens", "max_batch_seqs", "kv_block_tokens", "groups")),
     *((f"serving.{f}", True, NUMBER, {}) for f in ("memory_utilization", "slo_ttft_s", "slo_tpot_s")),
     ("workload.jobs", True, INTEGER, {}),

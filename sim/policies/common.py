@@ -37,8 +37,15 @@ class PolicyContext:
     # ranks this process simulates (1 when rank-folded); None: unknown, so state shared by all
     # ranks (the interleaved planner's rounds) is never dropped
     active_ranks: int | None = None
+    base: int = 0  # the first global rank of this context's replica (data parallelism); `world` ranks from it
+    typical_jobs: list[Job] | None = None  # the whole workload, for choices every replica makes alike
     _layers: dict = field(default_factory=dict)
     _steps: dict = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The global ranks this context schedules (one replica's)."""
+        return tuple(range(self.base, self.base + self.world))
 
     def layer(self, tp: int, batch: int, seq: int) -> list[KernelSpec]:
         """One layer's kernel specs, built once per shape and shared (costs are cached by spec)."""

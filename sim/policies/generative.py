@@ -65,7 +65,7 @@ class IterationPlan:
 
 def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
     plan = IterationPlan(ctx.scheduler)
-    group = tuple(range(ctx.world))
+    group = ctx.ranks
 
     def run(rt: Runtime) -> PolicyGen:
         stream = rt.new_stream(0)
@@ -229,5 +229,5 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
     policies: list[RankPolicy] = [None] * ctx.world  # type: ignore[list-item]
     for stage in stage_list:
         for local, rank in enumerate(stage.ranks):
-            policies[rank] = bind(first_stage if stage.index == 0 else later_stage, stage, local)
+            policies[rank - ctx.base] = bind(first_stage if stage.index == 0 else later_stage, stage, local)
     return policies

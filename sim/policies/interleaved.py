@@ -120,7 +120,7 @@ class Planner:
         self.ctx = ctx
         self.depth, self.split, self.contention = depth, split, contention
         self.splitters = splitters(split_collectives)
-        self.group = tuple(range(ctx.world))
+        self.group = ctx.ranks
         self.source = source or EncoderJobs(ctx)
         self.inflight: list[JobState] = []
         self.rounds: deque[Round | None] = deque()  # planned rounds from index `_base` on
@@ -281,7 +281,7 @@ def possible_pieces(spec: KernelSpec, split: int, split_collectives: bool = Fals
 def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None) -> list[RankPolicy]:
     pol = ctx.policy
     planner = Planner(ctx, depth or pol.depth, pol.split, pol.contention, pol.split_collectives, source)
-    group = tuple(range(ctx.world))
+    group = ctx.ranks
 
     def run(rt: Runtime) -> PolicyGen:
         main = rt.new_stream(MAIN_PRIORITY)

@@ -12,7 +12,7 @@ from sim.runtime import PolicyGen, Runtime
 
 
 def build_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
-    group = tuple(range(ctx.world))
+    group = ctx.ranks
 
     def run(rt: Runtime) -> PolicyGen:
         stream = rt.new_stream(0)

@@ -59,9 +59,10 @@ def partition(costs: list[float] | list[list[float]], parts: int) -> list[range]
 
 def stages(ctx: PolicyContext, tp: int, pp: int) -> list[Stage]:
     m = ctx.model
-    batch = int(round(np.median([j.batch for j in ctx.jobs])))
-    seq = int(round(np.median([j.seq_len for j in ctx.jobs])))
-    groups = [tuple(range(s * tp, (s + 1) * tp)) for s in range(pp)]
+    jobs = ctx.typical_jobs or ctx.jobs  # one partition for every replica, from the whole workload
+    batch = int(round(np.median([j.batch for j in jobs])))
+    seq = int(round(np.median([j.seq_len for j in jobs])))
+    groups = [tuple(range(ctx.base + s * tp, ctx.base + (s + 1) * tp)) for s in range(pp)]
     layers = [ctx.steps(tp, batch, seq, range(layer, layer + 1), first=layer == 0, last=layer == m.layers - 1)
               for layer in range(m.layers)]
     costs = [[sum(ctx.spec_solo(st.spec, group if st.spec.is_collective else None) for st in steps)
@@ -114,5 +115,5 @@ def build_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
     policies: list[RankPolicy] = [None] * ctx.world  # type: ignore[list-item]
     for stage in stage_list:
         for local, rank in enumerate(stage.ranks):
-            policies[rank] = make(stage, local)
+            policies[rank - ctx.base] = make(stage, local)
     return policies

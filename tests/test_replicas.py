@@ -1,0 +1,167 @@
+"""Data-parallel replicas (`policy.dp`): routing, independence where nothing is shared, link
+contention where something is, generative iteration ids, and clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from sim.errors import LigerSimError
+from sim.jobs import Job
+from sim.outputs import run_tables
+from sim.scenario import parse_scenario
+from sim.simulate import load_jobs, simulate
+
+ZERO_HOST = {"preset": "default", "launch_s": 0.0, "sync_wakeup_s": 0.0}
+
+
+def scenario(policy: str = "intra_op", count: int = 4, dp: int = 2, interconnect: str = "nvswitch-a100",
+             generative: bool = False, jobs: int = 12, **pol) -> dict:
+    d = {
+        "name": "replicas", "seed": 3,
+        "hardware": {"gpu": "A100-SXM", "count": count, "interconnect": interconnect, "host": dict(ZERO_HOST)},
+        "model": {"preset": "llama2-7b", "layers": 4},
+        "workload": {"kind": "generate", "jobs": jobs, "arrival": {"process": "poisson", "rate": 300.0},
+                     "batch": 2, "seq_len": {"dist": "uniform", "low": 64, "high": 512}},
+        "policy": {"name": policy, "dp": dp, **pol},
+    }
+    if generative:
+        d["workload"].update(batch=1, prompt_tokens={"dist": "uniform", "low": 16, "high": 300},
+                             output_tokens={"dist": "uniform", "low": 1, "high": 20})
+        d["workload"].pop("seq_len")
+        d["serving"] = {"mode": "generative"}
+    return copy.deepcopy(d)
+
+
+def one_replica(d: dict, jobs: list[Job]) -> pd.DataFrame:
+    """The events of the same model on one replica's GPUs alone, serving `jobs`."""
+    d = copy.deepcopy(d)
+    d["hardware"]["count"] //= d["policy"]["dp"]
+    d["policy"]["dp"] = 1
+    return simulate(parse_scenario(d), jobs).events
+
+
+def request_times(events: pd.DataFrame) -> pd.DataFrame:
+    return events.groupby("request_id").agg(start=("start_s", "min"), end=("end_s", "max"))
+
+
+@pytest.mark.parametrize("policy,pol", [("intra_op", {}), ("interleaved", {}), ("hybrid", {"tp": 2, "pp": 2})])
+def test_replicas_sharing_no_link_run_as_if_alone(policy, pol):
+    """On NVSwitch a replica's GPUs share no link with another's: each replica serves its
+    round-robin share exactly as the same GPUs would alone."""
+    d = scenario(policy, count=8 if policy == "hybrid" else 4, **pol)
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    both = request_times(simulate(scn, jobs).events)
+    for r in range(2):
+        alone = request_times(one_replica(d, jobs[r::2]))
+        pd.testing.assert_frame_equal(both.loc[alone.index], alone)
+
+
+def test_replicas_sharing_a_pcie_bridge_slow_each_other():
+    """On PCIe every transfer crosses one host bridge: two TP-2 replicas' all-reduces contend,
+    so requests take longer than on the same GPUs alone."""
+    d = scenario("intra_op", interconnect="pcie4", jobs=16)
+    d["workload"]["arrival"]["rate"] = 2000.0  # both replicas busy at once
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    both = request_times(simulate(scn, jobs).events)
+    alone = pd.concat([request_times(one_replica(d, jobs[r::2])) for r in range(2)])
+    slower = (both["end"] - both["start"]) / (alone["end"] - alone["start"]).reindex(both.index)
+    assert slower.min() >= 1 - 1e-12
+    assert slower.max() > 1.05
+
+
+def test_replicas_use_their_own_gpus():
+    d = scenario("intra_op")
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    ev = simulate(scn, jobs).events
+    ranks = ev.groupby("request_id")["rank"].agg(set)
+    for i, j in enumerate(jobs):
+        assert ranks[j.request_id] == ({0, 1} if i % 2 == 0 else {2, 3})
+
+
+@pytest.mark.parametrize("policy", ["intra_op", "interleaved"])
+def test_folding_simulates_one_rank_per_replica_exactly(policy):
+    d = scenario(policy, interconnect="pcie4")
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    full = simulate(scn, jobs).events
+    folded = simulate(scn, jobs, fold_ranks=True).events
+    assert set(folded["rank"]) == {0, 2}
+    leaders = full[full["rank"].isin([0, 2])].reset_index(drop=True)
+    cols = ["rank", "request_id", "name", "start_s", "end_s"]
+    pd.testing.assert_frame_equal(folded[cols], leaders[cols])
+
+
+@pytest.mark.parametrize("policy,pol", [("intra_op", {}), ("interleaved", {}), ("hybrid", {"tp": 2})])
+@pytest.mark.parametrize("router", ["round_robin", "least_loaded"])
+def test_generative_replicas_serve_every_token_once(policy, pol, router):
+    d = scenario(policy, count=8 if policy == "hybrid" else 4, generative=True, jobs=30, router=router, **pol)
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    r = simulate(scn, jobs)
+    meta = r.result.meta
+    req, summary = run_tables(r.events, jobs, meta, policy, None)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    its = pd.DataFrame(meta["iterations"], columns=["iteration", "group", "request", "tokens", "emits"])
+    # an iteration id names one replica's iteration: its kernels run on that replica's GPUs only
+    per = 8 // 2 if policy == "hybrid" else 2
+    replica_of = r.events.groupby("request_id")["rank"].agg(lambda x: {rk // per for rk in x})
+    assert (replica_of.map(len) == 1).all()
+    served = its.groupby("request")["iteration"].agg(lambda x: set().union(*(replica_of[i] for i in x)))
+    assert (served.map(len) == 1).all()  # a request stays on its replica
+    counts = served.map(lambda s: next(iter(s))).value_counts().sort_index().tolist()
+    assert counts == meta["replica_requests"] == summary["replica_requests"]
+    if router == "round_robin":
+        assert counts == [15, 15]
+    assert 0 < summary["kv_occupancy_max"] <= 1
+
+
+def test_least_loaded_sends_a_request_to_the_idle_replica():
+    """A long request holds replica 0; a short one (replica 1) finishes; a third arrives later:
+    round-robin gives it to busy replica 0, least-loaded to idle replica 1, which serves it sooner."""
+    d = scenario("intra_op", generative=True)
+    d["workload"] = {"kind": "trace", "path": "t.csv"}
+    jobs = [Job(0, 0.0, 1, 200, 200, 400), Job(1, 0.0, 1, 50, 50, 2), Job(2, 0.05, 1, 50, 50, 2)]
+    out = {}
+    for router in ("round_robin", "least_loaded"):
+        d["policy"]["router"] = router
+        scn = parse_scenario(d)
+        r = simulate(scn, jobs)
+        req, summary = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+        out[router] = (summary["replica_requests"], req.set_index("request_id").loc[2, "ttft_s"])
+    assert out["round_robin"][0] == [2, 1] and out["least_loaded"][0] == [1, 2]
+    assert out["least_loaded"][1] < out["round_robin"][1]
+
+
+@pytest.mark.parametrize("change,field,words", [
+    ({"dp": 3}, "policy.dp", "divides 4"),
+    ({"dp": 2, "tp": 4}, "policy.tp", "all 2 GPUs of each of the 2 replicas"),
+    ({"name": "hybrid", "dp": 2, "tp": 2, "pp": 2}, "policy.pp", "tp x pp x dp = 2 x 2 x 2"),
+    ({"dp": 2, "router": "least_loaded"}, "policy.router", "generative"),
+    ({"dp": 2, "router": "fastest"}, "policy.router", "round_robin"),
+    ({"dp": 0}, "policy.dp", "greater than or equal to 1"),
+])
+def test_bad_replica_settings_name_the_field(change, field, words):
+    d = scenario("intra_op")
+    d["policy"] = {"name": "intra_op", **change}
+    with pytest.raises(LigerSimError) as e:
+        parse_scenario(d, "s.yaml")
+    msg = str(e.value)
+    assert field in msg and words in msg and "s.yaml" in msg
+
+
+def test_the_cuda_backend_refuses_replicas(tmp_path):
+    import yaml
+
+    from hw.run import Source, build_plan
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario("intra_op")))
+    with pytest.raises(LigerSimError) as e:
+        build_plan(Source("scenario", str(path)))
+    assert "policy.dp" in str(e.value) and "one model replica" in str(e.value)
