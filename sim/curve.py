@@ -68,21 +68,36 @@ def parse_rates(text: str) -> list[float]:
 
 def policy_variant(scn_dict: dict, policy: str) -> dict:
     """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`), or
-    `hybrid:TPxPP` for a hybrid of those degrees (see `scenario_variants`)."""
-    name, degrees = policy_degrees(policy)
+    `hybrid:TPxPP` for a hybrid of those degrees, either with `+dpN` for N data-parallel
+    replicas (without it, the scenario's `policy.dp`; see `scenario_variants`)."""
+    (name, degrees), dp = policy_degrees(policy), replicas_of(policy)
     pol = dict(scn_dict.get("policy") or {})
     if name != "hybrid" or degrees:
         pol.pop("tp", None)
         pol.pop("pp", None)
     if degrees:
         pol["tp"], pol["pp"] = degrees
+    if dp == 1:
+        pol.pop("dp", None)  # the default
+    elif dp is not None:
+        pol["dp"] = dp
     pol["name"] = name
     return {**scn_dict, "policy": pol}
 
 
+def replicas_of(policy: str) -> int | None:
+    """`intra_op+dp2` -> 2; no `+dpN` -> None."""
+    _, sep, dp = policy.partition("+")
+    if not sep:
+        return None
+    if not dp.lower().startswith("dp") or not dp[2:].isdigit() or int(dp[2:]) < 1:
+        raise LigerSimError(f"{policy!r}: give data-parallel replicas as +dpN (e.g. intra_op+dp2)", field="--policies")
+    return int(dp[2:])
+
+
 def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
-    """`hybrid:2x4` -> ("hybrid", (2, 4)); a plain name -> (name, None)."""
-    name, sep, rest = policy.partition(":")
+    """`hybrid:2x4` -> ("hybrid", (2, 4)); a plain name -> (name, None); a `+dpN` suffix aside."""
+    name, sep, rest = policy.partition("+")[0].partition(":")
     if not sep:
         return name, None
     tp, x, pp = rest.lower().partition("x")
@@ -93,9 +108,22 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
 
 
 def policy_label(policy: str) -> str:
-    """One spelling per line (`hybrid:02X2` is `hybrid:2x2`), so `--resume` finds its points."""
-    name, degrees = policy_degrees(policy)
-    return f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name
+    """One spelling per line (`hybrid:02X2+DP02` is `hybrid:2x2+dp2`), so `--resume` finds its points."""
+    (name, degrees), dp = policy_degrees(policy), replicas_of(policy)
+    return (f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name) + (f"+dp{dp}" if dp is not None else "")
+
+
+def every_layout(gpus: int) -> list[str]:
+    """Every way to parallelise `gpus` GPUs: for each number of data-parallel replicas dividing
+    them, intra_op, inter_op, interleaved and each hybrid TPxPP (1 < TP < a replica's GPUs) on a
+    replica's GPUs (one GPU: intra_op alone, the others would repeat it)."""
+    out = []
+    for dp in (d for d in range(1, gpus + 1) if gpus % d == 0):
+        per, tag = gpus // dp, f"+dp{dp}" if dp > 1 else ""
+        names = ["intra_op", "inter_op", "interleaved"] if per > 1 else ["intra_op"]
+        names += [f"hybrid:{tp}x{per // tp}" for tp in range(2, per) if per % tp == 0]
+        out += [n + tag for n in names]
+    return out
 
 
 VARY_SECTIONS = ("policy", "serving", "hardware", "model")  # not the workload: a curve's jobs are one per rate
@@ -152,13 +180,12 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     """The sweep's lines, label -> scenario mapping: each policy under each combination of `vary`,
     checked here before any point runs (schema, TP against heads, weights and KV cache against GPU
     memory, as the simulator checks them). `all` stands for every way to parallelise the scenario's
-    GPUs: intra_op, inter_op, interleaved and each hybrid TPxPP with 1 < TP < GPUs; those the model
-    cannot run are left out with a warning, while a line asked for by name that cannot run is an error."""
+    GPUs (`every_layout`: replicas, and on a replica's GPUs intra_op, inter_op, interleaved and each
+    hybrid TPxPP); those the model cannot run are left out with a warning, while a line asked for
+    by name that cannot run is an error."""
     from sim.simulate import prepare
 
-    gpus = scn.hardware.count
-    every = ["intra_op", "inter_op", "interleaved"] + [
-        f"hybrid:{tp}x{gpus // tp}" for tp in range(2, gpus) if gpus % tp == 0]
+    every = every_layout(scn.hardware.count)
     out: dict[str, dict] = {}
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
@@ -174,7 +201,7 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
                 label = " ".join([policy, *(f"{k}={v}" for k, v in combo)])
                 if label in out:
                     continue
-                variant = policy_variant(scn_dict, policy)
+                variant = policy_variant(scn_dict, policy if asked != "all" or "+" in policy else policy + "+dp1")
                 for k, v in combo:
                     if k == "hardware.profile" and isinstance(v, str) and base_dir and not Path(v).is_absolute():
                         v = str((base_dir / v).resolve())  # relative to the scenario, as in the file

@@ -7,7 +7,15 @@ import warnings
 
 import pytest
 
-from sim.curve import parse_vary, policy_degrees, policy_variant, scenario_variants, sweep, with_setting
+from sim.curve import (
+    parse_vary,
+    policy_degrees,
+    policy_label,
+    policy_variant,
+    scenario_variants,
+    sweep,
+    with_setting,
+)
 from sim.errors import LigerSimError, ScenarioWarning
 from sim.outputs import run_tables
 from sim.scenario import parse_scenario
@@ -26,14 +34,23 @@ def twelve_heads_on_8() -> dict:
 def test_hybrid_degrees_by_name():
     assert policy_degrees("hybrid:2x4") == ("hybrid", (2, 4))
     assert policy_degrees("interleaved") == ("interleaved", None)
+    assert policy_degrees("hybrid:2x2+dp2") == ("hybrid", (2, 2))
     for bad in ("hybrid:2by4", "hybrid:x4", "hybrid:0x8", "intra_op:2x2", "hybrid:"):
         with pytest.raises(LigerSimError, match="hybrid:TPxPP"):
             policy_degrees(bad)
+    for bad in ("intra_op+2", "intra_op+dp", "intra_op+dp0", "intra_op+tp2"):
+        with pytest.raises(LigerSimError, match=r"\+dpN"):
+            policy_variant({}, bad)
+    assert policy_label("hybrid:02X2+DP02") == "hybrid:2x2+dp2"
     d = twelve_heads_on_8()
     assert policy_variant(d, "hybrid:4x2")["policy"] == {"name": "hybrid", "tp": 4, "pp": 2}
     d["policy"] = {"name": "hybrid", "tp": 2, "pp": 4}
     assert policy_variant(d, "hybrid")["policy"] == {"name": "hybrid", "tp": 2, "pp": 4}
     assert policy_variant(d, "intra_op")["policy"] == {"name": "intra_op"}
+    assert policy_variant(d, "intra_op+dp2")["policy"] == {"name": "intra_op", "dp": 2}
+    d["policy"] = {"name": "intra_op", "dp": 4}
+    assert policy_variant(d, "interleaved")["policy"] == {"name": "interleaved", "dp": 4}  # the scenario's
+    assert policy_variant(d, "interleaved+dp1")["policy"] == {"name": "interleaved"}
 
 
 def test_all_is_every_parallelisation_the_model_allows():
@@ -43,8 +60,11 @@ def test_all_is_every_parallelisation_the_model_allows():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = scenario_variants(["all", "inter_op"], [], scn, d, jobs, "s.yaml")
-    assert list(got) == ["inter_op", "hybrid:2x4", "hybrid:4x2"]  # tp=8 does not divide 12 heads
+    # tp=8 does not divide 12 heads; replicas of 4, 2 and 1 GPUs each
+    assert list(got) == ["inter_op", "hybrid:2x4", "hybrid:4x2", "intra_op+dp2", "inter_op+dp2", "interleaved+dp2",
+                         "hybrid:2x2+dp2", "intra_op+dp4", "inter_op+dp4", "interleaved+dp4", "intra_op+dp8"]
     assert got["hybrid:4x2"]["policy"] == {"name": "hybrid", "tp": 4, "pp": 2}
+    assert got["hybrid:2x2+dp2"]["policy"] == {"name": "hybrid", "tp": 2, "pp": 2, "dp": 2}
     left_out = [str(w.message) for w in caught if issubclass(w.category, ScenarioWarning)]
     assert len(left_out) == 2 and all("12 attention heads" in m for m in left_out)
     assert any(m.startswith("--policies all: intra_op left out") for m in left_out)
