@@ -218,8 +218,8 @@ class PolicySpec(StrictModel):
                     "request to one of them.")
     router: Literal["round_robin", "least_loaded"] = Field(
         "round_robin", description="dp > 1: round_robin = request i goes to replica i mod dp; least_loaded = to "
-        "the replica with the fewest unfinished requests when it arrives (ties: the lowest index; generative "
-        "serving only).")
+        "the replica with the lowest 4 x waiting + running requests when it arrives, the lowest index on a tie "
+        "(vLLM's data-parallel load balancer; generative serving only).")
 
     @field_validator("name")
     @classmethod
@@ -350,8 +350,8 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
         raise LigerSimError(f"tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp} must equal hardware.count = {gpus}",
                             file=file, field="policy.pp")
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
-        raise LigerSimError("policy.router: least_loaded counts unfinished requests of generative serving; in "
-                            "serving.mode: encoder use round_robin", file=file, field="policy.router")
+        raise LigerSimError("policy.router: least_loaded counts the waiting and running requests of generative "
+                            "serving; in serving.mode: encoder use round_robin", file=file, field="policy.router")
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
                             field="policy.pp")

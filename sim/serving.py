@@ -142,7 +142,6 @@ class BatchScheduler:
         self.total_blocks = self.free[0] * pools
         self.waiting: deque[Seq] = deque()
         self.seqs: dict[int, Seq] = {}
-        self.finished = 0  # requests that have emitted their last token
         # iteration numbers: data-parallel replicas draw from one sequence (kernels carry them)
         self.numbering = numbering if numbering is not None else itertools.count()
         self.router: Router | None = None  # least-loaded routing: adds requests as they arrive
@@ -209,6 +208,10 @@ class BatchScheduler:
         if self.router is not None and self.router.pending():  # the next request may come here
             heads.append(self.router.next_arrival())
         return min(heads) if heads else None
+
+    def load(self) -> int:
+        """4 x waiting + running requests, as vLLM's data-parallel load balancer weighs an engine."""
+        return 4 * (len(self.waiting) + sum(map(len, self.bound))) + len(self.running)
 
     def done(self) -> bool:
         return (not self.waiting and not self.running and not any(self.bound)
@@ -366,19 +369,19 @@ class BatchScheduler:
                 self.running.remove(s)
                 self.free[self._pool(s)] += s.blocks
                 s.blocks = 0
-                self.finished += 1
                 if self.bind_on_arrival:
                     self.unfinished[s.group] -= 1
         self._log(now)
 
 
 class Router:
-    """Sends each request, when it arrives, to the data-parallel replica with the fewest unfinished
-    requests (the lowest-numbered on a tie), as a load-aware front end does (vLLM's data-parallel
-    coordinator balances by its engines' waiting and running counts; a least-outstanding-requests
-    load balancer by open requests). A replica's count changes only in its scheduler's calls, each
-    of which first routes every request that has arrived by its time, so routing at the first
-    call after an arrival is routing at the arrival."""
+    """Sends each request, when it arrives, to the data-parallel replica with the lowest load,
+    4 x waiting + running requests, the lowest-numbered on a tie: vLLM's data-parallel load
+    balancer (`DPLBAsyncMPClient.get_core_engine_for_request` in vllm/v1/engine/core_client.py),
+    with each replica's counts as they are at the arrival, where vLLM's front end reads counts
+    its coordinator publishes every 100 ms. A replica's counts change only in its scheduler's
+    calls, each of which first routes every request that has arrived by its time, so routing at
+    the first call after an arrival is routing at the arrival."""
 
     def __init__(self, jobs: list[Job], replicas: list[BatchScheduler]):
         self.jobs, self.replicas, self.next = jobs, replicas, 0
@@ -396,7 +399,7 @@ class Router:
     def route(self, now: float) -> None:
         jobs, replicas = self.jobs, self.replicas
         while self.next < len(jobs) and jobs[self.next].arrival_s <= now:
-            min(replicas, key=lambda r: len(r.seqs) - r.finished).add(jobs[self.next])
+            min(replicas, key=BatchScheduler.load).add(jobs[self.next])
             self.next += 1
 
 

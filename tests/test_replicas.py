@@ -165,3 +165,26 @@ def test_the_cuda_backend_refuses_replicas(tmp_path):
     with pytest.raises(LigerSimError) as e:
         build_plan(Source("scenario", str(path)))
     assert "policy.dp" in str(e.value) and "one model replica" in str(e.value)
+
+
+def test_least_loaded_weighs_waiting_requests_four_times_as_vllm_does():
+    """Replica 0 has one request waiting, replica 1 three running: vLLM's balancer scores them
+    4 x 1 = 4 and 3, so the next request goes to replica 1 (the fewest requests would pick 0)."""
+    from sim.serving import BatchScheduler, Router, ServingSpec
+
+    spec = ServingSpec(mode="generative")
+    replicas = [BatchScheduler([], spec, 100_000, 1) for _ in range(2)]
+    jobs = [Job(i, 0.0, 1, 32, 32, 8) for i in range(4)] + [Job(4, 1.0, 1, 32, 32, 8), Job(5, 2.0, 1, 32, 32, 8)]
+    router = Router(jobs, replicas)
+    router.next = 4  # the first four placed by hand
+    replicas[0].add(jobs[0])
+    for j in jobs[1:4]:
+        replicas[1].add(j)
+    assert replicas[1].plan(0.0, 0) is not None  # replica 1 admits its three; replica 0 is still to batch
+    assert [r.load() for r in replicas] == [4, 3]
+    assert replicas[0].next_arrival() == 0.0
+    replicas[0].group_has_work(0, 1.0)  # any scheduler call routes what has arrived by its time
+    assert 4 in replicas[1].seqs and router.next == 5
+    assert not replicas[0].done() and replicas[0].next_arrival() == 0.0
+    replicas[0].plan(1.5, 0)
+    assert replicas[0].next_arrival() == 2.0 and not replicas[1].done()  # request 5 may still come to either
