@@ -46,9 +46,10 @@ def _run(args: argparse.Namespace) -> None:
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers)")
     print(describe(summary))
-    if (not args.fold_ranks and scn.policy.name in SYMMETRIC_POLICIES and scn.hardware.count > 1
+    if (not args.fold_ranks and scn.policy.name in SYMMETRIC_POLICIES and scn.replica_gpus() > 1
             and run.result.sim_wall_s > FOLD_HINT_S):
-        print(f"  --fold-ranks simulates rank 0 alone: exact for {scn.policy.name}, about {scn.hardware.count}x faster")
+        print(f"  --fold-ranks simulates one rank per replica: exact for {scn.policy.name}, about "
+              f"{scn.replica_gpus()}x faster")
     print(f"  wrote {out}/")
 
 

@@ -113,6 +113,14 @@ def policy_label(policy: str) -> str:
     return (f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name) + (f"+dp{dp}" if dp is not None else "")
 
 
+def named_line(policy: str, dp: int) -> str:
+    """The label of a line asked for by name: without `+dpN` it runs the scenario's replicas, and
+    says so when there are several (else `intra_op` would name both that line and `all`'s
+    one-replica line)."""
+    label = policy_label(policy)
+    return label + f"+dp{dp}" if dp > 1 and replicas_of(label) is None else label
+
+
 def every_layout(gpus: int) -> list[str]:
     """Every way to parallelise `gpus` GPUs: for each number of data-parallel replicas dividing
     them, intra_op, inter_op, interleaved and each hybrid TPxPP (1 < TP < a replica's GPUs) on a
@@ -190,7 +198,7 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
     for asked in policies:
-        for policy in every if asked == "all" else [policy_label(asked)]:
+        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp)]:
             name = policy_degrees(policy)[0]
             ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones

@@ -43,10 +43,11 @@ def _intervals(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return df["start_s"].to_numpy(float), df["end_s"].to_numpy(float)
 
 
-def utilisation(events: pd.DataFrame, window: float) -> dict:
+def utilisation(events: pd.DataFrame, window: float, ranks: int | None = None) -> dict:
     """GPU busy fraction, overlap fraction (compute and communication at once) and
     per-stream occupancy, each as a fraction of `window` seconds, averaged over the ranks in the
-    table (a rank with nothing on a stream counts 0 for it: a pipeline's first stage receives nothing)."""
+    table (a rank with nothing on a stream counts 0 for it: a pipeline's first stage receives nothing),
+    or over `ranks` when more GPUs were simulated (a data-parallel replica that served nothing)."""
     busy, overlap, streams = [], [], {}
     for _rank, ev in events.groupby("rank"):
         comm = ev["cls"] == "collective"
@@ -57,14 +58,17 @@ def utilisation(events: pd.DataFrame, window: float) -> dict:
         overlap.append(max(0.0, c + m - b) / window)  # |C ∩ M| = |C| + |M| − |C ∪ M|
         for sid, es in ev.groupby("stream"):
             streams.setdefault(int(sid), []).append(_union_length(*_intervals(es)) / window)
+    n = max(len(busy), ranks or 0)
     return {
-        "gpu_busy_frac": float(np.mean(busy)) if busy else 0.0,
-        "overlap_frac": float(np.mean(overlap)) if overlap else 0.0,
-        "stream_occupancy": {str(k): float(np.sum(v)) / len(busy) for k, v in sorted(streams.items())},
+        "gpu_busy_frac": float(np.sum(busy)) / n if n else 0.0,
+        "overlap_frac": float(np.sum(overlap)) / n if n else 0.0,
+        "stream_occupancy": {str(k): float(np.sum(v)) / n for k, v in sorted(streams.items())},
     }
 
 
-def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wall_s: float | None) -> dict:
+def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wall_s: float | None,
+              ranks: int | None = None) -> dict:
+    """A run's JCT, throughput and utilisation (over `ranks` simulated GPUs, see `utilisation`)."""
     done = requests.dropna(subset=["end_s"])
     jct = done["jct_s"].to_numpy(float)
     first = float(requests["arrival_s"].min())
@@ -90,7 +94,7 @@ def summarise(events: pd.DataFrame, requests: pd.DataFrame, policy: str, sim_wal
         "kernels": int(len(events)),
         "sim_wall_s": sim_wall_s,
     }
-    out.update(utilisation(events, makespan) if makespan > 0 else {})
+    out.update(utilisation(events, makespan, ranks) if makespan > 0 else {})
     return out
 
 

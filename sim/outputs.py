@@ -204,15 +204,27 @@ def write_run(out: Path, events: pd.DataFrame, jobs, schedule: ir.Schedule | Non
     return summary
 
 
+def simulated_ranks(meta: dict) -> int | None:
+    """With data-parallel replicas, how many GPUs the run simulated (one per replica when rank-
+    folded), so that a replica that served nothing counts as idle; otherwise None (the ranks in
+    the events table, which on the CUDA backend may be one emulated rank of a group)."""
+    pol = meta.get("scenario", {}).get("policy", {})
+    dp = pol.get("dp", 1) if isinstance(pol, dict) else 1
+    if not isinstance(dp, int) or dp <= 1:
+        return None
+    return dp if meta.get("folded_ranks") else meta["scenario"].get("hardware", {}).get("count")
+
+
 def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: float | None):
     """requests.csv and summary.json of a run, encoder or generative (its IR meta says)."""
     rejected = int(meta.get("rejected_requests", 0))
+    ranks = simulated_ranks(meta)
     if "iterations" not in meta:
         requests = requests_frame(events, jobs)
-        summary = summarise(events, requests, policy, sim_wall_s)
+        summary = summarise(events, requests, policy, sim_wall_s, ranks)
     else:
         requests = generative_requests_frame(events, meta["iterations"], jobs)
-        summary = summarise(events, requests, policy, sim_wall_s)
+        summary = summarise(events, requests, policy, sim_wall_s, ranks)
         serving = meta.get("scenario", {}).get("serving", {})
         replicas = meta.get("replica_requests", [])
         summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),

@@ -70,6 +70,12 @@ def test_all_is_every_parallelisation_the_model_allows():
     assert any(m.startswith("--policies all: intra_op left out") for m in left_out)
     with pytest.raises(LigerSimError, match="12 attention heads"):  # named explicitly: an error
         scenario_variants(["interleaved"], [], scn, d, jobs, "s.yaml")
+    d["policy"] = {"name": "intra_op", "dp": 2}  # a line named without +dpN runs the scenario's replicas
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScenarioWarning)
+        got = scenario_variants(["intra_op", "all"], [], parse_scenario(d), d, jobs, "s.yaml")
+    assert list(got)[:3] == ["intra_op+dp2", "inter_op", "hybrid:2x4"]
+    assert got["intra_op+dp2"]["policy"] == {"name": "intra_op", "dp": 2} and "intra_op" not in got
 
 
 def test_all_leaves_out_what_does_not_fit_in_memory():

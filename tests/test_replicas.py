@@ -188,3 +188,36 @@ def test_least_loaded_weighs_waiting_requests_four_times_as_vllm_does():
     assert not replicas[0].done() and replicas[0].next_arrival() == 0.0
     replicas[0].plan(1.5, 0)
     assert replicas[0].next_arrival() == 2.0 and not replicas[1].done()  # request 5 may still come to either
+
+
+@pytest.mark.parametrize("policy", ["intra_op", "interleaved", "inter_op"])
+def test_least_loaded_routes_with_the_state_at_the_arrival(policy):
+    """A host runs ahead of the simulated clock by the launches it has just issued: a pipeline
+    leader that batched on its own clock routed a request that arrived just after replica 1 went
+    idle to busy replica 0 (a review's case). Every arrival after replica 1's host has learnt
+    that its request finished (the GPU's end, then the host's wake-up) goes there."""
+    d = scenario(policy, generative=True, router="least_loaded")
+    d["hardware"]["host"] = {"preset": "default"}  # hosts that take time to launch
+    d["workload"] = {"kind": "trace", "path": "t.csv"}
+    base = [Job(0, 0.0, 1, 64, 64, 400), Job(1, 0.0, 1, 64, 64, 2)]
+    r = simulate(parse_scenario(d), base)
+    idle_from = request_times(r.events).loc[[i for i, *_ in r.result.meta["iterations"] if _[1] == 1], "end"].max()
+    for dt in (30e-6, 60e-6, 90e-6, 120e-6, 200e-6):
+        jobs = [*base, Job(2, idle_from + dt, 1, 64, 64, 2)]
+        r = simulate(parse_scenario(d), jobs)
+        assert r.result.meta["replica_requests"] == [1, 2], dt
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_idle_replicas_count_in_gpu_busy(fold):
+    """One request on four one-GPU replicas: three GPUs idle the whole run."""
+    d = scenario("intra_op", count=4, dp=4, generative=True)
+    d["workload"] = {"kind": "trace", "path": "t.csv"}
+    jobs = [Job(0, 0.0, 1, 64, 64, 5)]
+    r = simulate(parse_scenario(d), jobs, fold_ranks=fold)
+    _, four = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    d["hardware"]["count"], d["policy"]["dp"] = 1, 1
+    r = simulate(parse_scenario(d), jobs)
+    _, one = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
+    assert four["replica_requests"] == [1, 0, 0, 0]
+    assert four["gpu_busy_frac"] == pytest.approx(one["gpu_busy_frac"] / 4)

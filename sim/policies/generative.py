@@ -41,6 +41,14 @@ def iteration_layered(ctx: PolicyContext, tp: int, it: Iteration, layers: range 
     return LayeredKernels(head, iteration_kernels(m, tp, it), layers, tail, m.layers)
 
 
+def routed_on_arrival(ctx: PolicyContext) -> bool:
+    """Whether a router shares requests among replicas as they arrive (`sim.serving.Router`): then
+    a host first waits for the simulated clock to reach its own before it calls the scheduler, so
+    that every replica's calls, which route, come in time order. (A host runs ahead of the clock
+    by the launches it has just issued.)"""
+    return ctx.scheduler is not None and ctx.scheduler.router is not None
+
+
 class IterationPlan:
     """Batching decisions made once and shared by every rank, in order."""
 
@@ -67,11 +75,15 @@ def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
     plan = IterationPlan(ctx.scheduler)
     group = ctx.ranks
 
+    routed = routed_on_arrival(ctx)
+
     def run(rt: Runtime) -> PolicyGen:
         stream = rt.new_stream(0)
         done = rt.new_event()
         i = 0
         while True:
+            if routed:
+                yield rt.sleep_until(rt.now())
             item = plan.next(i, rt.now())
             i += 1
             if item is None:
@@ -130,6 +142,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
     decided: list[Iteration | float | None] = []  # the batching decisions, in order (SKIP: none now)
     dtype, hidden = ctx.model.dtype_bytes, ctx.model.hidden
     skip = -1.0
+    routed = routed_on_arrival(ctx)
 
     def next_decision(rt: Runtime, i: int):
         """Decision i (an iteration, a time to sleep until, or None: the end), once the leader
@@ -143,9 +156,12 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
     def decide(rt: Runtime, state: dict) -> PolicyGen:
         """The first stage's first rank: batch group g once its tokens are back."""
         g, busy = state["g"], state["busy"]
-        if g in busy:
-            it, ev = busy.pop(g)
+        it, ev = busy.pop(g) if g in busy else (None, None)
+        if ev is not None:
             yield rt.sync(ev)
+        if routed:
+            yield rt.sleep_until(rt.now())
+        if it is not None:
             sched.complete(it, rt.now())
         now = rt.now()
         it = sched.plan(now, g) if sched.group_has_work(g, now) else None

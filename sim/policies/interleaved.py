@@ -282,6 +282,7 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
     pol = ctx.policy
     planner = Planner(ctx, depth or pol.depth, pol.split, pol.contention, pol.split_collectives, source)
     group = ctx.ranks
+    routed = ctx.scheduler is not None and ctx.scheduler.router is not None
 
     def run(rt: Runtime) -> PolicyGen:
         main = rt.new_stream(MAIN_PRIORITY)
@@ -310,6 +311,8 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
                 yield rt.sync(pending)
                 rt.release(pending)
                 pending = None
+            if routed:  # see `routed_on_arrival`
+                yield rt.sleep_until(rt.now())
             rnd = planner.get(i, rt.now(), rank)
             i += 1
             if rnd is None:
