@@ -38,11 +38,11 @@ def _run(args: argparse.Namespace) -> None:
 
         # the busiest moment: the slowest job's lifetime, when the most jobs were in flight
         ev = run.events[run.events["request_id"] >= 0]
-        span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"))
+        span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"), rank=("rank", "min"))
         worst = (span["t1"] - span["t0"]).idxmax()
-        t0, t1 = span.loc[worst, "t0"], span.loc[worst, "t1"]
-        plot_timeline(run.events, out / "timeline.png", f"{scn.name}: {scn.policy.name}, rank 0 while job {worst} "
-                      "runs", ranks=[0], window=(t0, t1))
+        t0, t1, rank = span.loc[worst, "t0"], span.loc[worst, "t1"], int(span.loc[worst, "rank"])
+        plot_timeline(run.events, out / "timeline.png", f"{scn.name}: {scn.policy.name}, rank {rank} while job "
+                      f"{worst} runs", ranks=[rank], window=(t0, t1))
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers)")
     print(describe(summary))
