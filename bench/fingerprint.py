@@ -4,7 +4,8 @@ events table and of the IR, so an engine change can be shown to leave every resu
 Runs every scenario in scenarios/*.yaml and scenarios/validation/*.yaml (the first `--jobs` jobs)
 under intra_op, inter_op, interleaved, and hybrid where the scenario sets tp/pp; the symmetric
 policies also rank-folded, and the validation scenarios also with the H100 profile (measured
-kernel times, host costs and kernel gaps: the engine paths a roofline run leaves out).
+kernel times, host costs and kernel gaps: the engine paths a roofline run leaves out); the
+other scenarios also as two data-parallel replicas of intra_op and interleaved.
 Run: `python bench/fingerprint.py > before.txt`, change things, run again and `diff`.
 """
 
@@ -82,6 +83,9 @@ def variants(data: dict, validation: bool) -> list[tuple[str, dict, bool]]:
             out.append((policy + tag, dd, False))
             if policy in SYMMETRIC_POLICIES:
                 out.append((policy + tag + "+fold", dd, True))
+    if not validation and data["hardware"]["count"] % 2 == 0:  # two replicas sharing the engine (and links)
+        for policy in ("intra_op+dp2", "interleaved+dp2"):
+            out += [(policy, policy_variant(data, policy), False), (policy + "+fold", policy_variant(data, policy), True)]
     return out
 
 
