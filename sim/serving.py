@@ -384,6 +384,9 @@ class Router:
     the first call after an arrival is routing at the arrival."""
 
     def __init__(self, jobs: list[Job], replicas: list[BatchScheduler]):
+        if any(b.arrival_s < a.arrival_s for a, b in zip(jobs, jobs[1:])):
+            raise LigerSimError("the router takes requests in arrival order: sort the jobs by arrival_s",
+                                field="workload")
         self.jobs, self.replicas, self.next = jobs, replicas, 0
         for sched in replicas:
             sched.router = self

@@ -221,3 +221,10 @@ def test_idle_replicas_count_in_gpu_busy(fold):
     _, one = run_tables(r.events, jobs, r.result.meta, "intra_op", None)
     assert four["replica_requests"] == [1, 0, 0, 0]
     assert four["gpu_busy_frac"] == pytest.approx(one["gpu_busy_frac"] / 4)
+
+
+def test_the_router_refuses_jobs_out_of_arrival_order():
+    d = scenario("intra_op", generative=True, router="least_loaded")
+    jobs = [Job(0, 1.0, 1, 32, 32, 2), Job(1, 0.5, 1, 32, 32, 2)]
+    with pytest.raises(LigerSimError, match="arrival order"):
+        simulate(parse_scenario(d), jobs)
