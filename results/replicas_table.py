@@ -20,22 +20,32 @@ from sim.scenario import load_scenario, parse_scenario
 from sim.simulate import SYMMETRIC_POLICIES, load_jobs, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
-# scenario, GPUs, layouts (a --policies label each)
+# The measured 8-GPU H100 all-reduce (profiles/links.yaml, h100_dgx n=8: 2(n-1) x 2.042 us = 28.6 us
+# of latency) against the preset's NCCL constants (8.4 + 14 x 3.4 = 56 us; at 4 GPUs 28.8 us against
+# the measured 30.6 us): the ring step that makes an 8-GPU ring's latency the measured one.
+MEASURED_8GPU_STEP_S = (2 * 7 * 2.042e-6 - 8.4e-6) / 14
+# scenario, GPUs, layouts (a --policies label each), interconnect override, title
 STUDIES = [
     ("azure-conv-llama2-13b-a100-pcie", 4, ["intra_op", "intra_op+dp2", "intra_op+dp4", "hybrid:2x2",
-                                            "interleaved", "interleaved+dp2"]),
-    ("azure-conv-llama2-70b-h100", 8, ["intra_op", "intra_op+dp2", "interleaved", "interleaved+dp2"]),
+                                            "interleaved", "interleaved+dp2"], None, ""),
+    ("azure-conv-llama2-70b-h100", 8, ["intra_op", "intra_op+dp2", "interleaved", "interleaved+dp2"], None, ""),
+    ("azure-conv-llama2-70b-h100", 8, ["intra_op", "interleaved"],
+     {"preset": "nvswitch-h100", "step_latency_s": MEASURED_8GPU_STEP_S},
+     ", TP 8 with the measured 8-GPU all-reduce latency"),
 ]
 COLUMNS = [("ttft_mean_s", "TTFT mean (ms)", 1e3), ("ttft_p99_s", "TTFT p99 (ms)", 1e3),
            ("tpot_mean_s", "TPOT mean (ms)", 1e3), ("tpot_p99_s", "TPOT p99 (ms)", 1e3),
            ("tokens_per_s", "tokens/s", 1.0), ("slo_attainment", "SLO met (%)", 100.0)]
 
 
-def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float) -> dict:
+def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
+        interconnect: dict | None = None) -> dict:
     path = ROOT / "scenarios" / f"{name}.yaml"
     scn, base = load_scenario(path)
     d = scn.model_dump(mode="json")
     d["hardware"]["count"] = gpus
+    if interconnect:
+        d["hardware"]["interconnect"] = interconnect
     d["policy"].update(tp=None, pp=None)
     d = policy_variant(d, layout)
     d["policy"]["router"] = router
@@ -55,18 +65,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--scale", type=float, default=4.0, help="the loaded rows' rate, as a multiple of the trace's")
+    ap.add_argument("--studies", default=",".join(str(i) for i in range(len(STUDIES))),
+                    help="which of the studies to run, by index (0: 13B on PCIe, 1: 70B on H100, 2: its TP-8 "
+                    "rows with the measured all-reduce latency)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
-    for name, gpus, layouts in STUDIES:
-        out = ROOT / "results" / "replicas" / name
+    for index in (int(i) for i in args.studies.split(",")):
+        name, gpus, layouts, interconnect, title = STUDIES[index]
+        out = ROOT / "results" / "replicas" / (name + ("-measured-step" if interconnect else ""))
         out.mkdir(parents=True, exist_ok=True)
-        print(f"\n**{name}** on {gpus} GPUs (first {args.jobs} requests)\n")
+        print(f"\n**{name}** on {gpus} GPUs{title} (first {args.jobs} requests)\n")
         print("| layout | router | rate | " + " | ".join(c[1] for c in COLUMNS) + " | requests per replica |")
         print("|---|---|---|" + "---|" * len(COLUMNS) + "---|")
         for scale in (1.0, args.scale):
             for layout in layouts:
                 for router in ("round_robin", "least_loaded") if "+dp" in layout else ("round_robin",):
-                    s = run(name, gpus, layout, router, args.jobs, scale)
+                    s = run(name, gpus, layout, router, args.jobs, scale, interconnect)
                     file = out / f"{layout.replace(':', '-')}-{router}-x{scale:g}.json"
                     file.write_text(json.dumps(s, indent=2, default=float) + "\n")
                     cells = [f"{s[k] * f:,.1f}" for k, _, f in COLUMNS]
