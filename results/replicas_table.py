@@ -4,6 +4,8 @@ own rate and time-compressed to `--scale` times it, under both routers.
 
 Run: `.venv/bin/python results/replicas_table.py [--jobs 200] [--scale 4]`; writes
 results/replicas/<scenario>/<layout>-<router>-x<scale>.json (summaries) and prints markdown tables.
+`--lone` instead prints what one request alone costs under each intra_op layout (prompt 1,000
+tokens, 20 output tokens): its TTFT, its TPOT and the prefill's time in all-reduces.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from sim.curve import policy_variant
 from sim.errors import ScenarioWarning
+from sim.jobs import Job
 from sim.outputs import run_tables
 from sim.scenario import load_scenario, parse_scenario
 from sim.simulate import SYMMETRIC_POLICIES, load_jobs, simulate
@@ -61,6 +64,25 @@ def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
     return s
 
 
+def lone(name: str, gpus: int, layout: str, interconnect: dict | None) -> str:
+    path = ROOT / "scenarios" / f"{name}.yaml"
+    scn, _ = load_scenario(path)
+    d = scn.model_dump(mode="json")
+    d["hardware"]["count"] = gpus
+    if interconnect:
+        d["hardware"]["interconnect"] = interconnect
+    d["policy"].update(tp=None, pp=None)
+    scn = parse_scenario(policy_variant(d, layout), str(path))
+    jobs = [Job(0, 0.0, 1, 1000, 1000, 20)]
+    r = simulate(scn, jobs, record_ir=False, fold_ranks=True)
+    _, s = run_tables(r.events, jobs, r.result.meta, scn.policy.name, None)
+    ev = r.events[r.events["request_id"] == r.events["request_id"].min()]  # the prefill iteration
+    comm = ev[ev["cls"] == "collective"]
+    return (f"{name} {layout}{' (measured step)' if interconnect else ''}: TTFT {s['ttft_mean_s'] * 1e3:.1f} ms, "
+            f"TPOT {s['tpot_mean_s'] * 1e3:.2f} ms, prefill all-reduces {(comm['end_s'] - comm['start_s']).sum() * 1e3:.1f}"
+            f" of {(ev['end_s'].max() - ev['start_s'].min()) * 1e3:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=200)
@@ -68,8 +90,15 @@ def main() -> None:
     ap.add_argument("--studies", default=",".join(str(i) for i in range(len(STUDIES))),
                     help="which of the studies to run, by index (0: 13B on PCIe, 1: 70B on H100, 2: its TP-8 "
                     "rows with the measured all-reduce latency)")
+    ap.add_argument("--lone", action="store_true", help="one request alone under each intra_op layout")
     args = ap.parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
+    if args.lone:
+        for index in (int(i) for i in args.studies.split(",")):
+            name, gpus, layouts, interconnect, _ = STUDIES[index]
+            for layout in (x for x in layouts if x.startswith("intra_op")):
+                print(lone(name, gpus, layout, interconnect), flush=True)
+        return
     for index in (int(i) for i in args.studies.split(",")):
         name, gpus, layouts, interconnect, title = STUDIES[index]
         out = ROOT / "results" / "replicas" / (name + ("-measured-step" if interconnect else ""))
