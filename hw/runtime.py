@@ -225,6 +225,8 @@ def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
                 op.done = rt.block_on(op.event)
             elif op.op == "sleep_until":
                 op.done = rt.sleep_to(op.until)
+            elif op.op == "catch_up":  # a simulator device: the host's clock is the real one
+                continue
             else:  # pragma: no cover - policies only yield blocking operations
                 raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
     except KeyboardInterrupt:

@@ -474,6 +474,9 @@ class Engine:
                     return
                 phase = 1
             if phase == 1:
+                if op.op == "catch_up":  # the clock has reached the host's time (`catch_up`)
+                    phase = 0
+                    continue
                 if op.op == "sleep_until":
                     op.done = rt.host_t
                     rt.host_t += host.after_block.get("sleep_until", 0.0)

@@ -29,6 +29,7 @@ class Runtime(Protocol):
     def wait(self, stream: int, event: int) -> None: ...
     def sync(self, event: int) -> Op: ...
     def sleep_until(self, t: float) -> Op: ...
+    def catch_up(self) -> Op: ...
     def solo(self, kernel: Kernel) -> float: ...
     def release(self, event: int) -> None: ...
 
@@ -104,6 +105,13 @@ class RecordingRuntime:
 
     def sleep_until(self, t: float) -> Op:
         return self._rec(Op(self.rank, "sleep_until", self.now(), until=t))
+
+    def catch_up(self) -> Op:
+        """Yielded: wait until the simulated clock reaches this host's time, which runs ahead by
+        the launches just issued, so that a decision other ranks' hosts also make (routing among
+        replicas) sees the world of its moment. A simulator device, not a host operation: not in
+        the IR, free, and nothing to do on hardware, whose clock is the host's."""
+        return Op(self.rank, "catch_up", self.now())
 
     # backend hooks: each returns the host time the operation was issued at
     def _stream(self, sid: int, priority: int) -> None:

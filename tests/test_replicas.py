@@ -4,6 +4,7 @@ contention where something is, generative iteration ids, and clear errors."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pandas as pd
 import pytest
@@ -228,3 +229,51 @@ def test_the_router_refuses_jobs_out_of_arrival_order():
     jobs = [Job(0, 1.0, 1, 32, 32, 2), Job(1, 0.5, 1, 32, 32, 2)]
     with pytest.raises(LigerSimError, match="arrival order"):
         simulate(parse_scenario(d), jobs)
+
+
+def test_catch_up_waits_for_the_clock_and_costs_nothing():
+    """`catch_up` blocks a host until the simulated clock reaches its time, charges none of the
+    costs after a blocking op (a sleep's were charged: 145 us per iteration of a profiled hybrid
+    run, a review found) and is not an operation of the IR."""
+    from dataclasses import replace as dc_replace
+
+    from sim.kernels import Kernel, KernelSpec
+    from tests.programs import make_engine
+
+    eng = make_engine(1)
+    eng.host = dc_replace(eng.host, after_block={"sleep_until": 1e-3, "sync": 1e-3})
+    seen = []
+
+    def run(rt):
+        s = rt.new_stream(0)
+        for i in range(50):  # 50 us of launches: the host runs ahead of the clock
+            rt.launch(Kernel(KernelSpec("gemm", f"k{i}", {"elems": 1}, 0.0, 1.0), 0, 0, i), s)
+        before = rt.now()
+        yield rt.catch_up()
+        seen.append((before, rt.now(), eng.env.now))
+
+    result = eng.run([run])
+    (before, after, clock), = seen
+    assert before == after == pytest.approx(50e-6) and clock == pytest.approx(before)
+    assert {op.op for op in result.schedule.ops} == {"stream", "launch"}
+
+
+@pytest.mark.parametrize("policy", ["intra_op", "interleaved"])
+def test_waiting_for_the_clock_leaves_a_profiled_run_alone(policy):
+    """With routing that picks the same replicas, both routers give the same run under the H100
+    profile's host costs (a pipeline's followers learn a decision when its leader's host makes
+    it, so there the runs differ by design)."""
+    from pathlib import Path
+
+    d = scenario(policy, generative=True)
+    d["hardware"] = {"gpu": "H100-SXM", "count": 4, "interconnect": "nvswitch-h100",
+                     "profile": str(Path(__file__).parent.parent / "profiles" / "h100-sxm.yaml")}
+    d["workload"] = {"kind": "trace", "path": "t.csv"}
+    jobs = [Job(0, 0.0, 1, 64, 64, 6)]
+    runs = {}
+    for router in ("round_robin", "least_loaded"):
+        d["policy"]["router"] = router
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # shapes outside the profile's range, if any
+            runs[router] = simulate(parse_scenario(d), jobs, record_ir=False).events
+    pd.testing.assert_frame_equal(runs["round_robin"], runs["least_loaded"])

@@ -83,7 +83,7 @@ def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
         i = 0
         while True:
             if routed:
-                yield rt.sleep_until(rt.now())
+                yield rt.catch_up()
             item = plan.next(i, rt.now())
             i += 1
             if item is None:
@@ -160,7 +160,7 @@ def build_gen_pipeline(ctx: PolicyContext) -> list[RankPolicy]:
         if ev is not None:
             yield rt.sync(ev)
         if routed:
-            yield rt.sleep_until(rt.now())
+            yield rt.catch_up()
         if it is not None:
             sched.complete(it, rt.now())
         now = rt.now()

@@ -312,7 +312,7 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
                 rt.release(pending)
                 pending = None
             if routed:  # see `routed_on_arrival`
-                yield rt.sleep_until(rt.now())
+                yield rt.catch_up()
             rnd = planner.get(i, rt.now(), rank)
             i += 1
             if rnd is None:
