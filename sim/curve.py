@@ -204,6 +204,11 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
             for k in ignored:  # one line, not several identical ones
                 warnings.warn(f"--vary {k}: {name} does not read it{' when serving generatively' if generative else ''};"
                               f" one {policy} line", ScenarioWarning, stacklevel=2)
+            one_replica = (replicas_of(policy) or scn.policy.dp) == 1 and all(k != "policy.dp" for k, _ in vary)
+            if one_replica and any(k == "policy.router" for k, _ in vary):
+                ignored.append("policy.router")
+                warnings.warn(f"--vary policy.router: {policy} runs one replica, which nothing routes to; one line",
+                              ScenarioWarning, stacklevel=2)
             combos = list(itertools.product(*[[(k, v) for v in vals] for k, vals in vary if k not in ignored]))
             for combo in combos:
                 label = " ".join([policy, *(f"{k}={v}" for k, v in combo)])

@@ -76,6 +76,13 @@ def test_all_is_every_parallelisation_the_model_allows():
         got = scenario_variants(["intra_op", "all"], [], parse_scenario(d), d, jobs, "s.yaml")
     assert list(got)[:3] == ["intra_op+dp2", "inter_op", "hybrid:2x4"]
     assert got["intra_op+dp2"]["policy"] == {"name": "intra_op", "dp": 2} and "intra_op" not in got
+    d["policy"] = {"name": "inter_op"}
+    with warnings.catch_warnings(record=True) as caught:  # a router needs replicas to route to
+        warnings.simplefilter("always")
+        got = scenario_variants(["inter_op"], parse_vary(["policy.router=round_robin,least_loaded"]),
+                                parse_scenario(d), d, jobs, "s.yaml")
+    assert list(got) == ["inter_op"]
+    assert any("runs one replica, which nothing routes to" in str(w.message) for w in caught)
 
 
 def test_all_leaves_out_what_does_not_fit_in_memory():
