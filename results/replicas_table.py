@@ -41,8 +41,9 @@ COLUMNS = [("ttft_mean_s", "TTFT mean (ms)", 1e3), ("ttft_p99_s", "TTFT p99 (ms)
            ("tokens_per_s", "tokens/s", 1.0), ("slo_attainment", "SLO met (%)", 100.0)]
 
 
-def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
-        interconnect: dict | None = None) -> dict:
+def layout_of(name: str, gpus: int, layout: str, interconnect: dict | None) -> tuple[dict, Path, Path]:
+    """The scenario mapping of `name` on `gpus` GPUs in `layout` (a --policies label), its file
+    and the folder its trace is read relative to."""
     path = ROOT / "scenarios" / f"{name}.yaml"
     scn, base = load_scenario(path)
     d = scn.model_dump(mode="json")
@@ -50,7 +51,12 @@ def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
     if interconnect:
         d["hardware"]["interconnect"] = interconnect
     d["policy"].update(tp=None, pp=None)
-    d = policy_variant(d, layout)
+    return policy_variant(d, layout), path, base
+
+
+def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
+        interconnect: dict | None = None) -> dict:
+    d, path, base = layout_of(name, gpus, layout, interconnect)
     d["policy"]["router"] = router
     d["workload"]["jobs"] = jobs
     if scale != 1:
@@ -65,14 +71,8 @@ def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
 
 
 def lone(name: str, gpus: int, layout: str, interconnect: dict | None) -> str:
-    path = ROOT / "scenarios" / f"{name}.yaml"
-    scn, _ = load_scenario(path)
-    d = scn.model_dump(mode="json")
-    d["hardware"]["count"] = gpus
-    if interconnect:
-        d["hardware"]["interconnect"] = interconnect
-    d["policy"].update(tp=None, pp=None)
-    scn = parse_scenario(policy_variant(d, layout), str(path))
+    d, path, _ = layout_of(name, gpus, layout, interconnect)
+    scn = parse_scenario(d, str(path))
     jobs = [Job(0, 0.0, 1, 1000, 1000, 20)]
     r = simulate(scn, jobs, record_ir=False, fold_ranks=True)
     _, s = run_tables(r.events, jobs, r.result.meta, scn.policy.name, None)
