@@ -33,6 +33,10 @@ def validate(scenario: str | Path, profile: str | Path, out: str | Path, device:
     from sim.validation import predict
 
     out = Path(out)
+    from hw.run import one_replica
+    from sim.scenario import load_scenario
+
+    one_replica(load_scenario(scenario)[0], str(scenario))  # before any measuring or predicting
     if timing in ("cupti", "both") and device == "cpu" and measured is None:
         raise LigerSimError(f"--timing {timing} times CUDA kernels with CUPTI; on CPU use --timing events",
                             field="--timing")

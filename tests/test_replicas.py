@@ -277,3 +277,15 @@ def test_waiting_for_the_clock_leaves_a_profiled_run_alone(policy):
             warnings.simplefilter("ignore")  # shapes outside the profile's range, if any
             runs[router] = simulate(parse_scenario(d), jobs, record_ir=False).events
     pd.testing.assert_frame_equal(runs["round_robin"], runs["least_loaded"])
+
+
+def test_validation_refuses_replicas_before_measuring(tmp_path):
+    import yaml
+
+    from hw.validate import validate
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario("intra_op")))
+    with pytest.raises(LigerSimError) as e:
+        validate(path, tmp_path / "missing-profile.yaml", tmp_path / "out", device="cpu", measured=tmp_path)
+    assert "policy.dp" in str(e.value) and not (tmp_path / "out").exists()
