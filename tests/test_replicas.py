@@ -289,3 +289,18 @@ def test_validation_refuses_replicas_before_measuring(tmp_path):
     with pytest.raises(LigerSimError) as e:
         validate(path, tmp_path / "missing-profile.yaml", tmp_path / "out", device="cpu", measured=tmp_path)
     assert "policy.dp" in str(e.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("policy,pol", [("intra_op", {}), ("hybrid", {"tp": 1})])
+def test_a_routed_run_replays_to_the_same_events(policy, pol):
+    """Waiting for the clock is not in the IR: the replay's hosts issue the same operations at the
+    same host times, so it gives the run's events."""
+    from sim.simulate import replay
+
+    d = scenario(policy, generative=True, router="least_loaded", jobs=16, **pol)
+    d["hardware"]["host"] = {"preset": "default"}
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    cols = ["rank", "kernel_id", "start_s", "end_s", "launch_s"]
+    pd.testing.assert_frame_equal(replay(run.result.schedule, jobs).events[cols], run.events[cols])

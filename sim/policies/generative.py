@@ -74,7 +74,6 @@ class IterationPlan:
 def build_gen_intra_op(ctx: PolicyContext) -> list[RankPolicy]:
     plan = IterationPlan(ctx.scheduler)
     group = ctx.ranks
-
     routed = routed_on_arrival(ctx)
 
     def run(rt: Runtime) -> PolicyGen:
