@@ -304,3 +304,32 @@ def test_a_routed_run_replays_to_the_same_events(policy, pol):
     run = simulate(scn, jobs)
     cols = ["rank", "kernel_id", "start_s", "end_s", "launch_s"]
     pd.testing.assert_frame_equal(replay(run.result.schedule, jobs).events[cols], run.events[cols])
+
+
+GRID = [(policy, dp, router, admission)
+        for policy in ("intra_op", "interleaved", "inter_op", "hybrid")
+        for dp in (2, 4)
+        for router in ("round_robin", "least_loaded")
+        for admission in (("next_group", "least_loaded") if policy in ("inter_op", "hybrid") else ("next_group",))
+        if not (policy == "hybrid" and dp == 4)]
+
+
+@pytest.mark.parametrize("policy,dp,router,admission", GRID)
+def test_every_layout_serves_every_token_once(policy, dp, router, admission):
+    """Replicas under every policy, router and pipeline admission, including replicas that get
+    few or no requests (6 requests, a burst then a lull): each request gets its tokens, on one
+    replica, and every replica's GPUs are its own."""
+    d = scenario(policy, count=8, dp=dp, generative=True, jobs=6, router=router,
+                 **({"tp": 2} if policy == "hybrid" else {}))
+    d["serving"]["pipeline_admission"] = admission
+    d["hardware"]["host"] = {"preset": "default"}
+    d["workload"]["arrival"] = {"process": "onoff", "rate": 400.0, "on_s": 0.01, "off_s": 0.2}
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    r = simulate(scn, jobs, record_ir=False)
+    req, summary = run_tables(r.events, jobs, r.result.meta, policy, None)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    assert sum(summary["replica_requests"]) == len(jobs)
+    per = 8 // dp
+    replica_of = r.events.groupby("request_id")["rank"].agg(lambda x: {rk // per for rk in x})
+    assert (replica_of.map(len) == 1).all()
