@@ -350,7 +350,7 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
         raise LigerSimError(f"tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp} must equal hardware.count = {gpus}",
                             file=file, field="policy.pp")
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
-        raise LigerSimError("policy.router: least_loaded counts the waiting and running requests of generative "
+        raise LigerSimError("least_loaded counts the waiting and running requests of generative "
                             "serving; in serving.mode: encoder use round_robin", file=file, field="policy.router")
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,

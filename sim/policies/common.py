@@ -101,6 +101,14 @@ class LayeredKernels:
         return specs, layers
 
 
+def routed_on_arrival(ctx: PolicyContext) -> bool:
+    """Whether a router shares requests among replicas as they arrive (`sim.serving.Router`): then
+    a host first waits for the simulated clock to reach its own before it calls the scheduler, so
+    that every replica's calls, which route, come in time order. (A host runs ahead of the clock
+    by the launches it has just issued.)"""
+    return ctx.scheduler is not None and ctx.scheduler.router is not None
+
+
 def launch_layered(rt: Runtime, ks: LayeredKernels, stream: int, request_id: int,
                    group: tuple[int, ...]) -> None:
     """`launch_steps` over a `LayeredKernels`, without building a step per kernel."""

@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from sim.kernels import Kernel, collective
 from sim.layers import epilogue_kernels, prologue_kernels
-from sim.policies.common import LayeredKernels, PolicyContext, RankPolicy, after, launch_layered
+from sim.policies.common import (
+    LayeredKernels,
+    PolicyContext,
+    RankPolicy,
+    after,
+    launch_layered,
+    routed_on_arrival,
+)
 from sim.policies.interleaved import JobState, build_interleaved, pending_queue
 from sim.policies.pipeline import stages
 from sim.runtime import PolicyGen, Runtime
@@ -39,14 +46,6 @@ def iteration_layered(ctx: PolicyContext, tp: int, it: Iteration, layers: range 
     head = prologue_kernels(m, tp, 1, it.tokens) if first else []
     tail = epilogue_kernels(m, tp, len(it.emits), 1) if last and it.emits else []
     return LayeredKernels(head, iteration_kernels(m, tp, it), layers, tail, m.layers)
-
-
-def routed_on_arrival(ctx: PolicyContext) -> bool:
-    """Whether a router shares requests among replicas as they arrive (`sim.serving.Router`): then
-    a host first waits for the simulated clock to reach its own before it calls the scheduler, so
-    that every replica's calls, which route, come in time order. (A host runs ahead of the clock
-    by the launches it has just issued.)"""
-    return ctx.scheduler is not None and ctx.scheduler.router is not None
 
 
 class IterationPlan:

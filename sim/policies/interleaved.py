@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sim.kernels import Kernel, KernelSpec, split_collective, split_gemm
-from sim.policies.common import PolicyContext, RankPolicy, Step
+from sim.policies.common import PolicyContext, RankPolicy, Step, routed_on_arrival
 from sim.runtime import PolicyGen, Runtime
 
 MAIN_PRIORITY, SUB_PRIORITY = -1, 0
@@ -282,7 +282,7 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
     pol = ctx.policy
     planner = Planner(ctx, depth or pol.depth, pol.split, pol.contention, pol.split_collectives, source)
     group = ctx.ranks
-    routed = ctx.scheduler is not None and ctx.scheduler.router is not None
+    routed = routed_on_arrival(ctx)
 
     def run(rt: Runtime) -> PolicyGen:
         main = rt.new_stream(MAIN_PRIORITY)
@@ -311,7 +311,7 @@ def build_interleaved(ctx: PolicyContext, source=None, depth: int | None = None)
                 yield rt.sync(pending)
                 rt.release(pending)
                 pending = None
-            if routed:  # see `routed_on_arrival`
+            if routed:
                 yield rt.catch_up()
             rnd = planner.get(i, rt.now(), rank)
             i += 1
