@@ -196,6 +196,12 @@ class Engine:
         # replicas of `replica` GPUs each, the first rank of every replica.
         self.fold = False
         self.replica = world
+        # disaggregated serving: called with a `kv_push` kernel when it completes (the receiver's
+        # notice of arrived KV blocks, as NIXL's transfer notifications), and the hosts waiting on
+        # `wait_notify` by rank, each with its wait's number (a timed-out wait's wake is dropped)
+        self.push_done: Callable[[Kernel, float], None] | None = None
+        self.notified: set[int] = set()
+        self.waiting: dict[int, tuple[SimRankRuntime, int]] = {}
 
     # ------------------------------------------------------------------ streams
     def add_stream(self, rank: int, sid: int, priority: int) -> Stream:
@@ -266,7 +272,8 @@ class Engine:
             arrived = self.pending_coll[key] = []
         arrived.append((k, s, launched))
         s.busy = _WAITING  # occupies the stream until every rank has arrived
-        if len(arrived) == (1 if self.fold else len(k.group)):
+        # a KV push is one-sided (only its sender launches it, as an RDMA write or a peer copy)
+        if len(arrived) == (1 if self.fold or k.spec.kind == "kv_push" else len(k.group)):
             del self.pending_coll[key]
             arrived.sort(key=lambda a: a[0].rank)
             kernels = [a[0] for a in arrived]
@@ -390,6 +397,8 @@ class Engine:
                 self._work.append(st)
         if len(rows) >= CHUNK:
             self.log.pack()
+        if self.push_done is not None and run.kernels[0].spec.kind == "kv_push":
+            self.push_done(run.kernels[0], now)
         for link in run.links:
             lst = self.link_runs[link]
             lst.remove(run)
@@ -401,6 +410,25 @@ class Engine:
         self._drain()
 
     # ------------------------------------------------------------------ hosts
+    def notify(self, rank: int, at: float | None = None) -> None:
+        """Wake rank `rank`'s host from `wait_notify` at host time `at` (default now), or, when
+        it is not waiting, make its next `wait_notify` return at once."""
+        delay = 0.0 if at is None else at - self.env.now
+        if delay > 0:
+            self.env.call_in(delay, self._deliver, rank, -1)
+        else:
+            self._deliver(rank, -1)
+
+    def _deliver(self, rank: int, number: int) -> None:
+        """A notice (`number` -1) or the timeout of wait `number` reaches `rank`."""
+        waiter = self.waiting.get(rank)
+        if waiter is None or (number >= 0 and waiter[1] != number):
+            if number < 0:
+                self.notified.add(rank)
+            return
+        del self.waiting[rank]
+        self._host(waiter[0], 3)
+
     def run(self, policies: list[Callable[[SimRankRuntime], PolicyGen]], meta: dict | None = None,
             progress_horizon_s: float | None = None) -> SimResult:
         """Run every rank's policy to the end. With `progress_horizon_s` (the last arrival),
@@ -454,7 +482,7 @@ class Engine:
     def _host(self, rt: SimRankRuntime, phase: int) -> None:
         """Run rank `rt`'s policy until it blocks; a blocked host comes back here by a timed
         callback (`phase` 1: it has reached the blocking op in simulated time; 2: the event it
-        syncs on has completed). Hosts are not SimPy processes: a timed callback is queued
+        syncs on has completed; 3: a notice or the timeout of its `wait_notify` came). Hosts are not SimPy processes: a timed callback is queued
         exactly where the `Timeout` or `Event` a process would wait on is, at less cost."""
         env, host = self.env, self.host
         op = rt.blocked
@@ -464,6 +492,9 @@ class Engine:
                     op = next(rt.gen)
                 except StopIteration:
                     return
+                if op.op == "wait_notify" and rt.rank in self.notified:  # noticed while busy
+                    self.notified.discard(rt.rank)
+                    op.op, op.until = "sleep_until", rt.host_t
                 if op.op == "sleep_until" and op.until > rt.host_t:
                     # the host really waits, so that what it decides next sees the simulated
                     # world of that moment (other ranks' hosts, arrivals)
@@ -477,6 +508,16 @@ class Engine:
                 if op.op == "catch_up":  # the clock has reached the host's time (`catch_up`)
                     phase = 0
                     continue
+                if op.op == "wait_notify":
+                    if rt.rank not in self.notified:  # wait for a notice, or until `until`
+                        rt.blocked = op
+                        rt.waits += 1
+                        self.waiting[rt.rank] = (rt, rt.waits)
+                        if op.until != float("inf"):
+                            self.env.call_in(max(0.0, op.until - env.now), self._deliver, rt.rank, rt.waits)
+                        return
+                    self.notified.discard(rt.rank)
+                    op.op, op.until = "sleep_until", rt.host_t
                 if op.op == "sleep_until":
                     op.done = rt.host_t
                     rt.host_t += host.after_block.get("sleep_until", 0.0)
@@ -491,6 +532,14 @@ class Engine:
                     rt.host_t = max(rt.host_t, env.now) + host.sync_call_s
                 else:  # never recorded: nothing to wait on, as in CUDA
                     rt.host_t = max(rt.host_t, env.now)
+            elif phase == 3:  # woken from `wait_notify`: in the IR, a sleep until now (as it replays)
+                op.op, op.until = "sleep_until", env.now
+                if env.now > rt.host_t:
+                    rt.host_t = env.now + host.sleep_late_s
+                op.done = rt.host_t
+                rt.host_t += host.after_block.get("sleep_until", 0.0)
+                phase = 0
+                continue
             else:
                 rt.host_t = env.now + host.sync_wakeup_s
             op.done = rt.host_t
@@ -521,6 +570,7 @@ class SimRankRuntime(RecordingRuntime):
         self.host_t = 0.0
         self.gen: PolicyGen | None = None  # the policy this host runs
         self.blocked: Op | None = None  # the op it is blocked in
+        self.waits = 0  # `wait_notify` calls that blocked, numbering their timeouts
         self.events: dict[int, EventInstance] = {}
         self._streams: list[Stream] = []
         self._launch_s = engine.host.launch_s
@@ -559,6 +609,9 @@ class SimRankRuntime(RecordingRuntime):
 
     def _release(self, event: int) -> None:
         self.events.pop(event, None)
+
+    def notify(self, rank: int) -> None:
+        self.engine.notify(rank, self.host_t)
 
     def _wait(self, stream: int, event: int) -> float:
         t = self.host_t = self.host_t + self._wait_s

@@ -30,6 +30,8 @@ class Runtime(Protocol):
     def sync(self, event: int) -> Op: ...
     def sleep_until(self, t: float) -> Op: ...
     def catch_up(self) -> Op: ...
+    def wait_notify(self, until: float = ...) -> Op: ...
+    def notify(self, rank: int) -> None: ...
     def solo(self, kernel: Kernel) -> float: ...
     def release(self, event: int) -> None: ...
 
@@ -112,6 +114,17 @@ class RecordingRuntime:
         replicas) sees the world of its moment. A simulator device, not a host operation: not in
         the IR, free, and nothing to do on hardware, whose clock is the host's."""
         return Op(self.rank, "catch_up", self.now())
+
+    def wait_notify(self, until: float = float("inf")) -> Op:
+        """Yielded: block until another host or a completed KV push notifies this rank (`notify`),
+        or until `until`; at once if a notice came since the last wait. Disaggregated serving's
+        hosts wait so for work that another replica's GPU hands them. Recorded in the IR as the
+        sleep until the time it returned, which replays it."""
+        return self._rec(Op(self.rank, "wait_notify", self.now(), until=until))
+
+    def notify(self, rank: int) -> None:
+        """Wake rank `rank`'s host from `wait_notify` at this host's time (not an IR operation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no host notices (disaggregated serving runs in sim)")
 
     # backend hooks: each returns the host time the operation was issued at
     def _stream(self, sid: int, priority: int) -> None:

@@ -220,6 +220,10 @@ class PolicySpec(StrictModel):
         "round_robin", description="dp > 1: round_robin = request i goes to replica i mod dp; least_loaded = to "
         "the replica with the lowest 4 x waiting + running requests when it arrives, the lowest index on a tie "
         "(vLLM's data-parallel load balancer; generative serving only).")
+    prefill_replicas: int = Field(0, ge=0, description="Disaggregated serving (generative, intra_op): the first "
+                                  "this many of the dp replicas only prefill and push each request's KV cache to "
+                                  "one of the others, which only decode (DistServe, Splitwise); the router spreads "
+                                  "arrivals over the prefill replicas. 0: every replica does both.")
 
     @field_validator("name")
     @classmethod
@@ -352,6 +356,16 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
         raise LigerSimError("least_loaded counts the waiting and running requests of generative "
                             "serving; in serving.mode: encoder use round_robin", file=file, field="policy.router")
+    if pol.prefill_replicas:
+        if scn.serving.mode != "generative":
+            raise LigerSimError("disaggregation splits prefill from decode: it needs serving.mode: generative",
+                                file=file, field="policy.prefill_replicas")
+        if pol.prefill_replicas >= dp:
+            raise LigerSimError(f"{pol.prefill_replicas} prefill replicas leave none of the dp={dp} replicas to "
+                                f"decode; give 1 to {dp - 1} (and dp >= 2)", file=file, field="policy.prefill_replicas")
+        if pol.name not in ("intra_op", "in_order"):
+            raise LigerSimError(f"disaggregated replicas run intra_op (tensor parallel); {pol.name} inside a "
+                                "prefill or decode replica is not modelled", file=file, field="policy.name")
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
                             field="policy.pp")

@@ -129,8 +129,14 @@ class BatchScheduler:
     `LLMEngine._add_processed_request`, each holding 1/pp of the blocks)."""
 
     def __init__(self, jobs: list[Job], spec: ServingSpec, kv_tokens: int, groups: int, file: str = "<scenario>",
-                 bind_on_arrival: bool = False, numbering: Iterator[int] | None = None):
+                 bind_on_arrival: bool = False, numbering: Iterator[int] | None = None, prefill_only: bool = False):
         self.spec, self.groups, self.file = spec, groups, file
+        # disaggregated serving (sim.disaggregation): a prefill replica's scheduler hands each
+        # request on after its first token, holding its KV blocks until they have been pushed
+        self.prefill_only = prefill_only
+        self.handed: list[Seq] = []  # prefilled, to be handed on (taken by the coordinator)
+        self.held: dict[int, Seq] = {}  # handed on, blocks held until the push completes
+        self.receiving: dict[int, Seq] = {}  # a decode replica's requests whose KV is on its way
         self.bind_on_arrival = bind_on_arrival
         self.bound: list[deque[Seq]] = [deque() for _ in range(groups)]  # arrived, bound, not admitted
         self.unfinished = [0] * groups  # bound requests not yet finished, per group
@@ -210,11 +216,12 @@ class BatchScheduler:
         return min(heads) if heads else None
 
     def load(self) -> int:
-        """4 x waiting + running requests, as vLLM's data-parallel load balancer weighs an engine."""
-        return 4 * (len(self.waiting) + sum(map(len, self.bound))) + len(self.running)
+        """4 x waiting + running requests, as vLLM's data-parallel load balancer weighs an engine
+        (a decode replica's requests whose KV is on its way count as waiting)."""
+        return 4 * (len(self.waiting) + sum(map(len, self.bound)) + len(self.receiving)) + len(self.running)
 
     def done(self) -> bool:
-        return (not self.waiting and not self.running and not any(self.bound)
+        return (not self.waiting and not self.running and not any(self.bound) and not self.receiving
                 and (self.router is None or not self.router.pending()))
 
     def group_has_work(self, group: int, now: float) -> bool:
@@ -323,7 +330,8 @@ class BatchScheduler:
             chunk = min(s.target, budget) if self.spec.chunked_prefill else s.target
             if chunk > budget:
                 break
-            reserve = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.target + 1
+            reserve = (s.target if self.prefill_only  # the first token's KV is written where it decodes
+                       else s.prompt + s.output if self.spec.on_kv_full == "queue" else s.target + 1)
             if self._blocks_for(reserve) > self.free[self._pool(s)]:
                 break
             queue.popleft()
@@ -363,15 +371,47 @@ class BatchScheduler:
             self.seqs[rid].prefilled += chunk
         for rid in it.emits:
             self.seqs[rid].generated += 1
-        for rid in {r for r, *_ in it.prefills} | {r for r, _ in it.decodes}:
+        for rid in sorted({r for r, *_ in it.prefills} | {r for r, _ in it.decodes}):
             s = self.seqs[rid]
-            if s.generated >= s.output and s in self.running:
+            if s not in self.running:
+                continue
+            if self.prefill_only and s.generated < s.output and s.prefilled == s.target:
+                self.running.remove(s)  # its first token is out: on to a decode replica
+                self.held[rid] = s
+                self.handed.append(s)
+            elif s.generated >= s.output:
                 self.running.remove(s)
                 self.free[self._pool(s)] += s.blocks
                 s.blocks = 0
                 if self.bind_on_arrival:
                     self.unfinished[s.group] -= 1
         self._log(now)
+
+    # -------------------------------------------------------------- disaggregation
+    def release(self, rid: int, now: float) -> None:
+        """A prefill replica: request `rid`'s KV has been pushed, so its blocks are free."""
+        s = self.held.pop(rid)
+        self.free[self._pool(s)] += s.blocks
+        s.blocks = 0
+        self._log(now)
+
+    def accept(self, s: Seq, now: float) -> bool:
+        """A decode replica: take prefilled request `s` if its blocks fit (its prompt and output
+        with `on_kv_full: queue`, else its prompt and next token), into which its KV is pushed;
+        it decodes once `received`."""
+        need = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.prompt + 1
+        if self._blocks_for(need) > self.free[0]:
+            return False
+        q = Seq(s.rid, s.arrival_s, s.prompt, s.output, group=0, target=s.prompt, prefilled=s.prompt,
+                generated=s.generated)
+        self._grow(q, need)
+        self.seqs[q.rid] = self.receiving[q.rid] = q
+        self._log(now)
+        return True
+
+    def received(self, rid: int) -> None:
+        """A decode replica: request `rid`'s KV has arrived; it decodes from the next iteration."""
+        self.running.append(self.receiving.pop(rid))
 
 
 class Router:

@@ -12,6 +12,7 @@ import pandas as pd
 from sim import policies
 from sim.contention import ContentionTable
 from sim.costs import ProfileCost, RooflineCost
+from sim.disaggregation import Handoff, build_decode, build_prefill
 from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
 from sim.errors import LigerSimError, ScenarioWarning
 from sim.eventlog import EventLog, group_label
@@ -174,7 +175,8 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
     pol, sv, dp, per = scn.policy, scn.serving, scn.policy.dp, scn.replica_gpus()
     generative = sv.mode == "generative"
     least_loaded = dp > 1 and pol.router == "least_loaded"
-    shares = [[] for _ in range(dp)] if least_loaded else [jobs[r::dp] for r in range(dp)]
+    routed = pol.prefill_replicas or dp  # disaggregated: arrivals go to the prefill replicas only
+    shares = [[] if least_loaded or r >= routed else jobs[r::routed] for r in range(dp)]
     ctxs = [policies.PolicyContext(scn.model.shape(), share, per, pol, cost.solo, cost.spec_solo, engine.contention,
                                    sv, base=r * per, typical_jobs=jobs) for r, share in enumerate(shares)]
     if generative:
@@ -182,12 +184,19 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
         in_flight = groups if pol.name == "interleaved" else 1  # a stage runs one micro-batch at a time
         kv = kv_capacity_tokens(ctxs[0].model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, sv, file, in_flight)
         numbering = itertools.count()  # iteration ids, unique across replicas
-        for ctx in ctxs:
+        for r, ctx in enumerate(ctxs):
             ctx.scheduler = BatchScheduler(ctx.jobs, sv, kv, max(groups, scn.pp()), file,
                                            bind_on_arrival=pol.name in ("inter_op", "hybrid")
-                                           and sv.pipeline_admission == "least_loaded", numbering=numbering)
+                                           and sv.pipeline_admission == "least_loaded", numbering=numbering,
+                                           prefill_only=r < pol.prefill_replicas)
         if least_loaded:
-            Router(jobs, [ctx.scheduler for ctx in ctxs])
+            Router(jobs, [ctx.scheduler for ctx in ctxs[:routed]])
+        if pol.prefill_replicas:
+            handoff = Handoff(ctxs[:routed], ctxs[routed:])
+            handoff.attach(engine)
+            rank_policies = [p for r, ctx in enumerate(ctxs) for p in (
+                build_prefill(ctx, handoff, r) if r < routed else build_decode(ctx, handoff, r - routed))]
+            return engine, cost, rank_policies, ctxs
     else:
         biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
         check_memory(scn, (biggest.batch, biggest.seq_len), file, scn.tp(), scn.pp())

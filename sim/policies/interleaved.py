@@ -71,7 +71,7 @@ class Round:
 SPLIT_MEMO_MAX = 100_000
 
 
-COMM = "collective"  # the class of every collective kind: `spec.cls == COMM` is `spec.is_collective`
+COMM = "collective"  # the class of every collective kind an interleaved job runs (`kv_push`, a copy, is none)
 
 
 def pending_queue(specs: list[KernelSpec], layers: list[int]) -> deque[Pending]:

@@ -1,0 +1,200 @@
+"""Disaggregated serving: prefill replicas hand each request's KV cache to decode replicas.
+
+DistServe (Zhong et al., OSDI'24) and Splitwise (Patel et al., ISCA'24) run a request's prefill
+and its decode on different GPUs, so that a long prompt never stalls the decodes batched beside
+it, at the price of moving the prompt's KV cache and of GPUs that each serve one phase. Here the
+first `policy.prefill_replicas` of the `policy.dp` replicas only prefill: their schedulers batch
+prompts (chunked or not) and emit each request's first token. The others only decode.
+
+When a prefill iteration completes, the finished prompts queue, in order, for a decode replica:
+each goes to the one with the lowest load (vLLM's data-parallel rule, `BatchScheduler.load`)
+among those whose KV cache has room for it, which reserves its blocks. Every tensor-parallel rank
+of the prefill replica then pushes its shard of the request's KV cache to the decode rank of the
+same position (a `kv_push`: one-sided, by DMA, over the links between them, sharing them with
+other transfers). The decode replica decodes the request once every shard has arrived, and the
+prefill replica frees its blocks then. A request no decode replica has room for waits, holding
+its prefill blocks: the backpressure that stalls prefill when decode is the bottleneck.
+
+The KV cache moves after the whole prefill, not layer by layer as it is computed (DistServe and
+Splitwise overlap the two); at the sizes of a chat trace the push takes a few percent of the
+prefill over NVLink.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from sim.kernels import Kernel, collective
+from sim.policies.common import PolicyContext, RankPolicy, launch_layered
+from sim.policies.generative import iteration_layered
+from sim.runtime import PolicyGen, Runtime
+from sim.serving import BatchScheduler, Iteration, Seq, kv_bytes_per_token
+
+FOREVER = math.inf  # wait for a notice only
+
+
+class Handoff:
+    """The shared state of a disaggregated run: who holds each request and what is on its way.
+    Plain Python read and changed by the hosts at their own times (each catches up with the
+    simulated clock first) and by the engine when a push completes."""
+
+    def __init__(self, prefill: list[PolicyContext], decode: list[PolicyContext]):
+        self.prefill, self.decode = prefill, decode
+        m = prefill[0].model
+        self.kv_per_token = kv_bytes_per_token(m, prefill[0].world, 1)
+        self.queue: deque[tuple[int, Seq]] = deque()  # (prefill replica, request) awaiting room
+        self.placed: list[list[tuple[int, int, int]]] = [[] for _ in prefill]  # (request, decode, bytes)
+        self.owner: dict[int, tuple[int, int]] = {}  # request -> (prefill, decode) while its KV moves
+        self.shards: dict[int, int] = {}  # request -> pushes completed
+        # push kernel (by identity) -> its request: a kernel's request_id names an iteration in
+        # generative runs, and a push belongs to none (its time is not the iteration's)
+        self.pushes: dict[int, int] = {}
+        self.notify = None  # set by `attach`: the engine's notice to a rank's host
+
+    def attach(self, engine) -> None:
+        engine.push_done = self.pushed
+        self.notify = engine.notify
+
+    # -------------------------------------------------------------- decisions
+    def place(self, now: float, rt: Runtime) -> None:
+        """Hand the queued prompts, oldest first, to decode replicas with room, and wake the
+        prefill replicas that now have KV to push."""
+        woken: set[int] = set()
+        while self.queue:
+            p, s = self.queue[0]
+            order = sorted(range(len(self.decode)), key=lambda d: (self.decode[d].scheduler.load(), d))
+            d = next((d for d in order if self.decode[d].scheduler.accept(s, now)), None)
+            if d is None:
+                break  # in order: the oldest waits for room, and so do the rest
+            self.queue.popleft()
+            self.owner[s.rid] = (p, d)
+            self.placed[p].append((s.rid, d, round(s.prompt * self.kv_per_token)))
+            woken.add(p)
+        for p in sorted(woken):
+            for rank in self.prefill[p].ranks:
+                rt.notify(rank)
+
+    def pushed(self, kernel: Kernel, now: float) -> None:
+        """The engine: one rank's shard of a request's KV cache has arrived."""
+        rid = self.pushes.pop(id(kernel))
+        self.shards[rid] = self.shards.get(rid, 0) + 1
+        if self.shards[rid] < (self.prefill[0].active_ranks or self.prefill[0].world):
+            return
+        del self.shards[rid]
+        p, d = self.owner.pop(rid)
+        self.prefill[p].scheduler.release(rid, now)
+        self.decode[d].scheduler.received(rid)
+        for rank in self.decode[d].ranks + self.prefill[p].ranks:
+            self.notify(rank)
+
+    # -------------------------------------------------------------- ends
+    def prefill_done(self, p: int) -> bool:
+        sched = self.prefill[p].scheduler
+        return sched.done() and not sched.handed and not self.placed[p] and all(q != p for q, _ in self.queue)
+
+    def decode_done(self, d: int) -> bool:
+        return (not self.queue and not self.owner and self.decode[d].scheduler.done()
+                and all(self.prefill_done(p) for p in range(len(self.prefill))))
+
+
+class PrefillPlan:
+    """A prefill replica's decisions, made once and shared by its ranks in order: the KV pushes
+    to issue, then an iteration, a time to wait until (or a notice), or the end (None)."""
+
+    def __init__(self, handoff: Handoff, p: int):
+        self.handoff, self.p = handoff, p
+        self.sched: BatchScheduler = handoff.prefill[p].scheduler
+        self.items: list[tuple[list[tuple[int, int, int]], Iteration | float | None]] = []
+
+    def next(self, i: int, rt: Runtime) -> tuple[list[tuple[int, int, int]], Iteration | float | None]:
+        ho, sched, now = self.handoff, self.sched, rt.now()
+        while len(self.items) <= i:
+            if self.items and isinstance(self.items[-1][1], Iteration):
+                sched.complete(self.items[-1][1], now)
+                ho.queue.extend((self.p, s) for s in sched.handed)
+                sched.handed.clear()
+                ho.place(now, rt)
+            pushes, ho.placed[self.p] = ho.placed[self.p], []
+            it = sched.plan(now, 0)
+            if it is None and ho.prefill_done(self.p):
+                self.items.append((pushes, None))
+                continue
+            if it is None:  # the next arrival, or (its blocks held by pushes, or none) a notice
+                t = sched.next_arrival()
+                self.items.append((pushes, t if t is not None and t > now else FOREVER))
+            else:
+                self.items.append((pushes, it))
+        return self.items[i]
+
+
+class DecodePlan:
+    """A decode replica's decisions, shared by its ranks: an iteration, a notice to wait for
+    (KV arriving), or the end."""
+
+    def __init__(self, handoff: Handoff, d: int):
+        self.handoff, self.d = handoff, d
+        self.sched: BatchScheduler = handoff.decode[d].scheduler
+        self.items: list[Iteration | float | None] = []
+
+    def next(self, i: int, rt: Runtime) -> Iteration | float | None:
+        ho, sched, now = self.handoff, self.sched, rt.now()
+        while len(self.items) <= i:
+            if self.items and isinstance(self.items[-1], Iteration):
+                sched.complete(self.items[-1], now)
+                if ho.queue:  # blocks may have freed for a waiting prompt
+                    ho.place(now, rt)
+            it = sched.plan(now, 0)
+            self.items.append(it if it is not None else None if ho.decode_done(self.d) else FOREVER)
+        return self.items[i]
+
+
+def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPolicy]:
+    plan = PrefillPlan(handoff, p)
+
+    def run(rt: Runtime) -> PolicyGen:
+        local = rt.rank - ctx.base
+        compute, kv_out = rt.new_stream(0), rt.new_stream(0)
+        done = rt.new_event()
+        i = 0
+        while True:
+            yield rt.catch_up()
+            pushes, item = plan.next(i, rt)
+            i += 1
+            for rid, d, nbytes in pushes:  # after the iteration that computed it: the host synced on it
+                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, (rt.rank, handoff.decode[d].ranks[local]))
+                handoff.pushes[id(push)] = rid
+                rt.launch(push, kv_out)
+            if item is None:
+                return
+            if isinstance(item, float):
+                yield rt.wait_notify(item)
+                continue
+            launch_layered(rt, iteration_layered(ctx, ctx.world, item), compute, item.index, ctx.ranks)
+            rt.record(done, compute)
+            yield rt.sync(done)
+
+    return [run] * ctx.world
+
+
+def build_decode(ctx: PolicyContext, handoff: Handoff, d: int) -> list[RankPolicy]:
+    plan = DecodePlan(handoff, d)
+
+    def run(rt: Runtime) -> PolicyGen:
+        compute = rt.new_stream(0)
+        done = rt.new_event()
+        i = 0
+        while True:
+            yield rt.catch_up()
+            item = plan.next(i, rt)
+            i += 1
+            if item is None:
+                return
+            if isinstance(item, float):
+                yield rt.wait_notify(item)
+                continue
+            launch_layered(rt, iteration_layered(ctx, ctx.world, item), compute, item.index, ctx.ranks)
+            rt.record(done, compute)
+            yield rt.sync(done)
+
+    return [run] * ctx.world
