@@ -413,11 +413,9 @@ class Engine:
     def notify(self, rank: int, at: float | None = None) -> None:
         """Wake rank `rank`'s host from `wait_notify` at host time `at` (default now), or, when
         it is not waiting, make its next `wait_notify` return at once."""
-        delay = 0.0 if at is None else at - self.env.now
-        if delay > 0:
-            self.env.call_in(delay, self._deliver, rank, -1)
-        else:
-            self._deliver(rank, -1)
+        # always by a callback, never at once: the notice may come from inside the engine's own
+        # bookkeeping (a push completing), which a host launching kernels must not re-enter
+        self.env.call_in(0.0 if at is None else max(0.0, at - self.env.now), self._deliver, rank, -1)
 
     def _deliver(self, rank: int, number: int) -> None:
         """A notice (`number` -1) or the timeout of wait `number` reaches `rank`."""

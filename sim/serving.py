@@ -345,7 +345,7 @@ class BatchScheduler:
             budget -= chunk
             room -= 1
         if not it.prefills and not it.decodes:
-            if not self.running and not self.in_flight and queue and queue[0].arrival_s <= now:
+            if not self.running and not self.in_flight and not self.held and queue and queue[0].arrival_s <= now:
                 raise LigerSimError(f"the scheduler cannot admit request {queue[0].rid} with nothing else "
                                     "running (a bug: the checks at start should have refused it)")
             return None

@@ -1,0 +1,166 @@
+"""Disaggregated serving (`policy.prefill_replicas`): prefill replicas push each request's KV
+cache to decode replicas. Tokens, timing against one replica alone, backpressure, replay,
+folding, routing and clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from sim.errors import LigerSimError
+from sim.ir import Schedule
+from sim.jobs import Job
+from sim.metrics import generative_requests_frame
+from sim.scenario import parse_scenario
+from sim.serving import kv_bytes_per_token
+from sim.simulate import load_jobs, replay, simulate
+
+ZERO_HOST = {"preset": "default", "launch_s": 0.0, "sync_wakeup_s": 0.0}
+
+
+def scenario(count: int = 4, dp: int = 2, prefill: int = 1, jobs: int = 16, rate: float = 200.0, **serving) -> dict:
+    return copy.deepcopy({
+        "name": "disagg", "seed": 5,
+        "hardware": {"gpu": "A100-SXM", "count": count, "interconnect": "nvswitch-a100", "host": dict(ZERO_HOST)},
+        "model": {"preset": "llama2-7b", "layers": 4},
+        "workload": {"kind": "generate", "jobs": jobs, "arrival": {"process": "poisson", "rate": rate}, "batch": 1,
+                     "prompt_tokens": {"dist": "uniform", "low": 16, "high": 400},
+                     "output_tokens": {"dist": "uniform", "low": 1, "high": 24}},
+        "policy": {"name": "intra_op", "dp": dp, "prefill_replicas": prefill},
+        "serving": {"mode": "generative", **serving},
+    })
+
+
+def requests(run) -> pd.DataFrame:
+    return generative_requests_frame(run.events, run.result.meta["iterations"], run.jobs).set_index("request_id")
+
+
+def token_times(run, rid: int) -> list[float]:
+    it = pd.DataFrame(run.result.meta["iterations"], columns=["iteration", "group", "request_id", "tokens", "emits"])
+    ends = run.events[run.events["request_id"] >= 0].groupby("request_id")["end_s"].max()
+    mine = it[(it["request_id"] == rid) & (it["emits"] == 1)]
+    return sorted(ends.loc[mine["iteration"]].tolist())
+
+
+def test_every_request_gets_its_tokens_first_from_prefill_then_from_decode():
+    scn = parse_scenario(scenario(jobs=24))
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    it = pd.DataFrame(run.result.meta["iterations"], columns=["iteration", "group", "request_id", "tokens", "emits"])
+    ranks = run.events[run.events["request_id"] >= 0].groupby("request_id")["rank"].min()
+    it["replica"] = ranks.reindex(it["iteration"]).to_numpy() // 2
+    for rid, rows in it[it["emits"] == 1].sort_values("iteration").groupby("request_id"):
+        assert rows["replica"].iloc[0] == 0  # the first token: the prefill replica
+        assert (rows["replica"].iloc[1:] == 1).all()  # the others: the decode replica
+        assert not (it[(it["request_id"] == rid) & (it["replica"] == 1)]["tokens"] > 1).any()  # no prompt there
+    pushes = run.events[run.events["kind"] == "kv_push"]
+    assert len(pushes) == 2 * (req["output_tokens"] > 1).sum()  # one per TP rank of each handed-on request
+    assert set(pushes["rank"]) == {0, 1}
+    assert run.result.meta["replica_requests"] == [24, int((req["output_tokens"] > 1).sum())]
+
+
+def test_a_lone_request_is_one_replica_alone_plus_its_kv_push():
+    """Without host costs, a lone request's first token comes when it would on one replica alone;
+    each later token comes exactly one KV push later, the push taking the link model's send time
+    for its prompt's KV shard."""
+    job = Job(0, 0.0, 1, 0, 300, 12)
+    d = scenario()
+    disagg = simulate(parse_scenario(d), [job])
+    alone_d = copy.deepcopy(d)
+    alone_d["hardware"]["count"], alone_d["policy"] = 2, {"name": "intra_op"}
+    alone = simulate(parse_scenario(alone_d), [job])
+    push = disagg.events[disagg.events["kind"] == "kv_push"].iloc[0]
+    nbytes = 300 * kv_bytes_per_token(parse_scenario(d).model.shape(), 2, 1)
+    send = parse_scenario(d)
+    from sim.links import build_topology
+
+    topo = build_topology(send.hardware.interconnect.model_dump(), 4)
+    assert push["end_s"] - push["start_s"] == pytest.approx(topo.collective_time("send", (0, 2), nbytes), rel=1e-9)
+    t_dis, t_alone = token_times(disagg, 0), token_times(alone, 0)
+    assert len(t_dis) == len(t_alone) == 12
+    assert t_dis[0] == pytest.approx(t_alone[0], rel=1e-12)
+    assert push["start_s"] == pytest.approx(t_dis[0], abs=1e-12)
+    shift = push["end_s"] - push["start_s"]
+    for a, b in zip(t_dis[1:], t_alone[1:]):
+        assert a - b == pytest.approx(shift, rel=1e-9)
+
+
+def test_a_request_of_one_token_never_leaves_its_prefill_replica():
+    run = simulate(parse_scenario(scenario()), [Job(0, 0.0, 1, 0, 100, 1), Job(1, 0.001, 1, 0, 50, 3)])
+    req = requests(run)
+    assert req["tokens"].tolist() == [1, 3]
+    assert len(run.events[run.events["kind"] == "kv_push"]) == 2  # request 1's two shards only
+
+
+def held_pushes(run) -> int:
+    """Pushes not launched as their prefill iteration ended (without host costs, a push waits
+    for nothing else but room on a decode replica)."""
+    ev = run.events
+    ends = ev[(ev["rank"] == 0) & (ev["request_id"] >= 0)].groupby("request_id")["end_s"].max().to_numpy()
+    starts = ev[(ev["kind"] == "kv_push") & (ev["rank"] == 0)]["launch_s"].to_numpy()
+    return int(sum(abs(ends - t).min() > 1e-12 for t in starts))
+
+
+def test_a_full_decode_cache_holds_prompts_on_the_prefill_side():
+    """Decode replicas reserve prompt + output; with a burst of long outputs they fill first and
+    the prefilled prompts wait, holding their blocks, until decodes finish: every request is still
+    served in full, and pushes wait for room, which they do not with a cache that holds the burst."""
+    d = scenario(jobs=40, rate=1e5, memory_utilization=0.15)
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 16e9}  # ~1 GB of weights per GPU at TP 2
+    d["workload"]["prompt_tokens"] = {"dist": "uniform", "low": 1500, "high": 2000}
+    d["workload"]["output_tokens"] = {"dist": "uniform", "low": 300, "high": 400}
+    scn = parse_scenario(d)
+    run = simulate(scn, load_jobs(scn, None))
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    cap = run.result.meta["kv_capacity_tokens"]
+    assert cap < 40 * 1800  # the burst does not fit the decode replica
+    assert max(level for _, level in run.result.meta["kv_log"]) <= 2 * cap  # the two replicas' caches together
+    assert held_pushes(run) > 5
+    d["serving"]["memory_utilization"] = 0.9
+    roomy = simulate(parse_scenario(d), load_jobs(scn, None))
+    assert roomy.result.meta["kv_capacity_tokens"] > 40 * 2400
+    assert held_pushes(roomy) == 0
+
+
+def test_folded_and_replayed_runs_give_the_same_events():
+    scn = parse_scenario(scenario(count=8, dp=4, prefill=2, jobs=20, rate=400.0))
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    folded = simulate(scn, jobs, fold_ranks=True)
+    cols = ["request_id", "kind", "name", "start_s", "end_s"]
+    full0 = run.events[run.events["rank"].isin([0, 2, 4, 6])][["rank", *cols]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(full0, folded.events[["rank", *cols]].reset_index(drop=True))
+    again = replay(Schedule(run.result.schedule.world, run.result.schedule.ops, run.result.meta), jobs)
+    pd.testing.assert_frame_equal(run.events[["rank", *cols]], again.events[["rank", *cols]])
+
+
+def test_least_loaded_spreads_arrivals_over_prefill_replicas_only():
+    d = scenario(count=6, dp=3, prefill=2, jobs=30, rate=2000.0)
+    d["policy"]["router"] = "least_loaded"
+    scn = parse_scenario(d)
+    run = simulate(scn, load_jobs(scn, None))
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    served = run.result.meta["replica_requests"]
+    assert served[0] + served[1] == 30 and min(served[:2]) > 0
+    assert served[2] == int((req["output_tokens"] > 1).sum())
+
+
+@pytest.mark.parametrize("change,field,words", [
+    ({"policy": {"name": "intra_op", "dp": 2, "prefill_replicas": 2}}, "policy.prefill_replicas", "none of the dp=2"),
+    ({"policy": {"name": "interleaved", "dp": 2, "prefill_replicas": 1}}, "policy.name", "intra_op"),
+    ({"serving": {"mode": "encoder"}}, "policy.prefill_replicas", "generative"),
+])
+def test_bad_disaggregation_names_the_field(change, field, words):
+    d = scenario()
+    d.update(change)
+    if d["serving"]["mode"] == "encoder":
+        d["workload"]["seq_len"] = 128
+    with pytest.raises(LigerSimError) as err:
+        parse_scenario(d, "s.yaml")
+    assert err.value.field == field and words in str(err.value) and "s.yaml" in str(err.value)
