@@ -43,8 +43,10 @@ def _run(args: argparse.Namespace) -> None:
         t0, t1, rank = span.loc[worst, "t0"], span.loc[worst, "t1"], int(span.loc[worst, "rank"])
         plot_timeline(run.events, out / "timeline.png", f"{scn.name}: {scn.policy.name}, rank {rank} while job "
                       f"{worst} runs", ranks=[rank], window=(t0, t1))
-    replicas = (f", {scn.policy.dp} replicas of tp {scn.tp()}" + (f" x pp {scn.pp()}" if scn.pp() > 1 else "")
-                + f" ({scn.policy.router})") if scn.policy.dp > 1 else ""
+    pol, pf = scn.policy, scn.policy.prefill_replicas
+    split = f"{pf} prefill + {pol.dp - pf} decode" if pf else f"{pol.dp}"
+    replicas = (f", {split} replicas of tp {scn.tp()}" + (f" x pp {scn.pp()}" if scn.pp() > 1 else "")
+                + f" ({pol.router})") if pol.dp > 1 else ""
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
           f"{scn.model.name} ({scn.model.layers} layers){replicas}")
     print(describe(summary))

@@ -51,6 +51,9 @@ class Handoff:
         # generative runs, and a push belongs to none (its time is not the iteration's)
         self.pushes: dict[int, int] = {}
         self.notify = None  # set by `attach`: the engine's notice to a rank's host
+        # request -> [prefilled, placed on a decode replica, KV arrived] (simulated s): the IR header's
+        # `handoffs`, from which a run's summary tells transfer time from waiting for decode room
+        self.times: dict[int, list[float]] = {}
 
     def attach(self, engine) -> None:
         engine.push_done = self.pushed
@@ -69,6 +72,7 @@ class Handoff:
                 break  # in order: the oldest waits for room, and so do the rest
             self.queue.popleft()
             self.owner[s.rid] = (p, d)
+            self.times[s.rid][1] = now
             self.placed[p].append((s.rid, d, round(s.prompt * self.kv_per_token)))
             woken.add(p)
         for p in sorted(woken):
@@ -83,10 +87,23 @@ class Handoff:
             return
         del self.shards[rid]
         p, d = self.owner.pop(rid)
+        self.times[rid][2] = now
         self.prefill[p].scheduler.release(rid, now)
         self.decode[d].scheduler.received(rid)
         for rank in self.decode[d].ranks + self.prefill[p].ranks:
             self.notify(rank)
+
+    def hand_on(self, p: int, now: float) -> None:
+        """Queue what prefill replica `p` has just prefilled, in order."""
+        sched = self.prefill[p].scheduler
+        for s in sched.handed:
+            self.queue.append((p, s))
+            self.times[s.rid] = [now, math.nan, math.nan]
+        sched.handed.clear()
+
+    def table(self) -> list[list[float]]:
+        """[request, prefilled, placed, KV arrived] per handed-on request, for the IR header."""
+        return [[rid, *t] for rid, t in sorted(self.times.items())]
 
     # -------------------------------------------------------------- ends
     def prefill_done(self, p: int) -> bool:
@@ -112,8 +129,7 @@ class PrefillPlan:
         while len(self.items) <= i:
             if self.items and isinstance(self.items[-1][1], Iteration):
                 sched.complete(self.items[-1][1], now)
-                ho.queue.extend((self.p, s) for s in sched.handed)
-                sched.handed.clear()
+                ho.hand_on(self.p, now)
                 ho.place(now, rt)
             pushes, ho.placed[self.p] = ho.placed[self.p], []
             it = sched.plan(now, 0)

@@ -151,3 +151,17 @@ def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | 
         out["slo_attainment"] = float(ok.sum() / (len(ok) + rejected)) if len(ok) + rejected else float("nan")
         out["goodput_jobs_s"] = float(ok.sum()) / makespan if makespan > 0 else float("nan")
     return out
+
+
+def handoff_summary(handoffs: list[list[float]], prefill_replicas: int) -> dict:
+    """Disaggregated serving: how long prefilled requests waited for room on a decode replica and
+    how long their KV cache took to arrive once placed (`handoffs`: request, prefilled, placed,
+    arrived, simulated s; an interrupted run's last ones may be unfinished, NaN)."""
+    t = np.array([row[1:] for row in handoffs], dtype=float).reshape(-1, 3)
+    wait, move = t[:, 1] - t[:, 0], t[:, 2] - t[:, 1]
+    out: dict = {"prefill_replicas": prefill_replicas, "handoffs": len(t)}
+    for name, v in (("decode_wait", wait), ("kv_transfer", move)):
+        v = v[np.isfinite(v)]
+        out.update({f"{name}_mean_s": float(v.mean()) if len(v) else float("nan"),
+                    f"{name}_p99_s": float(np.percentile(v, 99)) if len(v) else float("nan")})
+    return out

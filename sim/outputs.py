@@ -14,7 +14,13 @@ import pyarrow as pa
 
 from sim import ir
 from sim.errors import LigerSimError
-from sim.metrics import generative_requests_frame, generative_summary, requests_frame, summarise
+from sim.metrics import (
+    generative_requests_frame,
+    generative_summary,
+    handoff_summary,
+    requests_frame,
+    summarise,
+)
 
 TRACE_CHUNK = 20_000  # trace events per json.dumps call (json.dump streams through the pure-Python encoder)
 # Kernels a trace holds by default: about 230 MB of JSON. Perfetto's in-browser UI has about 2 GB for a
@@ -232,6 +238,8 @@ def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: 
                                           rejected, max(1, len(replicas))))
         if replicas:
             summary["replica_requests"] = replicas
+        if "handoffs" in meta:
+            summary.update(handoff_summary(meta["handoffs"], meta["scenario"]["policy"]["prefill_replicas"]))
     if rejected:
         summary["rejected"] = rejected
     return requests, summary
@@ -260,8 +268,14 @@ def describe(summary: dict) -> str:
             lines.append(f"  SLO attainment {summary['slo_attainment']:.1%}, goodput {summary['goodput_jobs_s']:.2f} "
                          "jobs/s")
     if "replica_requests" in summary:
-        lines.append(f"  {len(summary['replica_requests'])} replicas served "
-                     + " / ".join(f"{n:,}" for n in summary["replica_requests"]) + " requests")
+        served, pf = summary["replica_requests"], summary.get("prefill_replicas", 0)
+        lines.append(f"  {len(served)} replicas served " + " / ".join(f"{n:,}" for n in served) + " requests"
+                     + (f" ({pf} prefill, then {len(served) - pf} decode)" if pf else ""))
+    if "handoffs" in summary:
+        lines.append(f"  {summary['handoffs']:,} handed on to decode: waited for room mean "
+                     f"{summary['decode_wait_mean_s'] * ms:.2f} ms (p99 {summary['decode_wait_p99_s'] * ms:.2f}), KV "
+                     f"arrived mean {summary['kv_transfer_mean_s'] * ms:.2f} ms (p99 {summary['kv_transfer_p99_s'] * ms:.2f}) "
+                     "after")
     if "gpu_busy_frac" in summary:
         lines.append(f"  GPU busy {summary['gpu_busy_frac']:.1%}, compute/comm overlap {summary['overlap_frac']:.1%}")
     if "trace_until_s" in summary:

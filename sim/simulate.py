@@ -194,6 +194,8 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
         if pol.prefill_replicas:
             handoff = Handoff(ctxs[:routed], ctxs[routed:])
             handoff.attach(engine)
+            for ctx in ctxs:
+                ctx.handoff = handoff
             rank_policies = [p for r, ctx in enumerate(ctxs) for p in (
                 build_prefill(ctx, handoff, r) if r < routed else build_decode(ctx, handoff, r - routed))]
             return engine, cost, rank_policies, ctxs
@@ -226,6 +228,8 @@ def simulate(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str =
     result = engine.run(rank_policies, meta, progress_horizon_s=horizon or (1e-3 if progress else None))
     if ctxs[0].scheduler is not None:  # which iteration served whom: the IR needs it to be replayed
         result.meta.update(serving_meta([ctx.scheduler for ctx in ctxs]))
+    if ctxs[0].handoff is not None:
+        result.meta["handoffs"] = ctxs[0].handoff.table()
     return Run(scn, jobs, result, events_frame(result.events))
 
 

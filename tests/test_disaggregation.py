@@ -13,6 +13,7 @@ from sim.errors import LigerSimError
 from sim.ir import Schedule
 from sim.jobs import Job
 from sim.metrics import generative_requests_frame
+from sim.outputs import describe, run_tables
 from sim.scenario import parse_scenario
 from sim.serving import kv_bytes_per_token
 from sim.simulate import load_jobs, replay, simulate
@@ -61,6 +62,10 @@ def test_every_request_gets_its_tokens_first_from_prefill_then_from_decode():
     assert len(pushes) == 2 * (req["output_tokens"] > 1).sum()  # one per TP rank of each handed-on request
     assert set(pushes["rank"]) == {0, 1}
     assert run.result.meta["replica_requests"] == [24, int((req["output_tokens"] > 1).sum())]
+    _, summary = run_tables(run.events, jobs, run.result.meta, "intra_op", None)
+    assert summary["prefill_replicas"] == 1 and summary["handoffs"] == len(pushes) // 2
+    assert summary["kv_transfer_mean_s"] >= (pushes["end_s"] - pushes["start_s"]).min() > 0
+    assert "1 prefill, then 1 decode" in describe(summary)
 
 
 def test_a_lone_request_is_one_replica_alone_plus_its_kv_push():

@@ -39,6 +39,7 @@ class PolicyContext:
     active_ranks: int | None = None
     base: int = 0  # the first global rank of this context's replica (data parallelism); `world` ranks from it
     typical_jobs: list[Job] | None = None  # the whole workload, for choices every replica makes alike
+    handoff: object = None  # disaggregated serving's shared state (sim.disaggregation.Handoff)
     _layers: dict = field(default_factory=dict)
     _steps: dict = field(default_factory=dict)
 
