@@ -69,30 +69,47 @@ def parse_rates(text: str) -> list[float]:
 def policy_variant(scn_dict: dict, policy: str) -> dict:
     """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`), or
     `hybrid:TPxPP` for a hybrid of those degrees, either with `+dpN` for N data-parallel
-    replicas (without it, the scenario's `policy.dp`; see `scenario_variants`)."""
-    (name, degrees), dp = policy_degrees(policy), replicas_of(policy)
+    replicas or `+PpDd` for P prefill and D decode replicas (disaggregated); without either, the
+    scenario's `policy.dp` and `policy.prefill_replicas` (see `scenario_variants`)."""
+    (name, degrees), layout = policy_degrees(policy), replica_layout(policy)
     pol = dict(scn_dict.get("policy") or {})
     if name != "hybrid" or degrees:
         pol.pop("tp", None)
         pol.pop("pp", None)
     if degrees:
         pol["tp"], pol["pp"] = degrees
-    if dp == 1:
-        pol.pop("dp", None)  # the default
-    elif dp is not None:
-        pol["dp"] = dp
+    if layout is not None:
+        dp, prefill = layout
+        pol.pop("dp", None)  # 1, the default
+        pol.pop("prefill_replicas", None)  # 0, the default
+        if dp > 1:
+            pol["dp"] = dp
+        if prefill:
+            pol["prefill_replicas"] = prefill
     pol["name"] = name
     return {**scn_dict, "policy": pol}
 
 
-def replicas_of(policy: str) -> int | None:
-    """`intra_op+dp2` -> 2; no `+dpN` -> None."""
-    _, sep, dp = policy.partition("+")
+def replica_layout(policy: str) -> tuple[int, int] | None:
+    """`intra_op+dp2` -> (2, 0); `intra_op+1p3d` -> (4, 1): replicas and how many of them only
+    prefill; no suffix -> None."""
+    _, sep, rest = policy.partition("+")
     if not sep:
         return None
-    if not dp.lower().startswith("dp") or not dp[2:].isdigit() or int(dp[2:]) < 1:
-        raise LigerSimError(f"{policy!r}: give data-parallel replicas as +dpN (e.g. intra_op+dp2)", field="--policies")
-    return int(dp[2:])
+    text = rest.lower()
+    if text.startswith("dp") and text[2:].isdigit() and int(text[2:]) >= 1:
+        return int(text[2:]), 0
+    p, x, d = text.removesuffix("d").partition("p")
+    if text.endswith("d") and x and p.isdigit() and d.isdigit() and int(p) >= 1 and int(d) >= 1:
+        return int(p) + int(d), int(p)
+    raise LigerSimError(f"{policy!r}: give data-parallel replicas as +dpN (e.g. intra_op+dp2), or prefill and "
+                        "decode replicas as +PpDd (e.g. intra_op+1p3d)", field="--policies")
+
+
+def replicas_of(policy: str) -> int | None:
+    """`intra_op+dp2` -> 2, `intra_op+1p3d` -> 4; no suffix -> None."""
+    layout = replica_layout(policy)
+    return None if layout is None else layout[0]
 
 
 def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
@@ -107,18 +124,24 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
     return name, (int(tp), int(pp))
 
 
+def layout_tag(dp: int, prefill: int) -> str:
+    """The suffix naming `dp` replicas, `prefill` of them prefill-only: +dpN, +PpDd, or none."""
+    return f"+{prefill}p{dp - prefill}d" if prefill else f"+dp{dp}" if dp > 1 else ""
+
+
 def policy_label(policy: str) -> str:
     """One spelling per line (`hybrid:02X2+DP02` is `hybrid:2x2+dp2`), so `--resume` finds its points."""
-    (name, degrees), dp = policy_degrees(policy), replicas_of(policy)
-    return (f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name) + (f"+dp{dp}" if dp is not None else "")
+    (name, degrees), layout = policy_degrees(policy), replica_layout(policy)
+    tag = "" if layout is None else layout_tag(*layout) or "+dp1"
+    return (f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name) + tag
 
 
-def named_line(policy: str, dp: int) -> str:
-    """The label of a line asked for by name: without `+dpN` it runs the scenario's replicas, and
-    says so when there are several (else `intra_op` would name both that line and `all`'s
-    one-replica line)."""
+def named_line(policy: str, dp: int, prefill: int = 0) -> str:
+    """The label of a line asked for by name: without a suffix it runs the scenario's replicas
+    (`dp`, `prefill` of them prefill-only), and says so when there are several (else `intra_op`
+    would name both that line and `all`'s one-replica line)."""
     label = policy_label(policy)
-    return label + f"+dp{dp}" if dp > 1 and replicas_of(label) is None else label
+    return label if replica_layout(label) is not None else label + layout_tag(dp, prefill)
 
 
 def every_layout(gpus: int) -> list[str]:
@@ -198,7 +221,7 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
     for asked in policies:
-        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp)]:
+        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp, scn.policy.prefill_replicas)]:
             name = policy_degrees(policy)[0]
             ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones

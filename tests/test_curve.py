@@ -53,6 +53,30 @@ def test_hybrid_degrees_by_name():
     assert policy_variant(d, "interleaved+dp1")["policy"] == {"name": "interleaved"}
 
 
+def test_prefill_and_decode_replicas_by_name():
+    """`+PpDd` names a disaggregated line (P prefill, D decode replicas); `all` has none, and a
+    line named without a suffix runs the scenario's split and says so."""
+    assert policy_label("intra_op+1P3D") == "intra_op+1p3d"
+    assert policy_variant({}, "intra_op+1p3d")["policy"] == {"name": "intra_op", "dp": 4, "prefill_replicas": 1}
+    d = {"policy": {"name": "intra_op", "dp": 2, "prefill_replicas": 1}}
+    assert policy_variant(d, "intra_op+dp2")["policy"] == {"name": "intra_op", "dp": 2}
+    assert policy_variant(d, "intra_op+dp1")["policy"] == {"name": "intra_op"}
+    assert policy_variant(d, "intra_op")["policy"] == d["policy"]
+    for bad in ("intra_op+0p2d", "intra_op+1p", "intra_op+p1d", "intra_op+1p0d"):
+        with pytest.raises(LigerSimError, match=r"\+PpDd"):
+            policy_variant({}, bad)
+    d = tiny("intra_op")
+    d["hardware"]["count"] = 2
+    d["serving"] = {"mode": "generative"}
+    d["workload"].update(batch=1, prompt_tokens=64, output_tokens=4)
+    d["workload"].pop("seq_len", None)
+    d["policy"] = {"name": "intra_op", "dp": 2, "prefill_replicas": 1}
+    scn = parse_scenario(d)
+    lines = scenario_variants(["intra_op", "intra_op+dp2"], [], scn, d, load_jobs(scn, None), "s.yaml")
+    assert list(lines) == ["intra_op+1p1d", "intra_op+dp2"]
+    assert lines["intra_op+dp2"]["policy"] == {"name": "intra_op", "dp": 2}
+
+
 def test_all_is_every_parallelisation_the_model_allows():
     d = twelve_heads_on_8()
     scn = parse_scenario(d)
