@@ -227,6 +227,8 @@ def drive(policy: PolicyGen, rt: TorchRuntime) -> bool:
                 op.done = rt.sleep_to(op.until)
             elif op.op == "catch_up":  # a simulator device: the host's clock is the real one
                 continue
+            elif op.op == "wait_notify":  # pragma: no cover - `hw run` refuses dp > 1 first
+                raise ValueError("disaggregated serving (policy.prefill_replicas) runs in the simulator only")
             else:  # pragma: no cover - policies only yield blocking operations
                 raise ValueError(f"policy yielded non-blocking operation {op.op!r}")
     except KeyboardInterrupt:

@@ -447,6 +447,9 @@ class Engine:
                 self.env.run_all()
         except KeyboardInterrupt:
             meta["interrupted"] = True
+            for rt in rts:  # a wait cut short reads as a sleep until now (the IR has no wait_notify)
+                if rt.blocked is not None and rt.blocked.op == "wait_notify":
+                    rt.blocked.op, rt.blocked.until = "sleep_until", self.env.now
         finally:
             gc.set_threshold(*thresholds)
         if not meta.get("interrupted"):

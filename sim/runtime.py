@@ -2,7 +2,7 @@
 
 A policy is a generator per rank. It calls `launch`, `record` and `wait` directly (they
 only enqueue work, as in CUDA) and *yields* the blocking operations `sync(event)` and
-`sleep_until(t)`; the backend's driver performs them (a SimPy wait in `sim`, a real
+`sleep_until(t)` (and, in the simulator only, `catch_up` and `wait_notify`); the backend's driver performs them (a SimPy wait in `sim`, a real
 `Event.synchronize()` or sleep in `hw`). Every call is recorded as schedule IR.
 """
 

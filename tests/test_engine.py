@@ -498,3 +498,72 @@ def test_a_run_with_its_progress_bar_ends_and_gives_the_same_run():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
+
+
+def test_wait_notify_wakes_at_the_notice_times_out_and_replays_as_a_sleep():
+    """A host blocked in `wait_notify` resumes when another host notifies it (at the notifier's
+    host time), or at its `until`; a notice that came while it was busy makes the next wait
+    return at once. The IR holds each wait as the sleep until it returned, which replays it."""
+    from sim.kernels import Kernel, KernelSpec
+
+    woke: list[float] = []
+
+    def waiter(rt):
+        s = rt.new_stream(0)
+        yield rt.wait_notify()  # rank 1 notifies at 2e-3
+        woke.append(rt.now())
+        yield rt.wait_notify(5e-3)  # no notice: times out
+        woke.append(rt.now())
+        yield rt.sleep_until(9e-3)  # the notice at 8e-3 comes meanwhile
+        yield rt.wait_notify()
+        woke.append(rt.now())
+        rt.launch(Kernel(KernelSpec("gemm", "after", {}, 0.0, 10.0), rt.rank, 0, 0), s)
+
+    def notifier(rt):
+        yield rt.sleep_until(2e-3)
+        rt.notify(0)
+        yield rt.sleep_until(8e-3)
+        rt.notify(0)
+
+    res = make_engine(2).run([waiter, notifier])
+    assert woke == [2e-3, 5e-3, 9e-3]
+    waits = [op for op in res.schedule.ops if op.rank == 0 and op.op == "sleep_until"]
+    assert [op.until for op in waits] == [2e-3, 5e-3, 9e-3, 9e-3]
+    again = make_engine(2).run([replay_policy(ops) for ops in res.schedule.by_rank()])
+    assert again.events.frame()["start_s"].tolist() == res.events.frame()["start_s"].tolist()
+
+
+def test_a_wait_cut_short_is_a_sleep_in_the_ir():
+    def waiter(rt):
+        yield rt.wait_notify()
+
+    def stopper(rt):
+        yield rt.sleep_until(1e-3)
+        raise KeyboardInterrupt
+
+    res = make_engine(2).run([waiter, stopper])
+    assert res.meta["interrupted"] is True
+    assert [(op.op, op.until) for op in res.schedule.ops if op.rank == 0] == [("sleep_until", 1e-3)]
+
+
+def test_a_kv_push_runs_one_sided_at_the_links_send_time_and_is_reported():
+    """Only its sender launches a `kv_push`; it takes the link model's send time and the
+    engine reports its completion (disaggregated serving's notice)."""
+    from sim.kernels import Kernel, collective
+
+    eng = make_engine(2)
+    eng.solo = lambda k: eng.topology.collective_time(k.spec.kind, k.group, k.spec.dims["nbytes"])
+    done: list[tuple[int, float]] = []
+    eng.push_done = lambda k, now: done.append((k.rank, now))
+    push = collective("kv_push", "push_kv", 8_000_000)
+
+    def sender(rt):
+        rt.launch(Kernel(push, rt.rank, -1, -1, (0, 1)), rt.new_stream(0))
+        yield rt.sleep_until(0.0)
+
+    def idle(rt):
+        yield rt.sleep_until(0.0)
+
+    res = eng.run([sender, idle])
+    t = eng.topology.collective_time("send", (0, 1), 8_000_000)
+    assert len(res.events) == 1 and done == [(0, pytest.approx(1e-6 + t, rel=1e-12))]
