@@ -5,7 +5,8 @@ Runs every scenario in scenarios/*.yaml and scenarios/validation/*.yaml (the fir
 under intra_op, inter_op, interleaved, and hybrid where the scenario sets tp/pp; the symmetric
 policies also rank-folded, and the validation scenarios also with the H100 profile (measured
 kernel times, host costs and kernel gaps: the engine paths a roofline run leaves out); the
-other scenarios also as two data-parallel replicas of intra_op and interleaved.
+other scenarios also as two data-parallel replicas of intra_op and interleaved (and, generative,
+as one prefill and one decode replica).
 Run: `python bench/fingerprint.py > before.txt`, change things, run again and `diff`.
 """
 
@@ -84,7 +85,10 @@ def variants(data: dict, validation: bool) -> list[tuple[str, dict, bool]]:
             if policy in SYMMETRIC_POLICIES:
                 out.append((policy + tag + "+fold", dd, True))
     if not validation and data["hardware"]["count"] % 2 == 0:  # two replicas sharing the engine (and links)
-        for policy in ("intra_op+dp2", "interleaved+dp2"):
+        policies = ["intra_op+dp2", "interleaved+dp2"]
+        if (data.get("serving") or {}).get("mode") == "generative":
+            policies.append("intra_op+1p1d")  # disaggregated: KV pushes and host notices
+        for policy in policies:
             out += [(policy, policy_variant(data, policy), False), (policy + "+fold", policy_variant(data, policy), True)]
     return out
 
