@@ -11,13 +11,14 @@ each goes to the one with the lowest load (vLLM's data-parallel rule, `BatchSche
 among those whose KV cache has room for it, which reserves its blocks. Every tensor-parallel rank
 of the prefill replica then pushes its shard of the request's KV cache to the decode rank of the
 same position (a `kv_push`: one-sided, by DMA, over the links between them, sharing them with
-other transfers). The decode replica decodes the request once every shard has arrived, and the
-prefill replica frees its blocks then. A request no decode replica has room for waits, holding
+other transfers; the shards move as one transfer, from when the last rank issues its part). The
+decode replica decodes the request once it has arrived, and the prefill replica frees its
+blocks then. A request no decode replica has room for waits, holding
 its prefill blocks: the backpressure that stalls prefill when decode is the bottleneck.
 
 The KV cache moves after the whole prefill, not layer by layer as it is computed (DistServe and
-Splitwise overlap the two); at the sizes of a chat trace the push takes a few percent of the
-prefill over NVLink.
+Splitwise overlap the two); over NVLink the push takes a few percent of the prefill, over a PCIe
+host bridge a good part of it (README, "Prefill and decode on separate GPUs").
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ class Handoff:
         self.queue: deque[tuple[int, Seq]] = deque()  # (prefill replica, request) awaiting room
         self.placed: list[list[tuple[int, int, int]]] = [[] for _ in prefill]  # (request, decode, bytes)
         self.owner: dict[int, tuple[int, int]] = {}  # request -> (prefill, decode) while its KV moves
-        self.shards: dict[int, int] = {}  # request -> pushes completed
-        # push kernel (by identity) -> its request: a kernel's request_id names an iteration in
+        # a push's (group, seq) -> its request: a kernel's request_id names an iteration in
         # generative runs, and a push belongs to none (its time is not the iteration's)
-        self.pushes: dict[int, int] = {}
+        self.pushes: dict[tuple, int] = {}
         self.notify = None  # set by `attach`: the engine's notice to a rank's host
         # request -> [prefilled, placed on a decode replica, KV arrived] (simulated s): the IR header's
         # `handoffs`, from which a run's summary tells transfer time from waiting for decode room
@@ -80,12 +80,8 @@ class Handoff:
                 rt.notify(rank)
 
     def pushed(self, kernel: Kernel, now: float) -> None:
-        """The engine: one rank's shard of a request's KV cache has arrived."""
-        rid = self.pushes.pop(id(kernel))
-        self.shards[rid] = self.shards.get(rid, 0) + 1
-        if self.shards[rid] < (self.prefill[0].active_ranks or self.prefill[0].world):
-            return
-        del self.shards[rid]
+        """The engine: a request's KV cache has arrived (every TP rank's shard: one transfer)."""
+        rid = self.pushes.pop((kernel.group, kernel.seq))
         p, d = self.owner.pop(rid)
         self.times[rid][2] = now
         self.prefill[p].scheduler.release(rid, now)
@@ -104,6 +100,12 @@ class Handoff:
     def table(self) -> list[list[float]]:
         """[request, prefilled, placed, KV arrived] per handed-on request, for the IR header."""
         return [[rid, *t] for rid, t in sorted(self.times.items())]
+
+    def wake_decoders(self, rt: Runtime) -> None:
+        for ctx in self.decode:
+            for rank in ctx.ranks:
+                if rank != rt.rank:
+                    rt.notify(rank)
 
     # -------------------------------------------------------------- ends
     def prefill_done(self, p: int) -> bool:
@@ -161,7 +163,11 @@ class DecodePlan:
                 if ho.queue:  # blocks may have freed for a waiting prompt
                     ho.place(now, rt)
             it = sched.plan(now, 0)
-            self.items.append(it if it is not None else None if ho.decode_done(self.d) else FOREVER)
+            if it is None and ho.decode_done(self.d):
+                self.items.append(None)
+                ho.wake_decoders(rt)  # the others, idle and waiting for a notice, may be done too
+            else:
+                self.items.append(it if it is not None else FOREVER)
         return self.items[i]
 
 
@@ -169,7 +175,6 @@ def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPoli
     plan = PrefillPlan(handoff, p)
 
     def run(rt: Runtime) -> PolicyGen:
-        local = rt.rank - ctx.base
         compute, kv_out = rt.new_stream(0), rt.new_stream(0)
         done = rt.new_event()
         i = 0
@@ -178,9 +183,12 @@ def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPoli
             pushes, item = plan.next(i, rt)
             i += 1
             for rid, d, nbytes in pushes:  # after the iteration that computed it: the host synced on it
-                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, (rt.rank, handoff.decode[d].ranks[local]))
-                handoff.pushes[id(push)] = rid
+                # every rank's shard in one transfer, so a folded run (rank 0 alone) still loads the
+                # links with every rank's flow
+                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1,
+                              ctx.ranks + handoff.decode[d].ranks)
                 rt.launch(push, kv_out)
+                handoff.pushes[(push.group, push.seq)] = rid
             if item is None:
                 return
             if isinstance(item, float):

@@ -272,8 +272,8 @@ class Engine:
             arrived = self.pending_coll[key] = []
         arrived.append((k, s, launched))
         s.busy = _WAITING  # occupies the stream until every rank has arrived
-        # a KV push is one-sided (only its sender launches it, as an RDMA write or a peer copy)
-        if len(arrived) == (1 if self.fold or k.spec.kind == "kv_push" else len(k.group)):
+        # a KV push is one-sided: only its senders (the group's first half) launch it
+        if len(arrived) == (1 if self.fold else len(k.group) // 2 if k.spec.kind == "kv_push" else len(k.group)):
             del self.pending_coll[key]
             arrived.sort(key=lambda a: a[0].rank)
             kernels = [a[0] for a in arrived]
@@ -459,6 +459,9 @@ class Engine:
                     f"the schedule deadlocked: {len(stuck)} streams still hold work (collectives waiting for "
                     f"ranks: {sorted(self.pending_coll)[:3]}); every rank must issue its collectives in the "
                     "same order", field="schedule")
+            if self.waiting:  # a policy that leaves a host waiting would end with its work undone
+                raise LigerSimError(f"the schedule deadlocked: the hosts of ranks {sorted(self.waiting)} wait for a "
+                                    "notice no host will send", field="schedule")
         sched = Schedule(self.world, self.ops or [], meta)
         return SimResult(self.log, sched, time.perf_counter() - wall, self.env.now, meta)
 

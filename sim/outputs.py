@@ -271,7 +271,7 @@ def describe(summary: dict) -> str:
         served, pf = summary["replica_requests"], summary.get("prefill_replicas", 0)
         lines.append(f"  {len(served)} replicas served " + " / ".join(f"{n:,}" for n in served) + " requests"
                      + (f" ({pf} prefill, then {len(served) - pf} decode)" if pf else ""))
-    if "handoffs" in summary:
+    if summary.get("handoffs"):
         lines.append(f"  {summary['handoffs']:,} handed on to decode: waited for room mean "
                      f"{summary['decode_wait_mean_s'] * ms:.2f} ms (p99 {summary['decode_wait_p99_s'] * ms:.2f}), KV "
                      f"arrived mean {summary['kv_transfer_mean_s'] * ms:.2f} ms (p99 {summary['kv_transfer_p99_s'] * ms:.2f}) "

@@ -361,8 +361,9 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
             raise LigerSimError("disaggregation splits prefill from decode: it needs serving.mode: generative",
                                 file=file, field="policy.prefill_replicas")
         if pol.prefill_replicas >= dp:
+            hint = f"give 1 to {dp - 1}" if dp > 1 else "set policy.dp >= 2 (prefill and decode replicas in all)"
             raise LigerSimError(f"{pol.prefill_replicas} prefill replicas leave none of the dp={dp} replicas to "
-                                f"decode; give 1 to {dp - 1} (and dp >= 2)", file=file, field="policy.prefill_replicas")
+                                f"decode; {hint}", file=file, field="policy.prefill_replicas")
         if pol.name not in ("intra_op", "in_order"):
             raise LigerSimError(f"disaggregated replicas run intra_op (tensor parallel); {pol.name} inside a "
                                 "prefill or decode replica is not modelled", file=file, field="policy.name")

@@ -345,7 +345,8 @@ class BatchScheduler:
             budget -= chunk
             room -= 1
         if not it.prefills and not it.decodes:
-            if not self.running and not self.in_flight and not self.held and queue and queue[0].arrival_s <= now:
+            if (not self.running and not self.in_flight and not self.held and not self.receiving and queue
+                    and queue[0].arrival_s <= now):
                 raise LigerSimError(f"the scheduler cannot admit request {queue[0].rid} with nothing else "
                                     "running (a bug: the checks at start should have refused it)")
             return None
@@ -397,10 +398,13 @@ class BatchScheduler:
 
     def accept(self, s: Seq, now: float) -> bool:
         """A decode replica: take prefilled request `s` if its blocks fit (its prompt and output
-        with `on_kv_full: queue`, else its prompt and next token), into which its KV is pushed;
-        it decodes once `received`."""
+        with `on_kv_full: queue`, else its prompt and next token), it can run beside the others
+        (`max_batch_seqs`), and no request of its own waits to be recomputed; its KV is pushed into
+        those blocks, and it decodes once `received`."""
         need = s.prompt + s.output if self.spec.on_kv_full == "queue" else s.prompt + 1
-        if self._blocks_for(need) > self.free[0]:
+        if (self.waiting  # its own preempted requests come back first, as vLLM readmits them
+                or len(self.running) + len(self.receiving) >= self.spec.max_batch_seqs  # as vLLM's max_num_seqs
+                or self._blocks_for(need) > self.free[0]):
             return False
         q = Seq(s.rid, s.arrival_s, s.prompt, s.output, group=0, target=s.prompt, prefilled=s.prompt,
                 generated=s.generated)

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from sim.errors import LigerSimError
-from sim.ir import Schedule
+from sim import ir
 from sim.jobs import Job
 from sim.metrics import generative_requests_frame
 from sim.outputs import describe, run_tables
 from sim.scenario import parse_scenario
-from sim.serving import kv_bytes_per_token
+from sim.serving import kv_bytes_per_token, kv_capacity_tokens
 from sim.simulate import load_jobs, replay, simulate
 
 ZERO_HOST = {"preset": "default", "launch_s": 0.0, "sync_wakeup_s": 0.0}
@@ -132,16 +132,67 @@ def test_a_full_decode_cache_holds_prompts_on_the_prefill_side():
     assert held_pushes(roomy) == 0
 
 
-def test_folded_and_replayed_runs_give_the_same_events():
-    scn = parse_scenario(scenario(count=8, dp=4, prefill=2, jobs=20, rate=400.0))
+@pytest.mark.parametrize("interconnect", ["nvswitch-a100", "pcie4"])
+def test_folded_and_replayed_runs_give_the_same_events(interconnect, tmp_path):
+    """Folding simulates each replica's first rank: exact even where the TP ranks' pushes share a
+    link (PCIe's host bridge), since a push carries every rank's flow. A replay of the IR file,
+    waits for notices included, gives the same events (to rounding: a wait's end is recomputed
+    from the replaying host's clock)."""
+    d = scenario(count=8, dp=4, prefill=2, jobs=20, rate=400.0)
+    d["hardware"]["interconnect"] = interconnect
+    scn = parse_scenario(d)
     jobs = load_jobs(scn, None)
     run = simulate(scn, jobs)
     folded = simulate(scn, jobs, fold_ranks=True)
     cols = ["request_id", "kind", "name", "start_s", "end_s"]
     full0 = run.events[run.events["rank"].isin([0, 2, 4, 6])][["rank", *cols]].reset_index(drop=True)
-    pd.testing.assert_frame_equal(full0, folded.events[["rank", *cols]].reset_index(drop=True))
-    again = replay(Schedule(run.result.schedule.world, run.result.schedule.ops, run.result.meta), jobs)
-    pd.testing.assert_frame_equal(run.events[["rank", *cols]], again.events[["rank", *cols]])
+    pd.testing.assert_frame_equal(full0, folded.events[["rank", *cols]].reset_index(drop=True), rtol=1e-12)
+    ir.save(run.result.schedule, tmp_path / "ir.jsonl")
+    again = replay(ir.load(tmp_path / "ir.jsonl"))
+    order = ["rank", "kernel_id"]
+    pd.testing.assert_frame_equal(run.events.sort_values(order)[["rank", *cols]].reset_index(drop=True),
+                                  again.events.sort_values(order)[["rank", *cols]].reset_index(drop=True), rtol=1e-12)
+
+
+def test_idle_decode_replicas_end_with_the_run(tmp_path):
+    """Three requests over one prefill and two decode replicas: a decode replica left idle ends
+    with the others (its IR holds no unanswered wait), and the IR file replays."""
+    scn = parse_scenario(scenario(count=6, dp=3, prefill=1, jobs=3, rate=10.0))
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    assert "wait_notify" not in {op.op for op in run.result.schedule.ops}
+    ir.save(run.result.schedule, tmp_path / "ir.jsonl")
+    assert len(replay(ir.load(tmp_path / "ir.jsonl")).events) == len(run.events)
+
+
+def test_preempted_decodes_come_back_before_new_handoffs():
+    """With `on_kv_full: preempt`, a decode replica readmits its own preempted request before it
+    takes another prefilled one (vLLM's order): every request is served, as on one replica."""
+    d = scenario(on_kv_full="preempt")
+    base = parse_scenario(d)
+    m = base.model.shape()
+    per_token = 2 * m.layers * (m.kv_heads // 2) * m.head_dim * m.dtype_bytes
+    full = kv_capacity_tokens(m, 2, 1, 16e9, base.serving, "x")
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 16e9 - (full - 1008) * per_token / 0.9}
+    scn = parse_scenario(d)
+    assert kv_capacity_tokens(m, 2, 1, scn.hardware.gpu.memory, scn.serving, "x") == 1008
+    jobs = [Job(0, 0.0, 1, 0, 300, 600), Job(1, 0.0, 1, 0, 300, 600), Job(2, 0.0, 1, 0, 500, 10)]
+    run = simulate(scn, jobs)
+    assert requests(run)["tokens"].tolist() == [600, 600, 10]
+    assert any(n for _, n in run.result.meta["preemptions"])
+
+
+def test_a_decode_replica_takes_no_more_requests_than_it_batches():
+    d = scenario(jobs=30, rate=1e5, max_batch_seqs=4)
+    scn = parse_scenario(d)
+    run = simulate(scn, load_jobs(scn, None))
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    placed = pd.DataFrame(run.result.meta["handoffs"], columns=["request_id", "prefilled", "placed", "arrived"])
+    placed["end"] = req["end_s"].reindex(placed["request_id"]).to_numpy()
+    held = [((placed["placed"] <= t) & (t < placed["end"])).sum() for t in placed["placed"]]
+    assert max(held) == 4  # placed on the decode replica and not yet finished: never more than it batches
+    assert (placed["placed"] > placed["prefilled"]).any()  # so some waited for a place
 
 
 def test_least_loaded_spreads_arrivals_over_prefill_replicas_only():

@@ -567,3 +567,13 @@ def test_a_kv_push_runs_one_sided_at_the_links_send_time_and_is_reported():
     res = eng.run([sender, idle])
     t = eng.topology.collective_time("send", (0, 1), 8_000_000)
     assert len(res.events) == 1 and done == [(0, pytest.approx(1e-6 + t, rel=1e-12))]
+
+
+def test_a_host_left_waiting_for_a_notice_is_a_deadlock():
+    from sim.errors import LigerSimError
+
+    def waiter(rt):
+        yield rt.wait_notify()
+
+    with pytest.raises(LigerSimError, match="wait for a notice"):
+        make_engine(1).run([waiter])
