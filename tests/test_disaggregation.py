@@ -9,8 +9,8 @@ import copy
 import pandas as pd
 import pytest
 
-from sim.errors import LigerSimError
 from sim import ir
+from sim.errors import LigerSimError
 from sim.jobs import Job
 from sim.metrics import generative_requests_frame
 from sim.outputs import describe, run_tables
