@@ -16,8 +16,8 @@ decode replica decodes the request once it has arrived, and the prefill replica 
 blocks then. A request no decode replica has room for waits, holding
 its prefill blocks: the backpressure that stalls prefill when decode is the bottleneck.
 
-The KV cache moves after the whole prefill, not layer by layer as it is computed (DistServe and
-Splitwise overlap the two); over NVLink the push takes a few percent of the prefill, over a PCIe
+The KV cache moves after the whole prefill, as DistServe's decode instances pull it, not layer by
+layer as it is computed (Splitwise overlaps the two); over NVLink the push takes a few percent of the prefill, over a PCIe
 host bridge a good part of it (README, "Prefill and decode on separate GPUs").
 """
 
