@@ -18,6 +18,7 @@ from pathlib import Path
 from sim.curve import policy_variant
 from sim.errors import ScenarioWarning
 from sim.jobs import Job
+from sim.metrics import generative_summary
 from sim.outputs import run_tables
 from sim.scenario import load_scenario, parse_scenario
 from sim.simulate import SYMMETRIC_POLICIES, load_jobs, simulate
@@ -55,7 +56,9 @@ def layout_of(name: str, gpus: int, layout: str, interconnect: dict | None) -> t
 
 
 def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
-        interconnect: dict | None = None) -> dict:
+        interconnect: dict | None = None, tight_tpot_s: float | None = None) -> dict:
+    """One row's summary; with `tight_tpot_s`, also `slo_attainment_tight`: the share of requests
+    within the scenario's TTFT SLO and that TPOT SLO instead of its own."""
     d, path, base = layout_of(name, gpus, layout, interconnect)
     d["policy"]["router"] = router
     d["workload"]["jobs"] = jobs
@@ -65,7 +68,10 @@ def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
     scn = parse_scenario(d, str(path))
     js = load_jobs(scn, base)
     r = simulate(scn, js, record_ir=False, file=str(path), fold_ranks=scn.policy.name in SYMMETRIC_POLICIES)
-    _, s = run_tables(r.events, js, r.result.meta, scn.policy.name, r.result.sim_wall_s)
+    req, s = run_tables(r.events, js, r.result.meta, scn.policy.name, r.result.sim_wall_s)
+    if tight_tpot_s:
+        s["slo_attainment_tight"] = generative_summary(req, [], None, s["makespan_s"], scn.serving.slo_ttft_s,
+                                                       tight_tpot_s, s.get("rejected", 0))["slo_attainment"]
     s["layout"] = f"{layout} (tp {scn.tp()}" + (f" x pp {scn.pp()}" if scn.pp() > 1 else "") + ")"
     return s
 
