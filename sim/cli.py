@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> None:
         plot_timeline(run.events, out / "timeline.png", f"{scn.name}: {scn.policy.name}, rank {rank} while job "
                       f"{worst} runs", ranks=[rank], window=(t0, t1))
     pol, pf = scn.policy, scn.policy.prefill_replicas
-    split = f"{pf} prefill + {pol.dp - pf} decode" if pf else f"{pol.dp}"
+    split = (f"{pf} prefill" + (f" (tp {pol.prefill_tp})" if pol.prefill_tp else "") + f" + {pol.dp - pf} decode"
+             if pf else f"{pol.dp}")
     replicas = (f", {split} replicas of tp {scn.tp()}" + (f" x pp {scn.pp()}" if scn.pp() > 1 else "")
                 + f" ({pol.router})") if pol.dp > 1 else ""
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "

@@ -67,43 +67,51 @@ def parse_rates(text: str) -> list[float]:
 
 
 def policy_variant(scn_dict: dict, policy: str) -> dict:
-    """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`), or
-    `hybrid:TPxPP` for a hybrid of those degrees, either with `+dpN` for N data-parallel
-    replicas or `+PpDd` for P prefill and D decode replicas (disaggregated); without either, the
-    scenario's `policy.dp` and `policy.prefill_replicas` (see `scenario_variants`)."""
+    """The scenario under another policy: a name (TP/PP degrees kept only for `hybrid`, or where
+    the scenario gives its prefill replicas a TP degree of their own), or `hybrid:TPxPP` for a
+    hybrid of those degrees, either with `+dpN` for N data-parallel replicas or `+PpDd[:A/B]` for P
+    prefill and D decode replicas (disaggregated; of TP A and B); without either, the scenario's
+    `policy.dp`, `policy.prefill_replicas` and `policy.prefill_tp` (see `scenario_variants`)."""
     (name, degrees), layout = policy_degrees(policy), replica_layout(policy)
     pol = dict(scn_dict.get("policy") or {})
-    if name != "hybrid" or degrees:
+    own_split = layout is None and pol.get("prefill_tp") is not None  # the scenario's TP per phase
+    if (name != "hybrid" or degrees) and not own_split:
         pol.pop("tp", None)
         pol.pop("pp", None)
     if degrees:
         pol["tp"], pol["pp"] = degrees
     if layout is not None:
-        dp, prefill = layout
-        pol.pop("dp", None)  # 1, the default
-        pol.pop("prefill_replicas", None)  # 0, the default
+        dp, prefill, tps = layout
+        for key in ("dp", "prefill_replicas", "prefill_tp"):  # 1, 0, None: the defaults
+            pol.pop(key, None)
         if dp > 1:
             pol["dp"] = dp
         if prefill:
             pol["prefill_replicas"] = prefill
+        if tps:
+            pol["prefill_tp"], pol["tp"] = tps
     pol["name"] = name
     return {**scn_dict, "policy": pol}
 
 
-def replica_layout(policy: str) -> tuple[int, int] | None:
-    """`intra_op+dp2` -> (2, 0); `intra_op+1p3d` -> (4, 1): replicas and how many of them only
-    prefill; no suffix -> None."""
+def replica_layout(policy: str) -> tuple[int, int, tuple[int, int] | None] | None:
+    """`intra_op+dp2` -> (2, 0, None); `intra_op+1p3d` -> (4, 1, None): replicas and how many of
+    them only prefill; `intra_op+1p2d:2/1` -> (3, 1, (2, 1)), the prefill and decode replicas' TP
+    degrees; no suffix -> None."""
     _, sep, rest = policy.partition("+")
     if not sep:
         return None
-    text = rest.lower()
-    if text.startswith("dp") and text[2:].isdigit() and int(text[2:]) >= 1:
-        return int(text[2:]), 0
+    text, colon, degrees = rest.lower().partition(":")
+    if text.startswith("dp") and text[2:].isdigit() and int(text[2:]) >= 1 and not colon:
+        return int(text[2:]), 0, None
     p, x, d = text.removesuffix("d").partition("p")
-    if text.endswith("d") and x and p.isdigit() and d.isdigit() and int(p) >= 1 and int(d) >= 1:
-        return int(p) + int(d), int(p)
+    a, slash, b = degrees.partition("/")
+    tps_ok = not colon or (slash and a.isdigit() and b.isdigit() and int(a) >= 1 and int(b) >= 1)
+    if text.endswith("d") and x and p.isdigit() and d.isdigit() and int(p) >= 1 and int(d) >= 1 and tps_ok:
+        return int(p) + int(d), int(p), (int(a), int(b)) if colon else None
     raise LigerSimError(f"{policy!r}: give data-parallel replicas as +dpN (e.g. intra_op+dp2), or prefill and "
-                        "decode replicas as +PpDd (e.g. intra_op+1p3d)", field="--policies")
+                        "decode replicas as +PpDd (e.g. intra_op+1p3d), with their TP degrees as +PpDd:A/B "
+                        "(e.g. intra_op+1p2d:2/1)", field="--policies")
 
 
 def replicas_of(policy: str) -> int | None:
@@ -124,9 +132,12 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
     return name, (int(tp), int(pp))
 
 
-def layout_tag(dp: int, prefill: int) -> str:
-    """The suffix naming `dp` replicas, `prefill` of them prefill-only: +dpN, +PpDd, or none."""
-    return f"+{prefill}p{dp - prefill}d" if prefill else f"+dp{dp}" if dp > 1 else ""
+def layout_tag(dp: int, prefill: int, tps: tuple[int, int] | None = None) -> str:
+    """The suffix naming `dp` replicas, `prefill` of them prefill-only (of TP degrees `tps`, prefill
+    and decode, when they differ): +dpN, +PpDd[:A/B], or none."""
+    if not prefill:
+        return f"+dp{dp}" if dp > 1 else ""
+    return f"+{prefill}p{dp - prefill}d" + (f":{tps[0]}/{tps[1]}" if tps else "")
 
 
 def policy_label(policy: str) -> str:
@@ -136,12 +147,12 @@ def policy_label(policy: str) -> str:
     return (f"{name}:{degrees[0]}x{degrees[1]}" if degrees else name) + tag
 
 
-def named_line(policy: str, dp: int, prefill: int = 0) -> str:
+def named_line(policy: str, dp: int, prefill: int = 0, tps: tuple[int, int] | None = None) -> str:
     """The label of a line asked for by name: without a suffix it runs the scenario's replicas
-    (`dp`, `prefill` of them prefill-only), and says so when there are several (else `intra_op`
-    would name both that line and `all`'s one-replica line)."""
+    (`dp`, `prefill` of them prefill-only, of TP degrees `tps`), and says so when there are several
+    (else `intra_op` would name both that line and `all`'s one-replica line)."""
     label = policy_label(policy)
-    return label if replica_layout(label) is not None else label + layout_tag(dp, prefill)
+    return label if replica_layout(label) is not None else label + layout_tag(dp, prefill, tps)
 
 
 def every_layout(gpus: int) -> list[str]:
@@ -217,11 +228,12 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     from sim.simulate import prepare
 
     every = every_layout(scn.hardware.count)
+    split = (scn.policy.prefill_tp, scn.tp()) if scn.policy.prefill_tp else None  # TP per phase
     out: dict[str, dict] = {}
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
     for asked in policies:
-        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp, scn.policy.prefill_replicas)]:
+        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp, scn.policy.prefill_replicas, split)]:
             name = policy_degrees(policy)[0]
             ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones

@@ -9,8 +9,9 @@ prompts (chunked or not) and emit each request's first token. The others only de
 When a prefill iteration completes, the finished prompts queue, in order, for a decode replica:
 each goes to the one with the lowest load (vLLM's data-parallel rule, `BatchScheduler.load`)
 among those whose KV cache has room for it, which reserves its blocks. Every tensor-parallel rank
-of the prefill replica then pushes its shard of the request's KV cache to the decode rank of the
-same position (a `kv_push`: one-sided, by DMA, over the links between them, sharing them with
+of the prefill replica then pushes its shard of the request's KV cache to the decode ranks that
+hold those KV heads (the rank of the same position when both replicas have one TP degree;
+`policy.prefill_tp` lets the prefill replicas have their own, as DistServe chooses each phase's) (a `kv_push`: one-sided, by DMA, over the links between them, sharing them with
 other transfers; the shards move as one transfer, from when the last rank issues its part). The
 decode replica decodes the request once it has arrived, and the prefill replica frees its
 blocks then. A request no decode replica has room for waits, holding
@@ -27,12 +28,33 @@ import math
 from collections import deque
 
 from sim.kernels import Kernel, collective
+from sim.layers import ModelShape
 from sim.policies.common import PolicyContext, RankPolicy, launch_layered
 from sim.policies.generative import iteration_layered
 from sim.runtime import PolicyGen, Runtime
-from sim.serving import BatchScheduler, Iteration, Seq, kv_bytes_per_token
+from sim.serving import BatchScheduler, Iteration, Seq
 
 FOREVER = math.inf  # wait for a notice only
+
+
+def kv_flows(m: ModelShape, tp_from: int, tp_to: int) -> tuple[list[tuple[int, int]], float]:
+    """How a request's KV cache moves from a TP-`tp_from` replica to a TP-`tp_to` one: the (sender,
+    receiver) local ranks, each receiver getting every KV head it holds from the first sender that
+    holds it (with more ranks than KV heads, ranks hold copies), and the bytes per token of one
+    flow (2 x layers x its heads x head_dim x bytes; every flow carries as many heads)."""
+    heads = m.kv_heads
+
+    def held(tp: int, rank: int) -> range:
+        first = rank * heads // tp
+        return range(first, first + max(1, heads // tp))
+
+    count: dict[tuple[int, int], int] = {}
+    for j in range(tp_to):
+        for h in held(tp_to, j):
+            pair = (h * tp_from // heads, j)
+            count[pair] = count.get(pair, 0) + 1
+    per_flow = max(count.values())
+    return sorted(count), 2.0 * m.layers * per_flow * m.head_dim * m.dtype_bytes
 
 
 class Handoff:
@@ -43,7 +65,11 @@ class Handoff:
     def __init__(self, prefill: list[PolicyContext], decode: list[PolicyContext]):
         self.prefill, self.decode = prefill, decode
         m = prefill[0].model
-        self.kv_per_token = kv_bytes_per_token(m, prefill[0].world, 1)
+        # local (sender, receiver) ranks and the bytes per token each flow carries
+        self.flows, self.kv_per_token = kv_flows(m, prefill[0].world, decode[0].world)
+        self.senders = {i for i, _ in self.flows}
+        for j in prefill[0].typical_jobs or []:  # every request must fit a decode replica's cache too
+            decode[0].scheduler.check(j)
         self.queue: deque[tuple[int, Seq]] = deque()  # (prefill replica, request) awaiting room
         self.placed: list[list[tuple[int, int, int]]] = [[] for _ in prefill]  # (request, decode, bytes)
         self.owner: dict[int, tuple[int, int]] = {}  # request -> (prefill, decode) while its KV moves
@@ -73,7 +99,7 @@ class Handoff:
             self.queue.popleft()
             self.owner[s.rid] = (p, d)
             self.times[s.rid][1] = now
-            self.placed[p].append((s.rid, d, round(s.prompt * self.kv_per_token)))
+            self.placed[p].append((s.rid, d, round(s.prompt * self.kv_per_token)))  # bytes per flow
             woken.add(p)
         for p in sorted(woken):
             for rank in self.prefill[p].ranks:
@@ -175,6 +201,7 @@ def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPoli
     plan = PrefillPlan(handoff, p)
 
     def run(rt: Runtime) -> PolicyGen:
+        local = rt.rank - ctx.base
         compute, kv_out = rt.new_stream(0), rt.new_stream(0)
         done = rt.new_event()
         i = 0
@@ -183,10 +210,13 @@ def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPoli
             pushes, item = plan.next(i, rt)
             i += 1
             for rid, d, nbytes in pushes:  # after the iteration that computed it: the host synced on it
-                # every rank's shard in one transfer, so a folded run (rank 0 alone) still loads the
-                # links with every rank's flow
-                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1,
-                              ctx.ranks + handoff.decode[d].ranks)
+                if local not in handoff.senders:
+                    continue  # its KV heads come from another rank (copies)
+                # every flow in one transfer, so a folded run (rank 0 alone) still loads the links
+                # with every rank's flow
+                to = handoff.decode[d].base
+                group = tuple(r for i, j in handoff.flows for r in (ctx.base + i, to + j))
+                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, group)
                 rt.launch(push, kv_out)
                 handoff.pushes[(push.group, push.seq)] = rid
             if item is None:

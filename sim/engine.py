@@ -193,9 +193,9 @@ class Engine:
         # Symmetric tensor parallelism: every rank runs the same kernels at the same times, so
         # simulating rank 0 alone (its collectives start when it reaches them) is exact and
         # `world` times faster. Only for policies whose ranks are all alike. With data-parallel
-        # replicas of `replica` GPUs each, the first rank of every replica.
+        # replicas, the first rank of every replica (`leaders`).
         self.fold = False
-        self.replica = world
+        self.leaders = [0]
         # disaggregated serving: called with a `kv_push` kernel when it completes (the receiver's
         # notice of arrived KV blocks, as NIXL's transfer notifications), and the hosts waiting on
         # `wait_notify` by rank, each with its wait's number (a timed-out wait's wake is dropped)
@@ -272,8 +272,8 @@ class Engine:
             arrived = self.pending_coll[key] = []
         arrived.append((k, s, launched))
         s.busy = _WAITING  # occupies the stream until every rank has arrived
-        # a KV push is one-sided: only its senders (the group's first half) launch it
-        if len(arrived) == (1 if self.fold else len(k.group) // 2 if k.spec.kind == "kv_push" else len(k.group)):
+        # a KV push is one-sided: only its senders (the group's even places) launch it
+        if len(arrived) == (1 if self.fold else len(set(k.group[::2])) if k.spec.kind == "kv_push" else len(k.group)):
             del self.pending_coll[key]
             arrived.sort(key=lambda a: a[0].rank)
             kernels = [a[0] for a in arrived]
@@ -433,7 +433,7 @@ class Engine:
         show a progress bar over simulated time. Ctrl-C stops the run and returns what has
         completed so far, flagged `interrupted`."""
         wall = time.perf_counter()
-        rts = [SimRankRuntime(self, r) for r in range(0, self.world, self.replica if self.fold else 1)]
+        rts = [SimRankRuntime(self, r) for r in (self.leaders if self.fold else range(self.world))]
         for rt in rts:
             rt.gen = policies[rt.rank](rt)
             self.env.call_in(0.0, self._host, rt, 0)

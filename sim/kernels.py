@@ -28,8 +28,8 @@ KIND_CLASS: dict[str, str] = {
     "send": "collective",
     "recv": "collective",
     # disaggregated serving: a request's KV cache from a prefill replica's GPUs to a decode
-    # replica's (group: the senders, then their receivers in order), one-sided and by DMA (copy
-    # engines or the NIC, as NIXL and Mooncake move it), so it takes no SMs
+    # replica's (group: sender, receiver pairs, one per flow of `nbytes`), one-sided and by DMA
+    # (copy engines or the NIC, as NIXL and Mooncake move it), so it takes no SMs
     "kv_push": "copy",
 }
 COLLECTIVE_KINDS = frozenset({"all_reduce", "send", "recv", "kv_push"})

@@ -7,7 +7,7 @@ ring's bus bandwidth B. Then (Thakur et al. 2005; NCCL's ring model):
 
     all-reduce of S bytes over n ranks: T = base + 2(n-1)·step + 2(n-1)/n · S / B
     send/recv of S bytes:              T = base + step + S / B
-    KV push, k senders to k receivers: T = base + step + S / B, B the slowest of the k flows
+    KV push, k flows of S bytes each:  T = base + step + S / B, B the slowest of the k flows
 
 Across nodes (the `multinode` kind) a step over the network costs `net_step_latency_s`, and
 as in NCCL's cost model (src/graph/tuning.cc, ncclTopoTuneModel) only the ring's network steps
@@ -114,9 +114,8 @@ class Topology:
             net = min(steps, 2 * crossings)  # NCCL: 2 x nodes network steps (all of them for 2 ranks)
             return (self.base_latency_s + (steps - net) * self.step_latency_s + net * self.net_step_latency_s
                     + 2 * (n - 1) / n * nbytes / bw)
-        if kind == "kv_push":  # every sender's shard to its receiver at once: the first half to the second
-            half = n // 2
-            pairs = list(zip(group[:half], group[half:]))
+        if kind == "kv_push":  # every flow (sender, receiver, ... pairs) at once, each of nbytes
+            pairs = list(zip(group[::2], group[1::2]))
             bw = self.bottleneck_bw(self.link_loads(pairs))
             step = self.net_step_latency_s if any(self.spans_nodes(p) for p in pairs) else self.step_latency_s
             return self.base_latency_s + step + nbytes / bw
@@ -140,8 +139,7 @@ class Topology:
             ring, _ = self.best_ring(group)
             return self.link_loads(self.flows(ring))
         if kind == "kv_push":
-            half = len(group) // 2
-            return self.link_loads(list(zip(group[:half], group[half:])))
+            return self.link_loads(list(zip(group[::2], group[1::2])))
         return self.link_loads([(group[0], group[1])])
 
 

@@ -122,9 +122,10 @@ def generative_requests_frame(events: pd.DataFrame, iterations: list[list], jobs
 
 def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | None, makespan: float,
                        slo_ttft_s: float | None, slo_tpot_s: float | None, rejected: int = 0,
-                       replicas: int = 1) -> dict:
+                       replicas: int = 1, kv_total: float | None = None) -> dict:
     """TTFT, TPOT, tokens/s, KV-cache occupancy (time-weighted, from the first allocation to the
-    last token; `kv_log` sums `replicas` data-parallel replicas of `kv_capacity` tokens per GPU)
+    last token; `kv_log` sums `replicas` data-parallel replicas of `kv_capacity` tokens per GPU, or
+    of `kv_total` tokens together when their capacities differ)
     and SLO attainment (goodput). `rejected` requests (turned away before the run,
     `serving.over_context: enforce`) count as missing the SLOs, as a client sees them."""
     out: dict = {}
@@ -137,7 +138,7 @@ def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | 
     out["tokens_per_s"] = out["tokens"] / makespan if makespan > 0 else float("nan")
     if kv_log and kv_capacity:
         t = np.array([x for x, _ in kv_log], dtype=float)
-        used = np.array([u for _, u in kv_log], dtype=float) / (kv_capacity * replicas)
+        used = np.array([u for _, u in kv_log], dtype=float) / (kv_total or kv_capacity * replicas)
         end = max(float(requests["end_s"].max()) if len(requests) else t[-1], t[-1])
         span = np.diff(np.append(t, end))  # each level holds until the next change
         mean = float((used * span).sum() / (end - t[0])) if end > t[0] else float(used.mean())

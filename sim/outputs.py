@@ -233,9 +233,11 @@ def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: 
         summary = summarise(events, requests, policy, sim_wall_s, ranks)
         serving = meta.get("scenario", {}).get("serving", {})
         replicas = meta.get("replica_requests", [])
+        # occupancy is over every replica's cache: their capacity, or per GPU times their number
+        total = meta.get("kv_capacity_total_tokens")
         summary.update(generative_summary(requests, meta.get("kv_log", []), meta.get("kv_capacity_tokens"),
                                           summary["makespan_s"], serving.get("slo_ttft_s"), serving.get("slo_tpot_s"),
-                                          rejected, max(1, len(replicas))))
+                                          rejected, max(1, len(replicas)), total))
         if replicas:
             summary["replica_requests"] = replicas
         if "handoffs" in meta:

@@ -7,6 +7,7 @@ Hardware, interconnect, model, host and contention sections accept a preset name
 
 from __future__ import annotations
 
+import itertools
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -224,6 +225,9 @@ class PolicySpec(StrictModel):
                                   "this many of the dp replicas only prefill and push each request's KV cache to "
                                   "one of the others, which only decode (DistServe, Splitwise); the router spreads "
                                   "arrivals over the prefill replicas. 0: every replica does both.")
+    prefill_tp: int | None = Field(None, ge=1, description="Disaggregated serving: the prefill replicas' TP degree "
+                                   "when it differs from the decode replicas' (policy.tp, then required); "
+                                   "prefill_replicas x prefill_tp + (dp - prefill_replicas) x tp = hardware.count.")
 
     @field_validator("name")
     @classmethod
@@ -266,8 +270,15 @@ class Scenario(StrictModel):
         return self.policy.degrees(self.hardware.count)[1]
 
     def replica_gpus(self) -> int:
-        """GPUs one data-parallel replica holds (tp x pp)."""
+        """GPUs one data-parallel replica holds (tp x pp; a decode replica's when disaggregated)."""
         return self.tp() * self.pp()
+
+    def replicas(self) -> list[tuple[int, int]]:
+        """(first GPU, GPUs) of each data-parallel replica in order: the prefill replicas first
+        (`policy.prefill_tp` GPUs each, when given), then the others (tp x pp)."""
+        pol, per = self.policy, self.replica_gpus()
+        sizes = [pol.prefill_tp or per] * pol.prefill_replicas + [per] * (pol.dp - pol.prefill_replicas)
+        return list(zip(itertools.accumulate([0, *sizes[:-1]]), sizes))
 
 
 def _tags(model: type[BaseModel]) -> set:
@@ -326,6 +337,26 @@ def format_validation_error(err: ValidationError, file: str) -> LigerSimError:
                          file=file, field=".".join(path) or "(top level)")
 
 
+def _check_prefill_tp(scn: Scenario, file: str) -> None:
+    """Prefill replicas of their own TP degree: only when disaggregated, with the decode replicas'
+    TP given, adding up to the GPUs, and dividing the model's heads."""
+    pol, gpus = scn.policy, scn.hardware.count
+    if not pol.prefill_replicas:
+        raise LigerSimError("prefill_tp is the prefill replicas' TP degree: set policy.prefill_replicas too",
+                            file=file, field="policy.prefill_tp")
+    if pol.tp is None:
+        raise LigerSimError("with policy.prefill_tp, give policy.tp too: the decode replicas' TP degree",
+                            file=file, field="policy.tp")
+    p, d = pol.prefill_replicas, pol.dp - pol.prefill_replicas
+    if d >= 1 and p * pol.prefill_tp + d * pol.tp != gpus:
+        raise LigerSimError(f"{p} prefill replicas x tp {pol.prefill_tp} + {d} decode replicas x tp {pol.tp} = "
+                            f"{p * pol.prefill_tp + d * pol.tp} GPUs, not hardware.count = {gpus}", file=file,
+                            field="policy.prefill_tp")
+    problem = tp_errors(scn.model.shape(), pol.prefill_tp)
+    if problem:
+        raise LigerSimError(problem, file=file, field="policy.prefill_tp")
+
+
 def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise LigerSimError("a scenario must be a YAML mapping with sections hardware, model, workload, "
@@ -335,11 +366,13 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     except ValidationError as err:
         raise format_validation_error(err, file) from None
     pol, gpus = scn.policy, scn.hardware.count
-    if gpus % pol.dp:
+    if pol.prefill_tp is not None:
+        _check_prefill_tp(scn, file)
+    elif gpus % pol.dp:
         raise LigerSimError(f"dp={pol.dp} replicas cannot split hardware.count = {gpus} GPUs evenly; give a dp that "
                             f"divides {gpus}", file=file, field="policy.dp")
     tp, pp, dp = scn.tp(), scn.pp(), pol.dp
-    per = gpus // dp
+    per = gpus // dp if pol.prefill_tp is None else tp
     replica = f" of each of the {dp} replicas" if dp > 1 else ""
     if pol.name == "hybrid" and pol.tp is None:
         raise LigerSimError("hybrid needs tp (and optionally pp) with tp x pp x dp = hardware.count",
@@ -350,7 +383,7 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if pol.name in ("intra_op", "in_order", "interleaved") and (tp != per or pp != 1):
         raise LigerSimError(f"{pol.name} shards tensor-parallel over all {per} GPUs{replica}: leave tp and pp unset "
                             f"(got tp={tp}, pp={pp})", file=file, field="policy.tp")
-    if tp * pp * dp != gpus:
+    if tp * pp * dp != gpus and pol.prefill_tp is None:
         raise LigerSimError(f"tp x pp x dp = {tp} x {pp} x {dp} = {tp * pp * dp} must equal hardware.count = {gpus}",
                             file=file, field="policy.pp")
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":

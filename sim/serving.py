@@ -179,10 +179,12 @@ class BatchScheduler:
         if j.output_tokens < 1:
             raise LigerSimError(f"request {j.request_id} asks for {j.output_tokens} output tokens; generative "
                                 "serving needs at least 1", file=file, field="workload.output_tokens")
-        if prompt + j.output_tokens > most:
+        need = prompt if self.prefill_only else prompt + j.output_tokens  # a prefill replica holds the prompt
+        if need > most:
             share = f" ({most} in each of {pools} groups' shares)" if pools > 1 else ""
+            where = "a prefill replica's" if self.prefill_only else "the"
             raise LigerSimError(
-                f"request {j.request_id} needs {prompt + j.output_tokens} tokens of KV cache but the cache holds "
+                f"request {j.request_id} needs {need} tokens of KV cache but {where} cache holds "
                 f"{self.total_blocks * self.block} per GPU{share}; use more GPUs or shorter requests", file=file,
                 field="workload")
         if prompt > spec.max_batch_tokens and not spec.chunked_prefill:

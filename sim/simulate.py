@@ -63,7 +63,7 @@ def make_engine(scn: Scenario, record_ir: bool = True) -> tuple[Engine, Roofline
         host.kernel_gap_s = prof.host.get("kernel_gap_s", 0.0) + (
             prof.host.get("event_pair_gpu_s", 0.0) if EVENT_TIMED.get() else 0.0)
     engine = Engine(hw.count, cost.solo, ContentionTable(pairs), topo, host, record_ir=record_ir)
-    engine.replica = scn.replica_gpus()
+    engine.leaders = [base for base, _ in scn.replicas()]
     return engine, cost
 
 
@@ -169,22 +169,25 @@ def jobs_from_meta(meta: dict) -> list[Job] | None:
 def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = "<scenario>"):
     """Check the scenario fits, build the engine and cost model, each rank's policy and each
     data-parallel replica's context: shared by the simulator and the CUDA backend so both
-    schedule identically. Replica r runs on GPUs r x tp x pp onwards with the requests its
-    router gives it; all replicas share the engine, so their collectives contend for links."""
+    schedule identically. Replica r runs on its GPUs (`Scenario.replicas`: r x tp x pp onwards, the
+    prefill replicas first when disaggregated) with the requests its router gives it; all replicas
+    share the engine, so their collectives contend for links."""
     engine, cost = make_engine(scn, record_ir)
-    pol, sv, dp, per = scn.policy, scn.serving, scn.policy.dp, scn.replica_gpus()
+    pol, sv, dp = scn.policy, scn.serving, scn.policy.dp
     generative = sv.mode == "generative"
     least_loaded = dp > 1 and pol.router == "least_loaded"
     routed = pol.prefill_replicas or dp  # disaggregated: arrivals go to the prefill replicas only
     shares = [[] if least_loaded or r >= routed else jobs[r::routed] for r in range(dp)]
-    ctxs = [policies.PolicyContext(scn.model.shape(), share, per, pol, cost.solo, cost.spec_solo, engine.contention,
-                                   sv, base=r * per, typical_jobs=jobs) for r, share in enumerate(shares)]
+    ctxs = [policies.PolicyContext(scn.model.shape(), share, gpus, pol, cost.solo, cost.spec_solo, engine.contention,
+                                   sv, base=base, typical_jobs=jobs)
+            for (base, gpus), share in zip(scn.replicas(), shares)]
     if generative:
         groups = sv.groups if pol.name in ("interleaved", "inter_op", "hybrid") else 1
         in_flight = groups if pol.name == "interleaved" else 1  # a stage runs one micro-batch at a time
-        kv = kv_capacity_tokens(ctxs[0].model, scn.tp(), scn.pp(), scn.hardware.gpu.memory, sv, file, in_flight)
         numbering = itertools.count()  # iteration ids, unique across replicas
         for r, ctx in enumerate(ctxs):
+            tp = pol.prefill_tp if pol.prefill_tp and r < routed else scn.tp()
+            kv = kv_capacity_tokens(ctx.model, tp, scn.pp(), scn.hardware.gpu.memory, sv, file, in_flight)
             ctx.scheduler = BatchScheduler(ctx.jobs, sv, kv, max(groups, scn.pp()), file,
                                            bind_on_arrival=pol.name in ("inter_op", "hybrid")
                                            and sv.pipeline_admission == "least_loaded", numbering=numbering,
@@ -244,6 +247,8 @@ def serving_meta(scheds: list[BatchScheduler]) -> dict:
             "preemptions": [[q.rid, q.preemptions] for s in scheds for q in s.seqs.values() if q.preemptions]}
     if len(scheds) > 1:
         meta["replica_requests"] = [len(s.seqs) for s in scheds]
+    if len({s.total_blocks for s in scheds}) > 1:  # replicas of different TP degrees (`policy.prefill_tp`)
+        meta["kv_capacity_total_tokens"] = sum(s.total_blocks * s.block for s in scheds)
     return meta
 
 

@@ -62,7 +62,14 @@ def test_prefill_and_decode_replicas_by_name():
     assert policy_variant(d, "intra_op+dp2")["policy"] == {"name": "intra_op", "dp": 2}
     assert policy_variant(d, "intra_op+dp1")["policy"] == {"name": "intra_op"}
     assert policy_variant(d, "intra_op")["policy"] == d["policy"]
-    for bad in ("intra_op+0p2d", "intra_op+1p", "intra_op+p1d", "intra_op+1p0d"):
+    assert policy_label("intra_op+1P2D:02/1") == "intra_op+1p2d:2/1"
+    assert policy_variant(d, "intra_op+1p2d:2/1")["policy"] == {"name": "intra_op", "dp": 3, "prefill_replicas": 1,
+                                                                 "prefill_tp": 2, "tp": 1}
+    split = {"policy": {"name": "intra_op", "dp": 3, "prefill_replicas": 1, "prefill_tp": 2, "tp": 1}}
+    assert policy_variant(split, "intra_op")["policy"] == split["policy"]  # the scenario's TP per phase kept
+    assert policy_variant(split, "intra_op+dp2")["policy"] == {"name": "intra_op", "dp": 2}
+    for bad in ("intra_op+0p2d", "intra_op+1p", "intra_op+p1d", "intra_op+1p0d", "intra_op+1p2d:2", "intra_op+1p2d:0/1",
+                "intra_op+dp2:2/1"):
         with pytest.raises(LigerSimError, match=r"\+PpDd"):
             policy_variant({}, bad)
     d = tiny("intra_op")

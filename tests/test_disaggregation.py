@@ -220,3 +220,100 @@ def test_bad_disaggregation_names_the_field(change, field, words):
     with pytest.raises(LigerSimError) as err:
         parse_scenario(d, "s.yaml")
     assert err.value.field == field and words in str(err.value) and "s.yaml" in str(err.value)
+
+
+def test_kv_flows_reshard_between_tp_degrees():
+    """Each decode rank gets each KV head it holds from the first prefill rank holding it."""
+    from dataclasses import replace as dc_replace
+
+    from sim.disaggregation import kv_flows
+
+    m = parse_scenario(scenario()).model.shape()  # 32 KV heads, 4 layers, head_dim 128, fp16
+    head = 2 * m.layers * m.head_dim * m.dtype_bytes
+    assert kv_flows(m, 2, 2) == ([(0, 0), (1, 1)], 16 * head)
+    assert kv_flows(m, 2, 1) == ([(0, 0), (1, 0)], 16 * head)  # the decode GPU gathers both halves
+    assert kv_flows(m, 1, 4) == ([(0, 0), (0, 1), (0, 2), (0, 3)], 8 * head)  # one GPU scatters
+    gqa = dc_replace(m, kv_heads=2)  # 4 ranks hold copies: 0, 1 head 0; 2, 3 head 1
+    assert kv_flows(gqa, 4, 1) == ([(0, 0), (2, 0)], head)
+    assert kv_flows(gqa, 1, 4) == ([(0, 0), (0, 1), (0, 2), (0, 3)], head)
+
+
+def phase_tp(**serving) -> dict:
+    """One TP-2 prefill replica (GPUs 0, 1) and two one-GPU decode replicas (GPUs 2, 3)."""
+    d = scenario(dp=3, prefill=1, **serving)
+    d["policy"].update(prefill_tp=2, tp=1)
+    return d
+
+
+def test_prefill_replicas_of_their_own_tp_degree():
+    scn = parse_scenario(phase_tp())
+    assert scn.replicas() == [(0, 2), (2, 1), (3, 1)]
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    pushes = run.events[run.events["kind"] == "kv_push"]
+    assert set(pushes["group"]) == {"0,2,1,2", "0,3,1,3"}  # both prefill GPUs to one decode GPU
+    served = run.result.meta["replica_requests"]
+    assert served[0] == len(jobs) and served[1] + served[2] == int((req["output_tokens"] > 1).sum())
+    _, summary = run_tables(run.events, jobs, run.result.meta, "intra_op", None)
+    assert 0 < summary["kv_occupancy_max"] <= 1
+    assert run.result.meta["kv_capacity_total_tokens"] > 3 * run.result.meta["kv_capacity_tokens"] / 2
+    folded = simulate(scn, jobs, fold_ranks=True)
+    cols = ["rank", "request_id", "kind", "start_s", "end_s"]
+    pd.testing.assert_frame_equal(run.events[run.events["rank"].isin([0, 2, 3])][cols].reset_index(drop=True),
+                                  folded.events[cols].reset_index(drop=True), rtol=1e-12)
+
+
+def test_a_lone_request_prefills_at_one_tp_and_decodes_at_another():
+    """Without host costs: the first token as on a TP-2 replica alone; then each decode step as on
+    one GPU alone, all one push later, the push gathering both halves into one GPU's link."""
+    from sim.links import build_topology
+
+    job = Job(0, 0.0, 1, 0, 300, 12)
+    d = phase_tp()
+    disagg = simulate(parse_scenario(d), [job])
+
+    def alone(gpus: int) -> list[float]:
+        a = copy.deepcopy(d)
+        a["hardware"]["count"], a["policy"] = gpus, {"name": "intra_op"}
+        return token_times(simulate(parse_scenario(a), [job]), 0)
+
+    t, tp2, tp1 = token_times(disagg, 0), alone(2), alone(1)
+    assert t[0] == pytest.approx(tp2[0], rel=1e-12)
+    push = disagg.events[disagg.events["kind"] == "kv_push"].iloc[0]
+    m = parse_scenario(d).model.shape()
+    half = 300 * kv_bytes_per_token(m, 2, 1)
+    topo = build_topology(parse_scenario(d).hardware.interconnect.model_dump(), 4)
+    assert push["end_s"] - push["start_s"] == pytest.approx(topo.collective_time("kv_push", (0, 2, 1, 2), half),
+                                                            rel=1e-9)
+    assert topo.collective_time("kv_push", (0, 2, 1, 2), half) > topo.collective_time("send", (0, 2), half)
+    assert t[1] - t[0] == pytest.approx(push["end_s"] - push["start_s"] + tp1[1] - tp1[0], rel=1e-9)
+    for k in range(2, 12):
+        assert t[k] - t[1] == pytest.approx(tp1[k] - tp1[1], rel=1e-9)
+
+
+@pytest.mark.parametrize("policy,field,words", [
+    ({"dp": 2, "prefill_tp": 2}, "policy.prefill_tp", "policy.prefill_replicas"),
+    ({"dp": 3, "prefill_replicas": 1, "prefill_tp": 2}, "policy.tp", "decode replicas' TP"),
+    ({"dp": 3, "prefill_replicas": 1, "prefill_tp": 2, "tp": 2}, "policy.prefill_tp", "not hardware.count = 4"),
+    ({"dp": 2, "prefill_replicas": 1, "prefill_tp": 3, "tp": 1}, "policy.prefill_tp", "does not divide"),
+])
+def test_bad_prefill_tp_names_the_field(policy, field, words):
+    d = scenario()
+    d["policy"] = {"name": "intra_op", **policy}
+    with pytest.raises(LigerSimError) as err:
+        parse_scenario(d, "s.yaml")
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_a_sweep_names_and_keeps_the_scenarios_tp_per_phase():
+    from sim.curve import scenario_variants
+
+    d = phase_tp()
+    scn = parse_scenario(d)
+    lines = scenario_variants(["intra_op", "intra_op+1p1d", "intra_op+1p1d:2/2"], [], scn, d, load_jobs(scn, None),
+                              "s.yaml")
+    assert list(lines) == ["intra_op+1p2d:2/1", "intra_op+1p1d", "intra_op+1p1d:2/2"]
+    assert parse_scenario(lines["intra_op+1p2d:2/1"]).replicas() == [(0, 2), (2, 1), (3, 1)]
+    assert parse_scenario(lines["intra_op+1p1d"]).replicas() == [(0, 2), (2, 2)]
