@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # scenario, GPUs, layouts (a --policies label each)
 STUDIES = [
     ("azure-conv-llama2-13b-a100-pcie", 4, ["intra_op+dp4", "intra_op+1p3d", "intra_op+2p2d", "intra_op+3p1d",
-                                            "intra_op+dp2", "intra_op+1p1d"]),
+                                            "intra_op+dp2", "intra_op+1p1d", "intra_op+1p2d:2/1",
+                                            "intra_op+2p1d:1/2"]),
     ("azure-conv-llama2-70b-h100", 8, ["intra_op+dp2", "intra_op+1p1d"]),
 ]
 TIGHT_TPOT_S = 0.025  # a second, tighter TPOT SLO (with the scenario's TTFT one), where splitting pays
@@ -49,10 +50,11 @@ def main() -> None:
         for scale in (1.0, args.scale):
             for layout in layouts:
                 s = run(name, gpus, layout, "round_robin", args.jobs, scale, tight_tpot_s=TIGHT_TPOT_S)
-                (out / f"{layout}-x{scale:g}.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
+                (out / f"{layout.replace(':', '-').replace('/', '-')}-x{scale:g}.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
                 cells = [f"{s[k] * f:,.1f}" if k in s else "-" for k, _, f in columns]
                 shares = " / ".join(str(n) for n in s.get("replica_requests", [])) or "-"
-                print(f"| {layout} (tp {s['layout'].split('tp ')[1]} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | "
+                tps = "" if ":" in layout else f" (tp {s['layout'].split('tp ')[1]}"
+                print(f"| {layout}{tps} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | "
                       + " | ".join(cells) + f" | {shares} |", flush=True)
 
 
