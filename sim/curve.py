@@ -102,12 +102,12 @@ def replica_layout(policy: str) -> tuple[int, int, tuple[int, int] | None] | Non
     if not sep:
         return None
     text, colon, degrees = rest.lower().partition(":")
-    if text.startswith("dp") and text[2:].isdigit() and int(text[2:]) >= 1 and not colon:
+    if text.startswith("dp") and text[2:].isdecimal() and int(text[2:]) >= 1 and not colon:
         return int(text[2:]), 0, None
     p, x, d = text.removesuffix("d").partition("p")
     a, slash, b = degrees.partition("/")
-    tps_ok = not colon or (slash and a.isdigit() and b.isdigit() and int(a) >= 1 and int(b) >= 1)
-    if text.endswith("d") and x and p.isdigit() and d.isdigit() and int(p) >= 1 and int(d) >= 1 and tps_ok:
+    tps_ok = not colon or (slash and a.isdecimal() and b.isdecimal() and int(a) >= 1 and int(b) >= 1)
+    if text.endswith("d") and x and p.isdecimal() and d.isdecimal() and int(p) >= 1 and int(d) >= 1 and tps_ok:
         return int(p) + int(d), int(p), (int(a), int(b)) if colon else None
     raise LigerSimError(f"{policy!r}: give data-parallel replicas as +dpN (e.g. intra_op+dp2), or prefill and "
                         "decode replicas as +PpDd (e.g. intra_op+1p3d), with their TP degrees as +PpDd:A/B "
@@ -126,7 +126,7 @@ def policy_degrees(policy: str) -> tuple[str, tuple[int, int] | None]:
     if not sep:
         return name, None
     tp, x, pp = rest.lower().partition("x")
-    if name != "hybrid" or not x or not tp.isdigit() or not pp.isdigit() or int(tp) < 1 or int(pp) < 1:
+    if name != "hybrid" or not x or not tp.isdecimal() or not pp.isdecimal() or int(tp) < 1 or int(pp) < 1:
         raise LigerSimError(f"{policy!r}: give a policy name, hybrid:TPxPP (e.g. hybrid:2x2) or all",
                             field="--policies")
     return name, (int(tp), int(pp))
@@ -228,7 +228,8 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     from sim.simulate import prepare
 
     every = every_layout(scn.hardware.count)
-    split = (scn.policy.prefill_tp, scn.tp()) if scn.policy.prefill_tp else None  # TP per phase
+    pol = scn.policy
+    split = (pol.prefill_tp, scn.tp()) if pol.prefill_tp and pol.prefill_tp != scn.tp() else None  # TP per phase
     out: dict[str, dict] = {}
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line

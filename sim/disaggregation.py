@@ -38,11 +38,15 @@ FOREVER = math.inf  # wait for a notice only
 
 
 def kv_flows(m: ModelShape, tp_from: int, tp_to: int) -> tuple[list[tuple[int, int]], float]:
-    """How a request's KV cache moves from a TP-`tp_from` replica to a TP-`tp_to` one: the (sender,
-    receiver) local ranks, each receiver getting every KV head it holds from the first sender that
-    holds it (with more ranks than KV heads, ranks hold copies), and the bytes per token of one
-    flow (2 x layers x its heads x head_dim x bytes; every flow carries as many heads)."""
+    """How a request's KV cache moves from a TP-`tp_from` replica to a TP-`tp_to` one (degrees that
+    divide one another, `policy.prefill_tp`'s rule): the (sender, receiver) local ranks, each
+    receiver getting every KV head it holds from a sender holding it, and the bytes per token of
+    one flow (2 x layers x its heads x head_dim x bytes; every flow carries as many heads). With
+    more ranks than KV heads, ranks hold copies: the c-th copy on the receiving side takes its head
+    from the c-th copy on the sending side (modulo their number), so at one degree rank i sends
+    to rank i and every sender works."""
     heads = m.kv_heads
+    copies_from, copies_to = max(1, tp_from // heads), max(1, tp_to // heads)
 
     def held(tp: int, rank: int) -> range:
         first = rank * heads // tp
@@ -51,10 +55,11 @@ def kv_flows(m: ModelShape, tp_from: int, tp_to: int) -> tuple[list[tuple[int, i
     count: dict[tuple[int, int], int] = {}
     for j in range(tp_to):
         for h in held(tp_to, j):
-            pair = (h * tp_from // heads, j)
+            pair = (h * tp_from // heads + (j % copies_to) % copies_from, j)
             count[pair] = count.get(pair, 0) + 1
-    per_flow = max(count.values())
-    return sorted(count), 2.0 * m.layers * per_flow * m.head_dim * m.dtype_bytes
+    if len(set(count.values())) > 1:  # degrees that do not divide one another: `_check_prefill_tp` refuses
+        raise ValueError(f"TP {tp_from} -> {tp_to} over {heads} KV heads moves unequal flows")
+    return sorted(count), 2.0 * m.layers * next(iter(count.values())) * m.head_dim * m.dtype_bytes
 
 
 class Handoff:

@@ -240,6 +240,8 @@ def run_tables(events: pd.DataFrame, jobs, meta: dict, policy: str, sim_wall_s: 
                                           rejected, max(1, len(replicas)), total))
         if replicas:
             summary["replica_requests"] = replicas
+        if total:
+            summary["kv_capacity_total_tokens"] = total
         if "handoffs" in meta:
             summary.update(handoff_summary(meta["handoffs"], meta["scenario"]["policy"]["prefill_replicas"]))
     if rejected:
@@ -264,8 +266,10 @@ def describe(summary: dict) -> str:
                      f"TPOT mean {summary['tpot_mean_s'] * ms:.2f} ms  p99 {summary['tpot_p99_s'] * ms:.2f} ms; "
                      f"{summary['tokens_per_s']:,.0f} tokens/s")
         if "kv_occupancy_mean" in summary:
-            lines.append(f"  KV cache {summary['kv_capacity_tokens']:,} tokens/GPU, occupancy mean "
-                         f"{summary['kv_occupancy_mean']:.1%} max {summary['kv_occupancy_max']:.1%}")
+            held = (f"{summary['kv_capacity_total_tokens']:,} tokens over all replicas"
+                    if summary.get("kv_capacity_total_tokens") else f"{summary['kv_capacity_tokens']:,} tokens/GPU")
+            lines.append(f"  KV cache {held}, occupancy mean {summary['kv_occupancy_mean']:.1%} max "
+                         f"{summary['kv_occupancy_max']:.1%}")
         if "slo_attainment" in summary:
             lines.append(f"  SLO attainment {summary['slo_attainment']:.1%}, goodput {summary['goodput_jobs_s']:.2f} "
                          "jobs/s")

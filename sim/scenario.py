@@ -344,6 +344,12 @@ def _check_prefill_tp(scn: Scenario, file: str) -> None:
     if not pol.prefill_replicas:
         raise LigerSimError("prefill_tp is the prefill replicas' TP degree: set policy.prefill_replicas too",
                             file=file, field="policy.prefill_tp")
+    if pol.name not in ("intra_op", "in_order"):
+        raise LigerSimError(f"disaggregated replicas run intra_op (tensor parallel); {pol.name} inside a "
+                            "prefill or decode replica is not modelled", file=file, field="policy.name")
+    if pol.pp not in (None, 1):
+        raise LigerSimError("disaggregated replicas are tensor parallel only: leave policy.pp unset", file=file,
+                            field="policy.pp")
     if pol.tp is None:
         raise LigerSimError("with policy.prefill_tp, give policy.tp too: the decode replicas' TP degree",
                             file=file, field="policy.tp")
@@ -355,6 +361,9 @@ def _check_prefill_tp(scn: Scenario, file: str) -> None:
     problem = tp_errors(scn.model.shape(), pol.prefill_tp)
     if problem:
         raise LigerSimError(problem, file=file, field="policy.prefill_tp")
+    if pol.prefill_tp % pol.tp and pol.tp % pol.prefill_tp:  # else KV heads would move in unequal flows
+        raise LigerSimError(f"prefill_tp={pol.prefill_tp} and tp={pol.tp} must divide one another, so that each "
+                            "decode GPU's KV heads come whole from prefill GPUs", file=file, field="policy.prefill_tp")
 
 
 def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:

@@ -236,6 +236,9 @@ def test_kv_flows_reshard_between_tp_degrees():
     gqa = dc_replace(m, kv_heads=2)  # 4 ranks hold copies: 0, 1 head 0; 2, 3 head 1
     assert kv_flows(gqa, 4, 1) == ([(0, 0), (2, 0)], head)
     assert kv_flows(gqa, 1, 4) == ([(0, 0), (0, 1), (0, 2), (0, 3)], head)
+    assert kv_flows(gqa, 4, 4) == ([(0, 0), (1, 1), (2, 2), (3, 3)], head)  # copy c from copy c: every sender works
+    assert kv_flows(gqa, 4, 2) == ([(0, 0), (2, 1)], head)
+    assert kv_flows(gqa, 2, 4) == ([(0, 0), (0, 1), (1, 2), (1, 3)], head)
 
 
 def phase_tp(**serving) -> dict:
@@ -258,6 +261,7 @@ def test_prefill_replicas_of_their_own_tp_degree():
     assert served[0] == len(jobs) and served[1] + served[2] == int((req["output_tokens"] > 1).sum())
     _, summary = run_tables(run.events, jobs, run.result.meta, "intra_op", None)
     assert 0 < summary["kv_occupancy_max"] <= 1
+    assert f"KV cache {run.result.meta['kv_capacity_total_tokens']:,} tokens over all replicas" in describe(summary)
     assert run.result.meta["kv_capacity_total_tokens"] > 3 * run.result.meta["kv_capacity_tokens"] / 2
     folded = simulate(scn, jobs, fold_ranks=True)
     cols = ["rank", "request_id", "kind", "start_s", "end_s"]
@@ -298,9 +302,17 @@ def test_a_lone_request_prefills_at_one_tp_and_decodes_at_another():
     ({"dp": 3, "prefill_replicas": 1, "prefill_tp": 2}, "policy.tp", "decode replicas' TP"),
     ({"dp": 3, "prefill_replicas": 1, "prefill_tp": 2, "tp": 2}, "policy.prefill_tp", "not hardware.count = 4"),
     ({"dp": 2, "prefill_replicas": 1, "prefill_tp": 3, "tp": 1}, "policy.prefill_tp", "does not divide"),
+    ({"dp": 3, "prefill_replicas": 1, "prefill_tp": 2, "tp": 1, "pp": 2}, "policy.pp", "leave policy.pp unset"),
+    ({"name": "interleaved", "dp": 3, "prefill_replicas": 1, "prefill_tp": 2, "tp": 1}, "policy.name", "intra_op"),
+    ({"dp": 2, "prefill_replicas": 1, "prefill_tp": 3, "tp": 2, "count": 5}, "policy.prefill_tp",
+     "must divide one another"),
 ])
 def test_bad_prefill_tp_names_the_field(policy, field, words):
     d = scenario()
+    policy = dict(policy)
+    if "count" in policy:  # 24 heads: TP 3 and TP 2 each divide them, but not one another
+        d["hardware"]["count"] = policy.pop("count")
+        d["model"].update(heads=24, kv_heads=24, hidden=3072, ffn=8256)
     d["policy"] = {"name": "intra_op", **policy}
     with pytest.raises(LigerSimError) as err:
         parse_scenario(d, "s.yaml")
