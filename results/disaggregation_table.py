@@ -14,7 +14,7 @@ import json
 import warnings
 from pathlib import Path
 
-from results.replicas_table import COLUMNS, run
+from results.replicas_table import COLUMNS, print_header, row_cells, run
 from sim.errors import ScenarioWarning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,18 +44,15 @@ def main() -> None:
         name, gpus, layouts = STUDIES[index]
         out = ROOT / "results" / "disaggregation" / name
         out.mkdir(parents=True, exist_ok=True)
-        print(f"\n**{name}** on {gpus} GPUs (first {args.jobs} requests)\n")
-        print("| layout | rate | " + " | ".join(c[1] for c in columns) + " | requests per replica |")
-        print("|---|---|" + "---|" * len(columns) + "---|")
+        print_header(f"**{name}** on {gpus} GPUs (first {args.jobs} requests)", ["layout", "rate"], columns)
         for scale in (1.0, args.scale):
             for layout in layouts:
                 s = run(name, gpus, layout, "round_robin", args.jobs, scale, tight_tpot_s=TIGHT_TPOT_S)
-                (out / f"{layout.replace(':', '-').replace('/', '-')}-x{scale:g}.json").write_text(json.dumps(s, indent=2, default=float) + "\n")
-                cells = [f"{s[k] * f:,.1f}" if k in s else "-" for k, _, f in columns]
-                shares = " / ".join(str(n) for n in s.get("replica_requests", [])) or "-"
+                file = out / f"{layout.replace(':', '-').replace('/', '-')}-x{scale:g}.json"
+                file.write_text(json.dumps(s, indent=2, default=float) + "\n")
                 tps = "" if ":" in layout else f" (tp {s['layout'].split('tp ')[1]}"
-                print(f"| {layout}{tps} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | "
-                      + " | ".join(cells) + f" | {shares} |", flush=True)
+                print(f"| {layout}{tps} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | " + row_cells(s, columns),
+                      flush=True)
 
 
 if __name__ == "__main__":

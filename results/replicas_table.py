@@ -89,6 +89,21 @@ def lone(name: str, gpus: int, layout: str, interconnect: dict | None) -> str:
             f" of {(ev['end_s'].max() - ev['start_s'].min()) * 1e3:.1f} ms")
 
 
+def print_header(title: str, lead: list[str], columns: list[tuple[str, str, float]]) -> None:
+    """A study's title and its markdown table's header: the `lead` columns, then `columns`."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(lead + [c[1] for c in columns]) + " | requests per replica |")
+    print("|" + "---|" * (len(lead) + len(columns) + 1))
+
+
+def row_cells(s: dict, columns: list[tuple[str, str, float]]) -> str:
+    """A summary's cells for `columns` (key, title, scale; "-" where it has none) and its requests
+    per replica, closing a markdown row."""
+    cells = [f"{s[k] * f:,.1f}" if k in s else "-" for k, _, f in columns]
+    shares = " / ".join(str(n) for n in s.get("replica_requests", [])) or "-"
+    return " | ".join(cells) + f" | {shares} |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=200)
@@ -109,19 +124,16 @@ def main() -> None:
         name, gpus, layouts, interconnect, title = STUDIES[index]
         out = ROOT / "results" / "replicas" / (name + ("-measured-step" if interconnect else ""))
         out.mkdir(parents=True, exist_ok=True)
-        print(f"\n**{name}** on {gpus} GPUs{title} (first {args.jobs} requests)\n")
-        print("| layout | router | rate | " + " | ".join(c[1] for c in COLUMNS) + " | requests per replica |")
-        print("|---|---|---|" + "---|" * len(COLUMNS) + "---|")
+        print_header(f"**{name}** on {gpus} GPUs{title} (first {args.jobs} requests)", ["layout", "router", "rate"],
+                     COLUMNS)
         for scale in (1.0, args.scale):
             for layout in layouts:
                 for router in ("round_robin", "least_loaded") if "+dp" in layout else ("round_robin",):
                     s = run(name, gpus, layout, router, args.jobs, scale, interconnect)
                     file = out / f"{layout.replace(':', '-')}-{router}-x{scale:g}.json"
                     file.write_text(json.dumps(s, indent=2, default=float) + "\n")
-                    cells = [f"{s[k] * f:,.1f}" for k, _, f in COLUMNS]
-                    shares = " / ".join(str(n) for n in s.get("replica_requests", [])) or "-"
                     print(f"| {s['layout']} | {router if '+dp' in layout else '-'} | {scale:g}x "
-                          f"({s['offered_rate_jobs_s']:.2f}/s) | " + " | ".join(cells) + f" | {shares} |", flush=True)
+                          f"({s['offered_rate_jobs_s']:.2f}/s) | " + row_cells(s, COLUMNS), flush=True)
 
 
 if __name__ == "__main__":

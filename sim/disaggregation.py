@@ -186,7 +186,8 @@ class DecodePlan:
         self.sched: BatchScheduler = handoff.decode[d].scheduler
         self.items: list[Iteration | float | None] = []
 
-    def next(self, i: int, rt: Runtime) -> Iteration | float | None:
+    def next(self, i: int, rt: Runtime) -> tuple[tuple, Iteration | float | None]:
+        """Decision i (with no pushes: a decode replica has none to make)."""
         ho, sched, now = self.handoff, self.sched, rt.now()
         while len(self.items) <= i:
             if self.items and isinstance(self.items[-1], Iteration):
@@ -199,54 +200,40 @@ class DecodePlan:
                 ho.wake_decoders(rt)  # the others, idle and waiting for a notice, may be done too
             else:
                 self.items.append(it if it is not None else FOREVER)
-        return self.items[i]
+        return (), self.items[i]
 
 
-def build_prefill(ctx: PolicyContext, handoff: Handoff, p: int) -> list[RankPolicy]:
-    plan = PrefillPlan(handoff, p)
+def push_kv(rt: Runtime, ctx: PolicyContext, handoff: Handoff, pushes: list[tuple[int, int, int]],
+            stream: int) -> None:
+    """Launch this prefill rank's part of each placed request's KV push (after the iteration that
+    computed it: the host synced on it). Every flow is one transfer, so a folded run (rank 0
+    alone) still loads the links with every rank's flow."""
+    for rid, d, nbytes in pushes:
+        to = handoff.decode[d].base
+        group = tuple(r for src, dst in handoff.flows for r in (ctx.base + src, to + dst))
+        push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, group)
+        rt.launch(push, stream)
+        handoff.pushes[(push.group, push.seq)] = rid
+
+
+def build_replica(ctx: PolicyContext, handoff: Handoff, plan: PrefillPlan | DecodePlan) -> list[RankPolicy]:
+    """Every rank of a prefill or decode replica: catch up with the clock, take decision i from
+    the replica's plan, push what it says (a prefill rank holding KV heads to send), and run an
+    iteration, wait for a notice or a time, or end."""
+    prefill = isinstance(plan, PrefillPlan)
 
     def run(rt: Runtime) -> PolicyGen:
-        local = rt.rank - ctx.base
-        compute, kv_out = rt.new_stream(0), rt.new_stream(0)
+        compute = rt.new_stream(0)
+        kv_out = rt.new_stream(0) if prefill else -1
+        sender = prefill and rt.rank - ctx.base in handoff.senders  # else its heads come from a copy
         done = rt.new_event()
         i = 0
         while True:
             yield rt.catch_up()
             pushes, item = plan.next(i, rt)
             i += 1
-            for rid, d, nbytes in pushes:  # after the iteration that computed it: the host synced on it
-                if local not in handoff.senders:
-                    continue  # its KV heads come from another rank (copies)
-                # every flow in one transfer, so a folded run (rank 0 alone) still loads the links
-                # with every rank's flow
-                to = handoff.decode[d].base
-                group = tuple(r for i, j in handoff.flows for r in (ctx.base + i, to + j))
-                push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, group)
-                rt.launch(push, kv_out)
-                handoff.pushes[(push.group, push.seq)] = rid
-            if item is None:
-                return
-            if isinstance(item, float):
-                yield rt.wait_notify(item)
-                continue
-            launch_layered(rt, iteration_layered(ctx, ctx.world, item), compute, item.index, ctx.ranks)
-            rt.record(done, compute)
-            yield rt.sync(done)
-
-    return [run] * ctx.world
-
-
-def build_decode(ctx: PolicyContext, handoff: Handoff, d: int) -> list[RankPolicy]:
-    plan = DecodePlan(handoff, d)
-
-    def run(rt: Runtime) -> PolicyGen:
-        compute = rt.new_stream(0)
-        done = rt.new_event()
-        i = 0
-        while True:
-            yield rt.catch_up()
-            item = plan.next(i, rt)
-            i += 1
+            if pushes and sender:
+                push_kv(rt, ctx, handoff, pushes, kv_out)
             if item is None:
                 return
             if isinstance(item, float):

@@ -12,7 +12,7 @@ import pandas as pd
 from sim import policies
 from sim.contention import ContentionTable
 from sim.costs import ProfileCost, RooflineCost
-from sim.disaggregation import Handoff, build_decode, build_prefill
+from sim.disaggregation import DecodePlan, Handoff, PrefillPlan, build_replica
 from sim.engine import EVENT_COLUMNS, Engine, HostParams, SimResult
 from sim.errors import LigerSimError, ScenarioWarning
 from sim.eventlog import EventLog, group_label
@@ -199,8 +199,8 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
             handoff.attach(engine)
             for ctx in ctxs:
                 ctx.handoff = handoff
-            rank_policies = [p for r, ctx in enumerate(ctxs) for p in (
-                build_prefill(ctx, handoff, r) if r < routed else build_decode(ctx, handoff, r - routed))]
+            rank_policies = [p for r, ctx in enumerate(ctxs) for p in build_replica(
+                ctx, handoff, PrefillPlan(handoff, r) if r < routed else DecodePlan(handoff, r - routed))]
             return engine, cost, rank_policies, ctxs
     else:
         biggest = max(jobs, key=lambda j: j.batch * j.seq_len)
