@@ -18,12 +18,15 @@ from results.replicas_table import COLUMNS, print_header, row_cells, run
 from sim.errors import ScenarioWarning
 
 ROOT = Path(__file__).resolve().parent.parent
-# scenario, GPUs, layouts (a --policies label each)
+# scenario, GPUs, layouts (a --policies label each), interconnect preset (None: the scenario's)
 STUDIES = [
     ("azure-conv-llama2-13b-a100-pcie", 4, ["intra_op+dp4", "intra_op+1p3d", "intra_op+2p2d", "intra_op+3p1d",
                                             "intra_op+dp2", "intra_op+1p1d", "intra_op+1p2d:2/1",
-                                            "intra_op+2p1d:1/2"]),
-    ("azure-conv-llama2-70b-h100", 8, ["intra_op+dp2", "intra_op+1p1d"]),
+                                            "intra_op+2p1d:1/2"], None),
+    ("azure-conv-llama2-70b-h100", 8, ["intra_op+dp2", "intra_op+1p1d"], None),
+    # two DGX H100 nodes: prefill replicas on the first, decode on the second, pushes over the NICs
+    ("azure-conv-llama2-70b-h100", 16, ["intra_op+dp4", "intra_op+2p2d", "intra_op+1p3d", "intra_op+dp2",
+                                        "intra_op+1p1d"], "dgx-h100-ndr"),
 ]
 TIGHT_TPOT_S = 0.025  # a second, tighter TPOT SLO (with the scenario's TTFT one), where splitting pays
 EXTRA = [("slo_attainment_tight", f"SLO met, TPOT <= {TIGHT_TPOT_S * 1e3:g} ms (%)", 100.0),
@@ -36,18 +39,20 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--scale", type=float, default=4.0, help="the loaded rows' rate, as a multiple of the trace's")
     ap.add_argument("--studies", default=",".join(str(i) for i in range(len(STUDIES))),
-                    help="which studies to run, by index (0: 13B on 4 x A100-PCIe, 1: 70B on 8 x H100)")
+                    help="which studies to run, by index (0: 13B on 4 x A100-PCIe, 1: 70B on 8 x H100, 2: 70B on "
+                    "two DGX H100 nodes; the README ran 2 with --scale 8)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
     columns = COLUMNS + EXTRA
     for index in (int(i) for i in args.studies.split(",")):
-        name, gpus, layouts = STUDIES[index]
-        out = ROOT / "results" / "disaggregation" / name
+        name, gpus, layouts, interconnect = STUDIES[index]
+        out = ROOT / "results" / "disaggregation" / (name + (f"-{gpus}x-{interconnect}" if interconnect else ""))
         out.mkdir(parents=True, exist_ok=True)
-        print_header(f"**{name}** on {gpus} GPUs (first {args.jobs} requests)", ["layout", "rate"], columns)
+        over = f" over {interconnect}" if interconnect else ""
+        print_header(f"**{name}** on {gpus} GPUs{over} (first {args.jobs} requests)", ["layout", "rate"], columns)
         for scale in (1.0, args.scale):
             for layout in layouts:
-                s = run(name, gpus, layout, "round_robin", args.jobs, scale, tight_tpot_s=TIGHT_TPOT_S)
+                s = run(name, gpus, layout, "round_robin", args.jobs, scale, interconnect, tight_tpot_s=TIGHT_TPOT_S)
                 file = out / f"{layout.replace(':', '-').replace('/', '-')}-x{scale:g}.json"
                 file.write_text(json.dumps(s, indent=2, default=float) + "\n")
                 tps = "" if ":" in layout else f" (tp {s['layout'].split('tp ')[1]}"

@@ -42,7 +42,7 @@ COLUMNS = [("ttft_mean_s", "TTFT mean (ms)", 1e3), ("ttft_p99_s", "TTFT p99 (ms)
            ("tokens_per_s", "tokens/s", 1.0), ("slo_attainment", "SLO met (%)", 100.0)]
 
 
-def layout_of(name: str, gpus: int, layout: str, interconnect: dict | None) -> tuple[dict, Path, Path]:
+def layout_of(name: str, gpus: int, layout: str, interconnect: dict | str | None) -> tuple[dict, Path, Path]:
     """The scenario mapping of `name` on `gpus` GPUs in `layout` (a --policies label), its file
     and the folder its trace is read relative to."""
     path = ROOT / "scenarios" / f"{name}.yaml"
@@ -56,7 +56,7 @@ def layout_of(name: str, gpus: int, layout: str, interconnect: dict | None) -> t
 
 
 def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
-        interconnect: dict | None = None, tight_tpot_s: float | None = None) -> dict:
+        interconnect: dict | str | None = None, tight_tpot_s: float | None = None) -> dict:
     """One row's summary; with `tight_tpot_s`, also `slo_attainment_tight`: the share of requests
     within the scenario's TTFT SLO and that TPOT SLO instead of its own."""
     d, path, base = layout_of(name, gpus, layout, interconnect)
