@@ -9,12 +9,11 @@ results/disaggregation/<scenario>/<layout>-x<scale>.json (summaries) and prints 
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
 
-from results.replicas_table import COLUMNS, print_header, row_cells, run
+from results.replicas_table import COLUMNS, print_header, row_cells, run, study_parser
 from sim.errors import ScenarioWarning
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +34,8 @@ EXTRA = [("slo_attainment_tight", f"SLO met, TPOT <= {TIGHT_TPOT_S * 1e3:g} ms (
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--jobs", type=int, default=200)
-    ap.add_argument("--scale", type=float, default=4.0, help="the loaded rows' rate, as a multiple of the trace's")
-    ap.add_argument("--studies", default=",".join(str(i) for i in range(len(STUDIES))),
-                    help="which studies to run, by index (0: 13B on 4 x A100-PCIe, 1: 70B on 8 x H100, 2: 70B on "
-                    "two DGX H100 nodes; the README ran 2 with --scale 8)")
-    args = ap.parse_args()
+    args = study_parser(__doc__, len(STUDIES), "0: 13B on 4 x A100-PCIe, 1: 70B on 8 x H100, 2: 70B on two DGX H100 "
+                        "nodes; the README ran 2 with --scale 8").parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
     columns = COLUMNS + EXTRA
     for index in (int(i) for i in args.studies.split(",")):

@@ -104,13 +104,19 @@ def row_cells(s: dict, columns: list[tuple[str, str, float]]) -> str:
     return " | ".join(cells) + f" | {shares} |"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def study_parser(doc: str, studies: int, which: str) -> argparse.ArgumentParser:
+    """The options a results table takes: requests, the loaded rows' rate, and which studies."""
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--scale", type=float, default=4.0, help="the loaded rows' rate, as a multiple of the trace's")
-    ap.add_argument("--studies", default=",".join(str(i) for i in range(len(STUDIES))),
-                    help="which of the studies to run, by index (0: 13B on PCIe, 1: 70B on H100, 2: its TP-8 "
-                    "rows with the measured all-reduce latency)")
+    ap.add_argument("--studies", default=",".join(str(i) for i in range(studies)),
+                    help=f"which of the studies to run, by index ({which})")
+    return ap
+
+
+def main() -> None:
+    ap = study_parser(__doc__, len(STUDIES), "0: 13B on PCIe, 1: 70B on H100, 2: its TP-8 rows with the measured "
+                      "all-reduce latency")
     ap.add_argument("--lone", action="store_true", help="one request alone under each intra_op layout")
     args = ap.parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
