@@ -296,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("scenario", help="scenario YAML file")
     c.add_argument("--policies", default="intra_op,inter_op,interleaved",
                    help="comma-separated: intra_op, inter_op, interleaved, hybrid (the scenario's TP/PP), "
-                        "hybrid:TPxPP, each optionally +dpN for N data-parallel replicas (intra_op+dp2), or all "
-                        "(every way to parallelise the GPUs that fits, replicas included)")
+                        "hybrid:TPxPP, each optionally +dpN for N data-parallel replicas (intra_op+dp2); "
+                        "intra_op+PpDd[:A/B] for P prefill and D decode replicas (of TP A and B); all (every way "
+                        "to parallelise the GPUs that fits, replicas included); disaggregated (every prefill/"
+                        "decode split that fits; generative)")
     c.add_argument("--rates", required=True, help="offered rates in jobs/s: R1,R2,... or START:STOP:STEP")
     c.add_argument("-o", "--output", default="out/curve", help="output folder")
     c.add_argument("--jobs", type=int, default=None, help="use only the first N jobs at each rate")

@@ -168,6 +168,22 @@ def every_layout(gpus: int) -> list[str]:
     return out
 
 
+def every_split(gpus: int) -> list[str]:
+    """Every way to split `gpus` GPUs into prefill and decode replicas (`intra_op+PpDd[:A/B]`): P
+    prefill replicas of TP A and D decode replicas of TP B, A and B dividing one another, with
+    P x A + D x B = gpus (`:A/B` only where A and B differ)."""
+    out = []
+    for a in range(1, gpus):
+        for b in range(1, gpus):
+            if a % b and b % a:
+                continue
+            for p in range(1, gpus // a + 1):
+                rest = gpus - p * a
+                if rest >= b and rest % b == 0:
+                    out.append(f"intra_op+{p}p{rest // b}d" + (f":{a}/{b}" if a != b else ""))
+    return out
+
+
 VARY_SECTIONS = ("policy", "serving", "hardware", "model")  # not the workload: a curve's jobs are one per rate
 
 
@@ -227,14 +243,17 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
     by name that cannot run is an error."""
     from sim.simulate import prepare
 
-    every = every_layout(scn.hardware.count)
+    every = {"all": every_layout(scn.hardware.count), "disaggregated": every_split(scn.hardware.count)}
+    if "disaggregated" in policies and scn.serving.mode != "generative":
+        raise LigerSimError("--policies disaggregated splits prefill from decode: it needs serving.mode: generative",
+                            file=file, field="--policies")
     pol = scn.policy
     split = (pol.prefill_tp, scn.tp()) if pol.prefill_tp and pol.prefill_tp != scn.tp() else None  # TP per phase
     out: dict[str, dict] = {}
     generative = scn.serving.mode == "generative"
     mode_varies = any(k == "serving.mode" for k, _ in vary)  # then which fields count is per line
     for asked in policies:
-        for policy in every if asked == "all" else [named_line(asked, scn.policy.dp, scn.policy.prefill_replicas, split)]:
+        for policy in every.get(asked) or [named_line(asked, scn.policy.dp, scn.policy.prefill_replicas, split)]:
             name = policy_degrees(policy)[0]
             ignored = [] if mode_varies else [k for k, _ in vary if not reads(name, k, generative)]
             for k in ignored:  # one line, not several identical ones
@@ -259,14 +278,14 @@ def scenario_variants(policies: list[str], vary: list[tuple[str, list]], scn: Sc
                     line = parse_scenario(variant, file)
                     prepare(line, fitted(line, jobs), record_ir=False, file=file)
                 except LigerSimError as e:
-                    if asked != "all":
+                    if asked not in every:
                         raise LigerSimError(f"{label}: {e}", field="--policies") from None
-                    warnings.warn(f"--policies all: {label} left out: {e}", ScenarioWarning, stacklevel=2)
+                    warnings.warn(f"--policies {asked}: {label} left out: {e}", ScenarioWarning, stacklevel=2)
                     continue
                 out[label] = variant
     if not out:
-        raise LigerSimError("no policy of --policies all can run this scenario (see the warnings above)"
-                            if policies else "give at least one policy", field="--policies")
+        raise LigerSimError(f"no policy of --policies {','.join(policies)} can run this scenario (see the warnings "
+                            "above)" if policies else "give at least one policy", field="--policies")
     return out
 
 

@@ -84,6 +84,31 @@ def test_prefill_and_decode_replicas_by_name():
     assert lines["intra_op+dp2"]["policy"] == {"name": "intra_op", "dp": 2}
 
 
+def test_disaggregated_is_every_split_of_the_gpus_that_fits():
+    """`--policies disaggregated`: P prefill replicas of TP A and D decode replicas of TP B with
+    P x A + D x B GPUs, A and B dividing one another; those the model cannot run left out with a
+    warning; refused for encoder scenarios."""
+    from sim.curve import every_split
+
+    assert every_split(4) == ["intra_op+1p3d", "intra_op+2p2d", "intra_op+3p1d", "intra_op+2p1d:1/2",
+                              "intra_op+1p1d:1/3", "intra_op+1p2d:2/1", "intra_op+1p1d", "intra_op+1p1d:3/1"]
+    d = tiny("intra_op")
+    d["serving"] = {"mode": "generative"}
+    d["workload"].update(batch=1, prompt_tokens=64, output_tokens=4)
+    d["workload"].pop("seq_len", None)
+    scn = parse_scenario(d)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lines = scenario_variants(["disaggregated"], [], scn, d, load_jobs(scn, None), "s.yaml")
+    assert list(lines) == [p for p in every_split(4) if ":3/" not in p and "/3" not in p]  # TP 3: not the heads
+    assert all("left out" in str(w.message) and "tp=3" in str(w.message) for w in caught)
+    d["serving"] = {"mode": "encoder"}
+    d["workload"] = tiny("intra_op")["workload"]
+    enc = parse_scenario(d)
+    with pytest.raises(LigerSimError, match="needs serving.mode: generative"):
+        scenario_variants(["disaggregated"], [], enc, d, load_jobs(enc, None), "s.yaml")
+
+
 def test_all_is_every_parallelisation_the_model_allows():
     d = twelve_heads_on_8()
     scn = parse_scenario(d)
