@@ -4,22 +4,23 @@ DistServe (Zhong et al., OSDI'24) and Splitwise (Patel et al., ISCA'24) run a re
 and its decode on different GPUs, so that a long prompt never stalls the decodes batched beside
 it, at the price of moving the prompt's KV cache and of GPUs that each serve one phase. Here the
 first `policy.prefill_replicas` of the `policy.dp` replicas only prefill: their schedulers batch
-prompts (chunked or not) and emit each request's first token. The others only decode.
+prompts (chunked or not) and emit each request's first token. The others only decode. Each phase
+may have its own TP degree (`policy.prefill_tp`), as DistServe chooses them apart.
 
 When a prefill iteration completes, the finished prompts queue, in order, for a decode replica:
 each goes to the one with the lowest load (vLLM's data-parallel rule, `BatchScheduler.load`)
-among those whose KV cache has room for it, which reserves its blocks. Every tensor-parallel rank
-of the prefill replica then pushes its shard of the request's KV cache to the decode ranks that
-hold those KV heads (the rank of the same position when both replicas have one TP degree;
-`policy.prefill_tp` lets the prefill replicas have their own, as DistServe chooses each phase's) (a `kv_push`: one-sided, by DMA, over the links between them, sharing them with
-other transfers; the shards move as one transfer, from when the last rank issues its part). The
-decode replica decodes the request once it has arrived, and the prefill replica frees its
-blocks then. A request no decode replica has room for waits, holding
-its prefill blocks: the backpressure that stalls prefill when decode is the bottleneck.
+among those whose KV cache has room for it, which reserves its blocks. The prefill replica's GPUs
+then push the KV heads each decode GPU holds (`kv_flows`: at one TP degree rank i to rank i) as
+one `kv_push`: one-sided, by DMA, over the links between them and sharing them with other
+transfers, from when the last sending rank issues its part. The decode replica decodes the
+request once it has arrived, and the prefill replica frees its blocks then. A request no decode
+replica has room for waits, holding its prefill blocks: the backpressure that stalls prefill when
+decode is the bottleneck.
 
 The KV cache moves after the whole prefill, as DistServe's decode instances pull it, not layer by
-layer as it is computed (Splitwise overlaps the two); over NVLink the push takes a few percent of the prefill, over a PCIe
-host bridge a good part of it (README, "Prefill and decode on separate GPUs").
+layer as it is computed (Splitwise overlaps the two). Over NVLink the push takes a few percent of
+the prefill, over a PCIe host bridge a good part of it (README, "Prefill and decode on separate
+GPUs").
 """
 
 from __future__ import annotations
