@@ -30,7 +30,7 @@ from collections import deque
 
 from sim.kernels import Kernel, collective
 from sim.layers import ModelShape
-from sim.policies.common import PolicyContext, RankPolicy, launch_layered
+from sim.policies.common import LayeredKernels, PolicyContext, RankPolicy, after, launch_layered
 from sim.policies.generative import iteration_layered
 from sim.runtime import PolicyGen, Runtime
 from sim.serving import BatchScheduler, Iteration, Seq
@@ -79,9 +79,16 @@ class Handoff:
         self.queue: deque[tuple[int, Seq]] = deque()  # (prefill replica, request) awaiting room
         self.placed: list[list[tuple[int, int, int]]] = [[] for _ in prefill]  # (request, decode, bytes)
         self.owner: dict[int, tuple[int, int]] = {}  # request -> (prefill, decode) while its KV moves
-        # a push's (group, seq) -> its request: a kernel's request_id names an iteration in
-        # generative runs, and a push belongs to none (its time is not the iteration's)
-        self.pushes: dict[tuple, int] = {}
+        # a push's (group, seq) -> the requests whose KV it completes: a kernel's request_id names an
+        # iteration in generative runs, and a push belongs to none (its time is not the iteration's)
+        self.pushes: dict[tuple, list[int]] = {}
+        # `policy.kv_transfer: layerwise`: requests placed when their prefill starts, pushed layer by
+        # layer; a request goes on to decode once both its prefill has ended and its KV has arrived
+        self.layerwise = prefill[0].policy.kv_transfer == "layerwise"
+        self.per_layer = self.kv_per_token / m.layers
+        self.streaming: set[int] = set()
+        self.prefilled: set[int] = set()
+        self.arrived: set[int] = set()
         self.notify = None  # set by `attach`: the engine's notice to a rank's host
         # request -> [prefilled, placed on a decode replica, KV arrived] (simulated s): the IR header's
         # `handoffs`, from which a run's summary tells transfer time from waiting for decode room
@@ -111,22 +118,68 @@ class Handoff:
             for rank in self.prefill[p].ranks:
                 rt.notify(rank)
 
+    def place_early(self, p: int, s: Seq, now: float) -> bool:
+        """`layerwise`: place a request whose prefill starts now on the decode replica with the
+        lowest load that has room, unless older prompts wait for room (they go first)."""
+        if self.queue:
+            return False
+        order = sorted(range(len(self.decode)), key=lambda d: (self.decode[d].scheduler.load(), d))
+        d = next((d for d in order if self.decode[d].scheduler.accept(s, now)), None)
+        if d is None:
+            return False
+        self.owner[s.rid] = (p, d)
+        self.streaming.add(s.rid)
+        self.times[s.rid] = [math.nan, now, math.nan]
+        return True
+
+    def layer_pushes(self, it: Iteration, p: int, now: float) -> dict[int, tuple[int, list[int]]]:
+        """`layerwise`: what iteration `it` of prefill replica `p` pushes after each layer, per decode
+        replica: (bytes per flow of one layer, the requests whose last chunk it carries)."""
+        sched, out = self.prefill[p].scheduler, {}
+        for rid, chunk, past in it.prefills:
+            s = sched.seqs[rid]
+            if past == 0 and s.output > 1 and rid not in self.owner:  # its prefill starts: place it if there is room
+                self.place_early(p, s, now)
+            if rid in self.streaming:
+                d = self.owner[rid][1]
+                nbytes, last = out.get(d, (0.0, []))
+                out[d] = (nbytes + chunk * self.per_layer, last + [rid] * (past + chunk == s.target))
+        return {d: (round(b), last) for d, (b, last) in out.items()}
+
     def pushed(self, kernel: Kernel, now: float) -> None:
-        """The engine: a request's KV cache has arrived (every TP rank's shard: one transfer)."""
-        rid = self.pushes.pop((kernel.group, kernel.seq))
+        """The engine: a push has arrived (every TP rank's shard: one transfer); the requests whose
+        KV it completes go on to decode once their prefill has ended."""
+        for rid in self.pushes.pop((kernel.group, kernel.seq)):
+            self.arrived.add(rid)
+            self.times[rid][2] = now
+            if rid in self.prefilled:
+                self.go_on(rid, now)
+
+    def go_on(self, rid: int, now: float) -> None:
+        """Request `rid`'s prefill has ended and its KV has arrived: the prefill replica frees its
+        blocks and the decode replica decodes it."""
         p, d = self.owner.pop(rid)
-        self.times[rid][2] = now
+        self.prefilled.discard(rid)
+        self.arrived.discard(rid)
+        self.streaming.discard(rid)
         self.prefill[p].scheduler.release(rid, now)
         self.decode[d].scheduler.received(rid)
         for rank in self.decode[d].ranks + self.prefill[p].ranks:
             self.notify(rank)
 
     def hand_on(self, p: int, now: float) -> None:
-        """Queue what prefill replica `p` has just prefilled, in order."""
+        """What prefill replica `p` has just prefilled: queued in order for a decode replica, or, if
+        it streams to one already, on to it once its KV has arrived."""
         sched = self.prefill[p].scheduler
         for s in sched.handed:
-            self.queue.append((p, s))
-            self.times[s.rid] = [now, math.nan, math.nan]
+            self.prefilled.add(s.rid)
+            if s.rid in self.streaming:
+                self.times[s.rid][0] = now
+                if s.rid in self.arrived:
+                    self.go_on(s.rid, now)
+            else:
+                self.queue.append((p, s))
+                self.times[s.rid] = [now, math.nan, math.nan]
         sched.handed.clear()
 
     def table(self) -> list[list[float]]:
@@ -156,9 +209,11 @@ class PrefillPlan:
     def __init__(self, handoff: Handoff, p: int):
         self.handoff, self.p = handoff, p
         self.sched: BatchScheduler = handoff.prefill[p].scheduler
-        self.items: list[tuple[list[tuple[int, int, int]], Iteration | float | None]] = []
+        self.items: list[tuple[list[tuple[int, int, int]], Iteration | float | None, dict]] = []
 
-    def next(self, i: int, rt: Runtime) -> tuple[list[tuple[int, int, int]], Iteration | float | None]:
+    def next(self, i: int, rt: Runtime) -> tuple[list[tuple[int, int, int]], Iteration | float | None, dict]:
+        """Decision i: KV pushes to issue now, then an iteration (with its `layerwise` pushes per
+        decode replica, `Handoff.layer_pushes`), a time to wait until (or a notice), or the end."""
         ho, sched, now = self.handoff, self.sched, rt.now()
         while len(self.items) <= i:
             if self.items and isinstance(self.items[-1][1], Iteration):
@@ -168,13 +223,13 @@ class PrefillPlan:
             pushes, ho.placed[self.p] = ho.placed[self.p], []
             it = sched.plan(now, 0)
             if it is None and ho.prefill_done(self.p):
-                self.items.append((pushes, None))
+                self.items.append((pushes, None, {}))
                 continue
             if it is None:  # the next arrival, or (its blocks held by pushes, or none) a notice
                 t = sched.next_arrival()
-                self.items.append((pushes, t if t is not None and t > now else FOREVER))
+                self.items.append((pushes, t if t is not None and t > now else FOREVER, {}))
             else:
-                self.items.append((pushes, it))
+                self.items.append((pushes, it, ho.layer_pushes(it, self.p, now) if ho.layerwise else {}))
         return self.items[i]
 
 
@@ -187,7 +242,7 @@ class DecodePlan:
         self.sched: BatchScheduler = handoff.decode[d].scheduler
         self.items: list[Iteration | float | None] = []
 
-    def next(self, i: int, rt: Runtime) -> tuple[tuple, Iteration | float | None]:
+    def next(self, i: int, rt: Runtime) -> tuple[tuple, Iteration | float | None, dict]:
         """Decision i (with no pushes: a decode replica has none to make)."""
         ho, sched, now = self.handoff, self.sched, rt.now()
         while len(self.items) <= i:
@@ -201,7 +256,7 @@ class DecodePlan:
                 ho.wake_decoders(rt)  # the others, idle and waiting for a notice, may be done too
             else:
                 self.items.append(it if it is not None else FOREVER)
-        return (), self.items[i]
+        return (), self.items[i], {}
 
 
 def push_kv(rt: Runtime, ctx: PolicyContext, handoff: Handoff, pushes: list[tuple[int, int, int]],
@@ -210,11 +265,33 @@ def push_kv(rt: Runtime, ctx: PolicyContext, handoff: Handoff, pushes: list[tupl
     computed it: the host synced on it). Every flow is one transfer, so a folded run (rank 0
     alone) still loads the links with every rank's flow."""
     for rid, d, nbytes in pushes:
-        to = handoff.decode[d].base
-        group = tuple(r for src, dst in handoff.flows for r in (ctx.base + src, to + dst))
-        push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, -1, group)
-        rt.launch(push, stream)
-        handoff.pushes[(push.group, push.seq)] = rid
+        launch_push(rt, ctx, handoff, d, nbytes, [rid], stream)
+
+
+def launch_push(rt: Runtime, ctx: PolicyContext, handoff: Handoff, d: int, nbytes: int, completes: list[int],
+                stream: int, layer: int = -1) -> None:
+    """One KV push of `nbytes` per flow to decode replica `d`, which completes the KV of the
+    requests `completes`."""
+    to = handoff.decode[d].base
+    group = tuple(r for src, dst in handoff.flows for r in (ctx.base + src, to + dst))
+    push = Kernel(collective("kv_push", "push_kv", nbytes), rt.rank, -1, layer, group)
+    rt.launch(push, stream)
+    handoff.pushes[(push.group, push.seq)] = completes
+
+
+def launch_streaming(rt: Runtime, ctx: PolicyContext, handoff: Handoff, ks: LayeredKernels, index: int,
+                     stream: dict[int, tuple[int, list[int]]], compute: int, kv_out: int) -> None:
+    """`layerwise`: an iteration's kernels with, after each layer, its KV pushed on `kv_out` (which
+    waits for that layer) to each decode replica its requests stream to; the last layer's push
+    completes the requests whose last chunk this is."""
+    last = ks.layers.stop - 1
+    for layer, specs in ks.parts():
+        for spec in specs:
+            rt.launch(Kernel(spec, rt.rank, index, layer, ctx.ranks if spec.is_collective else None), compute)
+        if ks.layers.start <= layer <= last:
+            after(rt, compute, kv_out)
+            for d, (nbytes, done) in stream.items():
+                launch_push(rt, ctx, handoff, d, nbytes, done if layer == last else [], kv_out, layer)
 
 
 def build_replica(ctx: PolicyContext, handoff: Handoff, plan: PrefillPlan | DecodePlan) -> list[RankPolicy]:
@@ -231,7 +308,7 @@ def build_replica(ctx: PolicyContext, handoff: Handoff, plan: PrefillPlan | Deco
         i = 0
         while True:
             yield rt.catch_up()
-            pushes, item = plan.next(i, rt)
+            pushes, item, stream = plan.next(i, rt)
             i += 1
             if pushes and sender:
                 push_kv(rt, ctx, handoff, pushes, kv_out)
@@ -240,7 +317,11 @@ def build_replica(ctx: PolicyContext, handoff: Handoff, plan: PrefillPlan | Deco
             if isinstance(item, float):
                 yield rt.wait_notify(item)
                 continue
-            launch_layered(rt, iteration_layered(ctx, ctx.world, item), compute, item.index, ctx.ranks)
+            ks = iteration_layered(ctx, ctx.world, item)
+            if stream and sender:
+                launch_streaming(rt, ctx, handoff, ks, item.index, stream, compute, kv_out)
+            else:
+                launch_layered(rt, ks, compute, item.index, ctx.ranks)
             rt.record(done, compute)
             yield rt.sync(done)
 

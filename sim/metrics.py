@@ -156,10 +156,12 @@ def generative_summary(requests: pd.DataFrame, kv_log: list, kv_capacity: int | 
 
 def handoff_summary(handoffs: list[list[float]], prefill_replicas: int) -> dict:
     """Disaggregated serving: how long prefilled requests waited for room on a decode replica and
-    how long their KV cache took to arrive once placed (`handoffs`: request, prefilled, placed,
-    arrived, simulated s; an interrupted run's last ones may be unfinished, NaN)."""
+    how long after that (and after their prefill) their KV cache arrived (`handoffs`: request,
+    prefilled, placed, arrived, simulated s; an interrupted run's last ones may be unfinished, NaN)."""
     t = np.array([row[1:] for row in handoffs], dtype=float).reshape(-1, 3)
-    wait, move = t[:, 1] - t[:, 0], t[:, 2] - t[:, 1]
+    # placed before its prefill ended (`kv_transfer: layerwise`): no wait, and the transfer counts
+    # from the prefill's end, the part of it a request sees
+    wait, move = np.maximum(t[:, 1] - t[:, 0], 0.0), np.maximum(t[:, 2] - np.maximum(t[:, 0], t[:, 1]), 0.0)
     out: dict = {"prefill_replicas": prefill_replicas, "handoffs": len(t)}
     for name, v in (("decode_wait", wait), ("kv_transfer", move)):
         v = v[np.isfinite(v)]

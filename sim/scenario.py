@@ -225,6 +225,11 @@ class PolicySpec(StrictModel):
                                   "this many of the dp replicas only prefill and push each request's KV cache to "
                                   "one of the others, which only decode (DistServe, Splitwise); the router spreads "
                                   "arrivals over the prefill replicas. 0: every replica does both.")
+    kv_transfer: Literal["after_prefill", "layerwise"] = Field(
+        "after_prefill", description="Disaggregated serving: after_prefill = push a request's KV cache once its "
+        "prefill has ended (DistServe, vLLM's NIXL connector); layerwise = place it on a decode replica when its "
+        "prefill starts and push each layer's KV as that layer is computed (Splitwise, Mooncake), where a decode "
+        "replica has room then.")
     prefill_tp: int | None = Field(None, ge=1, description="Disaggregated serving: the prefill replicas' TP degree "
                                    "when it differs from the decode replicas' (policy.tp, then required); "
                                    "prefill_replicas x prefill_tp + (dp - prefill_replicas) x tp = hardware.count.")

@@ -409,7 +409,7 @@ class BatchScheduler:
                 or self._blocks_for(need) > self.free[0]):
             return False
         q = Seq(s.rid, s.arrival_s, s.prompt, s.output, group=0, target=s.prompt, prefilled=s.prompt,
-                generated=s.generated)
+                generated=1)  # its first token comes from the prefill replica
         self._grow(q, need)
         self.seqs[q.rid] = self.receiving[q.rid] = q
         self._log(now)

@@ -94,11 +94,15 @@ def test_a_lone_request_is_one_replica_alone_plus_its_kv_push():
         assert a - b == pytest.approx(shift, rel=1e-9)
 
 
-def test_a_request_of_one_token_never_leaves_its_prefill_replica():
-    run = simulate(parse_scenario(scenario()), [Job(0, 0.0, 1, 0, 100, 1), Job(1, 0.001, 1, 0, 50, 3)])
+@pytest.mark.parametrize("transfer", ["after_prefill", "layerwise"])
+def test_a_request_of_one_token_never_leaves_its_prefill_replica(transfer):
+    d = scenario()
+    d["policy"]["kv_transfer"] = transfer
+    run = simulate(parse_scenario(d), [Job(0, 0.0, 1, 0, 100, 1), Job(1, 0.001, 1, 0, 50, 3)])
     req = requests(run)
     assert req["tokens"].tolist() == [1, 3]
-    assert len(run.events[run.events["kind"] == "kv_push"]) == 2  # request 1's two shards only
+    pushes = run.events[run.events["kind"] == "kv_push"]
+    assert len(pushes) == (2 if transfer == "after_prefill" else 2 * 4)  # request 1's: two ranks (x 4 layers)
 
 
 def held_pushes(run) -> int:
@@ -329,3 +333,55 @@ def test_a_sweep_names_and_keeps_the_scenarios_tp_per_phase():
     assert list(lines) == ["intra_op+1p2d:2/1", "intra_op+1p1d", "intra_op+1p1d:2/2"]
     assert parse_scenario(lines["intra_op+1p2d:2/1"]).replicas() == [(0, 2), (2, 1), (3, 1)]
     assert parse_scenario(lines["intra_op+1p1d"]).replicas() == [(0, 2), (2, 2)]
+
+
+def test_layerwise_pushes_each_layer_as_it_is_computed():
+    """`policy.kv_transfer: layerwise`: a request placed when its prefill starts has each layer's
+    KV pushed after that layer, so over a PCIe bridge its second token comes much sooner than
+    when the whole cache moves after the prefill; every token is still served, and folding and
+    replay give the same events."""
+    job = Job(0, 0.0, 1, 0, 2000, 6)
+    d = scenario(count=4, dp=2, prefill=1)
+    d["hardware"]["interconnect"] = "pcie4"
+    after_prefill = simulate(parse_scenario(d), [job])
+    d["policy"]["kv_transfer"] = "layerwise"
+    scn = parse_scenario(d)
+    layerwise = simulate(scn, [job])
+    pushes = layerwise.events[layerwise.events["kind"] == "kv_push"]
+    assert sorted(set(pushes["layer"])) == list(range(4))  # one push per layer (per rank)
+    t_after, t_layer = token_times(after_prefill, 0), token_times(layerwise, 0)
+    assert len(t_layer) == 6
+    whole = after_prefill.events[after_prefill.events["kind"] == "kv_push"]
+    push_s = float((whole["end_s"] - whole["start_s"]).iloc[0])
+    assert push_s > 0.003  # 2,000 tokens of four layers' KV over the bridge: milliseconds
+    assert t_layer[1] - t_layer[0] < (t_after[1] - t_after[0]) - 0.5 * push_s  # most of the push hidden
+    jobs = load_jobs(parse_scenario(scenario(count=4, dp=2, prefill=1, jobs=24)), None)
+    run = simulate(scn, jobs)
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    folded = simulate(scn, jobs, fold_ranks=True)
+    cols = ["rank", "request_id", "kind", "layer", "start_s", "end_s"]
+    pd.testing.assert_frame_equal(run.events[run.events["rank"].isin([0, 2])][cols].reset_index(drop=True),
+                                  folded.events[cols].reset_index(drop=True), rtol=1e-12)
+    again = replay(run.result.schedule, jobs)
+    order = ["rank", "kernel_id"]
+    pd.testing.assert_frame_equal(run.events.sort_values(order)[cols].reset_index(drop=True),
+                                  again.events.sort_values(order)[cols].reset_index(drop=True), rtol=1e-12)
+
+
+def test_layerwise_falls_back_when_no_decode_replica_has_room_at_the_start():
+    """With a decode cache too small for the burst, prompts that find no room when their prefill
+    starts are pushed whole once room appears; all are served in full."""
+    d = scenario(jobs=40, rate=1e5, memory_utilization=0.15)
+    d["hardware"]["gpu"] = {"preset": "A100-SXM", "memory": 16e9}
+    d["workload"]["prompt_tokens"] = {"dist": "uniform", "low": 1500, "high": 2000}
+    d["workload"]["output_tokens"] = {"dist": "uniform", "low": 300, "high": 400}
+    d["policy"]["kv_transfer"] = "layerwise"
+    scn = parse_scenario(d)
+    run = simulate(scn, load_jobs(scn, None))
+    req = requests(run)
+    assert (req["tokens"] == req["output_tokens"]).all()
+    pushes = run.events[(run.events["kind"] == "kv_push") & (run.events["rank"] == 0)]
+    assert (pushes["layer"] >= 0).any() and (pushes["layer"] == -1).any()  # both kinds of push
+    _, summary = run_tables(run.events, run.jobs, run.result.meta, "intra_op", None)
+    assert summary["decode_wait_mean_s"] > 0 and summary["handoffs"] == 40

@@ -37,13 +37,13 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "interleaved": ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention"),
 }
 GENERATIVE_KNOBS: dict[str, tuple[str, ...]] = {
-    "intra_op": ("policy.prefill_replicas", "policy.prefill_tp"),
-    "in_order": ("policy.prefill_replicas", "policy.prefill_tp"),
+    "intra_op": ("policy.prefill_replicas", "policy.prefill_tp", "policy.kv_transfer"),
+    "in_order": ("policy.prefill_replicas", "policy.prefill_tp", "policy.kv_transfer"),
     "inter_op": ("serving.groups", "serving.pipeline_admission"), "hybrid": ("serving.groups", "serving.pipeline_admission"),
     "interleaved": ("serving.groups", "policy.split", "policy.split_collectives", "policy.contention"),
 }
 POLICY_FIELDS = ("policy.depth", "policy.split", "policy.split_collectives", "policy.contention",
-                 "policy.microbatches", "policy.prefill_replicas", "policy.prefill_tp", "serving.groups",
+                 "policy.microbatches", "policy.prefill_replicas", "policy.prefill_tp", "policy.kv_transfer", "serving.groups",
                  "serving.pipeline_admission")  # the fields some policy reads and another not
 
 
