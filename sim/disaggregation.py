@@ -282,16 +282,21 @@ def launch_push(rt: Runtime, ctx: PolicyContext, handoff: Handoff, d: int, nbyte
 def launch_streaming(rt: Runtime, ctx: PolicyContext, handoff: Handoff, ks: LayeredKernels, index: int,
                      stream: dict[int, tuple[int, list[int]]], compute: int, kv_out: int) -> None:
     """`layerwise`: an iteration's kernels with, after each layer, its KV pushed on `kv_out` (which
-    waits for that layer) to each decode replica its requests stream to; the last layer's push
-    completes the requests whose last chunk this is."""
+    waits for that layer) to each decode replica its requests stream to. The last layer's push,
+    which completes the requests whose last chunk this is, waits for the whole iteration: a request
+    decodes once its first token is out, and so it cannot go on before every sending rank is done
+    (a rank that sends nothing may finish, and hand requests on, first)."""
     last = ks.layers.stop - 1
     for layer, specs in ks.parts():
         for spec in specs:
             rt.launch(Kernel(spec, rt.rank, index, layer, ctx.ranks if spec.is_collective else None), compute)
-        if ks.layers.start <= layer <= last:
+        if ks.layers.start <= layer < last:
             after(rt, compute, kv_out)
-            for d, (nbytes, done) in stream.items():
-                launch_push(rt, ctx, handoff, d, nbytes, done if layer == last else [], kv_out, layer)
+            for d, (nbytes, _) in stream.items():
+                launch_push(rt, ctx, handoff, d, nbytes, [], kv_out, layer)
+    after(rt, compute, kv_out)
+    for d, (nbytes, done) in stream.items():
+        launch_push(rt, ctx, handoff, d, nbytes, done, kv_out, last)
 
 
 def build_replica(ctx: PolicyContext, handoff: Handoff, plan: PrefillPlan | DecodePlan) -> list[RankPolicy]:

@@ -403,6 +403,9 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
         raise LigerSimError("least_loaded counts the waiting and running requests of generative "
                             "serving; in serving.mode: encoder use round_robin", file=file, field="policy.router")
+    if pol.kv_transfer != "after_prefill" and not pol.prefill_replicas:
+        raise LigerSimError("kv_transfer is how disaggregated serving moves the KV cache: set "
+                            "policy.prefill_replicas too", file=file, field="policy.kv_transfer")
     if pol.prefill_replicas:
         if scn.serving.mode != "generative":
             raise LigerSimError("disaggregation splits prefill from decode: it needs serving.mode: generative",

@@ -213,6 +213,8 @@ def test_least_loaded_spreads_arrivals_over_prefill_replicas_only():
 
 @pytest.mark.parametrize("change,field,words", [
     ({"policy": {"name": "intra_op", "dp": 2, "prefill_replicas": 2}}, "policy.prefill_replicas", "none of the dp=2"),
+    ({"policy": {"name": "intra_op", "dp": 2, "kv_transfer": "layerwise"}}, "policy.kv_transfer",
+     "policy.prefill_replicas"),
     ({"policy": {"name": "interleaved", "dp": 2, "prefill_replicas": 1}}, "policy.name", "intra_op"),
     ({"serving": {"mode": "encoder"}}, "policy.prefill_replicas", "generative"),
 ])
@@ -385,3 +387,30 @@ def test_layerwise_falls_back_when_no_decode_replica_has_room_at_the_start():
     assert (pushes["layer"] >= 0).any() and (pushes["layer"] == -1).any()  # both kinds of push
     _, summary = run_tables(run.events, run.jobs, run.result.meta, "intra_op", None)
     assert summary["decode_wait_mean_s"] > 0 and summary["handoffs"] == 40
+
+
+def test_layerwise_with_kv_head_copies_folds_exactly():
+    """With more prefill ranks than KV heads some ranks send nothing and finish first; a request
+    still goes on to decode only after every sending rank's iteration (the folded run, which
+    simulates a sender, agrees with the full one)."""
+    d = scenario(count=8, dp=3, prefill=1, jobs=20, rate=400.0)
+    d["model"]["kv_heads"] = 2
+    d["policy"].update(prefill_tp=4, tp=2, kv_transfer="layerwise")
+    scn = parse_scenario(d)
+    jobs = load_jobs(scn, None)
+    run = simulate(scn, jobs)
+    assert (requests(run)["tokens"] == requests(run)["output_tokens"]).all()
+    folded = simulate(scn, jobs, fold_ranks=True)
+    cols = ["rank", "request_id", "kind", "layer", "start_s", "end_s"]
+    pd.testing.assert_frame_equal(run.events[run.events["rank"].isin([0, 4, 6])][cols].reset_index(drop=True),
+                                  folded.events[cols].reset_index(drop=True), rtol=1e-12)
+    ev = run.events[run.events["request_id"] >= 0]
+    span = ev.groupby("request_id").agg(t0=("start_s", "min"), t1=("end_s", "max"), rank=("rank", "min"))
+    it = pd.DataFrame(run.result.meta["iterations"], columns=["iteration", "group", "request_id", "tokens", "emits"])
+    prefill_end = span[span["rank"] < 4]["t1"]
+    decode_start = span[span["rank"] >= 4]["t0"]
+    for rid, rows in it.groupby("request_id"):
+        pre = [i for i in rows["iteration"] if i in prefill_end.index]
+        dec = [i for i in rows["iteration"] if i in decode_start.index]
+        if dec:
+            assert min(decode_start[dec]) >= max(prefill_end[pre]) - 1e-12
