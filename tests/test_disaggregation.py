@@ -409,7 +409,7 @@ def test_layerwise_with_kv_head_copies_folds_exactly():
     it = pd.DataFrame(run.result.meta["iterations"], columns=["iteration", "group", "request_id", "tokens", "emits"])
     prefill_end = span[span["rank"] < 4]["t1"]
     decode_start = span[span["rank"] >= 4]["t0"]
-    for rid, rows in it.groupby("request_id"):
+    for _, rows in it.groupby("request_id"):
         pre = [i for i in rows["iteration"] if i in prefill_end.index]
         dec = [i for i in rows["iteration"] if i in decode_start.index]
         if dec:
