@@ -17,11 +17,14 @@ from results.replicas_table import COLUMNS, print_header, row_cells, run, study_
 from sim.errors import ScenarioWarning
 
 ROOT = Path(__file__).resolve().parent.parent
-# scenario, GPUs, layouts (a --policies label each), interconnect preset (None: the scenario's)
+LAYERWISE = " layerwise"  # a layout with `policy.kv_transfer: layerwise`
+# scenario, GPUs, layouts (a --policies label each, LAYERWISE appended for layer-by-layer pushes),
+# interconnect preset (None: the scenario's)
 STUDIES = [
     ("azure-conv-llama2-13b-a100-pcie", 4, ["intra_op+dp4", "intra_op+1p3d", "intra_op+2p2d", "intra_op+3p1d",
                                             "intra_op+dp2", "intra_op+1p1d", "intra_op+1p2d:2/1",
-                                            "intra_op+2p1d:1/2"], None),
+                                            "intra_op+2p1d:1/2", "intra_op+1p3d" + LAYERWISE,
+                                            "intra_op+2p2d" + LAYERWISE, "intra_op+2p1d:1/2" + LAYERWISE], None),
     ("azure-conv-llama2-70b-h100", 8, ["intra_op+dp2", "intra_op+1p1d"], None),
     # two DGX H100 nodes: prefill replicas on the first, decode on the second, pushes over the NICs
     ("azure-conv-llama2-70b-h100", 16, ["intra_op+dp4", "intra_op+2p2d", "intra_op+1p3d", "intra_op+dp2",
@@ -46,12 +49,14 @@ def main() -> None:
         print_header(f"**{name}** on {gpus} GPUs{over} (first {args.jobs} requests)", ["layout", "rate"], columns)
         for scale in (1.0, args.scale):
             for layout in layouts:
-                s = run(name, gpus, layout, "round_robin", args.jobs, scale, interconnect, tight_tpot_s=TIGHT_TPOT_S)
-                file = out / f"{layout.replace(':', '-').replace('/', '-')}-x{scale:g}.json"
+                label, layerwise = layout.removesuffix(LAYERWISE), layout.endswith(LAYERWISE)
+                s = run(name, gpus, label, "round_robin", args.jobs, scale, interconnect, tight_tpot_s=TIGHT_TPOT_S,
+                        policy={"kv_transfer": "layerwise"} if layerwise else None)
+                file = out / f"{layout.replace(':', '-').replace('/', '-').replace(' ', '-')}-x{scale:g}.json"
                 file.write_text(json.dumps(s, indent=2, default=float) + "\n")
-                tps = "" if ":" in layout else f" (tp {s['layout'].split('tp ')[1]}"
-                print(f"| {layout}{tps} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | " + row_cells(s, columns),
-                      flush=True)
+                tps = "" if ":" in label else f" (tp {s['layout'].split('tp ')[1]}"
+                print(f"| {label}{tps}{', layerwise' if layerwise else ''} | {scale:g}x "
+                      f"({s['offered_rate_jobs_s']:.2f}/s) | " + row_cells(s, columns), flush=True)
 
 
 if __name__ == "__main__":

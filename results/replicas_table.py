@@ -56,11 +56,11 @@ def layout_of(name: str, gpus: int, layout: str, interconnect: dict | str | None
 
 
 def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
-        interconnect: dict | str | None = None, tight_tpot_s: float | None = None) -> dict:
+        interconnect: dict | str | None = None, tight_tpot_s: float | None = None, policy: dict | None = None) -> dict:
     """One row's summary; with `tight_tpot_s`, also `slo_attainment_tight`: the share of requests
-    within the scenario's TTFT SLO and that TPOT SLO instead of its own."""
+    within the scenario's TTFT SLO and that TPOT SLO instead of its own. `policy`: more policy fields."""
     d, path, base = layout_of(name, gpus, layout, interconnect)
-    d["policy"]["router"] = router
+    d["policy"].update(router=router, **(policy or {}))
     d["workload"]["jobs"] = jobs
     if scale != 1:
         trace = load_jobs(parse_scenario(d, str(path)), base)

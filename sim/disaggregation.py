@@ -17,10 +17,12 @@ request once it has arrived, and the prefill replica frees its blocks then. A re
 replica has room for waits, holding its prefill blocks: the backpressure that stalls prefill when
 decode is the bottleneck.
 
-The KV cache moves after the whole prefill, as DistServe's decode instances pull it, not layer by
-layer as it is computed (Splitwise overlaps the two). Over NVLink the push takes a few percent of
-the prefill, over a PCIe host bridge a good part of it (README, "Prefill and decode on separate
-GPUs").
+By default the KV cache moves after the whole prefill, as DistServe's decode instances pull it.
+Over NVLink that push takes a few percent of the prefill, over a PCIe host bridge a good part of
+it (README, "Prefill and decode on separate GPUs"). With `policy.kv_transfer: layerwise` it moves
+layer by layer as it is computed (Splitwise, Mooncake): a request is placed on a decode replica
+when its prefill starts (if one has room; else it falls back to the whole push), and goes on to
+decode once its prefill has ended and its last layer's KV has arrived.
 """
 
 from __future__ import annotations
