@@ -161,7 +161,7 @@ def every_layout(gpus: int) -> list[str]:
     replica's GPUs (one GPU: intra_op alone, the others would repeat it)."""
     out = []
     for dp in (d for d in range(1, gpus + 1) if gpus % d == 0):
-        per, tag = gpus // dp, f"+dp{dp}" if dp > 1 else ""
+        per, tag = gpus // dp, layout_tag(dp, 0)
         names = ["intra_op", "inter_op", "interleaved"] if per > 1 else ["intra_op"]
         names += [f"hybrid:{tp}x{per // tp}" for tp in range(2, per) if per % tp == 0]
         out += [n + tag for n in names]
@@ -180,7 +180,7 @@ def every_split(gpus: int) -> list[str]:
             for p in range(1, gpus // a + 1):
                 rest = gpus - p * a
                 if rest >= b and rest % b == 0:
-                    out.append(f"intra_op+{p}p{rest // b}d" + (f":{a}/{b}" if a != b else ""))
+                    out.append("intra_op" + layout_tag(p + rest // b, p, (a, b) if a != b else None))
     return out
 
 

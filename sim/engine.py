@@ -496,9 +496,6 @@ class Engine:
                     op = next(rt.gen)
                 except StopIteration:
                     return
-                if op.op == "wait_notify" and rt.rank in self.notified:  # noticed while busy
-                    self.notified.discard(rt.rank)
-                    op.op, op.until = "sleep_until", rt.host_t
                 if op.op == "sleep_until" and op.until > rt.host_t:
                     # the host really waits, so that what it decides next sees the simulated
                     # world of that moment (other ranks' hosts, arrivals)
@@ -512,7 +509,7 @@ class Engine:
                 if op.op == "catch_up":  # the clock has reached the host's time (`catch_up`)
                     phase = 0
                     continue
-                if op.op == "wait_notify":
+                if op.op == "wait_notify":  # a notice that came while the host was busy returns it at once
                     if rt.rank not in self.notified:  # wait for a notice, or until `until`
                         rt.blocked = op
                         rt.waits += 1

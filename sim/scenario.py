@@ -342,16 +342,30 @@ def format_validation_error(err: ValidationError, file: str) -> LigerSimError:
                          file=file, field=".".join(path) or "(top level)")
 
 
-def _check_prefill_tp(scn: Scenario, file: str) -> None:
-    """Prefill replicas of their own TP degree: only when disaggregated, with the decode replicas'
-    TP given, adding up to the GPUs, and dividing the model's heads."""
+def _check_disaggregation(scn: Scenario, file: str) -> None:
+    """The disaggregation fields: `kv_transfer` and `prefill_tp` only with prefill replicas, which
+    need generative serving, intra_op and a decode replica; prefill replicas of their own TP degree
+    need the decode replicas' (`tp`), no pp, GPUs that add up, and degrees that divide the model's
+    heads and one another."""
     pol, gpus = scn.policy, scn.hardware.count
-    if not pol.prefill_replicas:
+    if not pol.prefill_replicas and pol.prefill_tp is not None:
         raise LigerSimError("prefill_tp is the prefill replicas' TP degree: set policy.prefill_replicas too",
                             file=file, field="policy.prefill_tp")
+    if not pol.prefill_replicas:
+        raise LigerSimError("kv_transfer is how disaggregated serving moves the KV cache: set "
+                            "policy.prefill_replicas too", file=file, field="policy.kv_transfer")
+    if scn.serving.mode != "generative":
+        raise LigerSimError("disaggregation splits prefill from decode: it needs serving.mode: generative",
+                            file=file, field="policy.prefill_replicas")
+    if pol.prefill_replicas >= pol.dp:
+        hint = f"give 1 to {pol.dp - 1}" if pol.dp > 1 else "set policy.dp >= 2 (prefill and decode replicas in all)"
+        raise LigerSimError(f"{pol.prefill_replicas} prefill replicas leave none of the dp={pol.dp} replicas to "
+                            f"decode; {hint}", file=file, field="policy.prefill_replicas")
     if pol.name not in ("intra_op", "in_order"):
         raise LigerSimError(f"disaggregated replicas run intra_op (tensor parallel); {pol.name} inside a "
                             "prefill or decode replica is not modelled", file=file, field="policy.name")
+    if pol.prefill_tp is None:
+        return
     if pol.pp not in (None, 1):
         raise LigerSimError("disaggregated replicas are tensor parallel only: leave policy.pp unset", file=file,
                             field="policy.pp")
@@ -359,7 +373,7 @@ def _check_prefill_tp(scn: Scenario, file: str) -> None:
         raise LigerSimError("with policy.prefill_tp, give policy.tp too: the decode replicas' TP degree",
                             file=file, field="policy.tp")
     p, d = pol.prefill_replicas, pol.dp - pol.prefill_replicas
-    if d >= 1 and p * pol.prefill_tp + d * pol.tp != gpus:
+    if p * pol.prefill_tp + d * pol.tp != gpus:
         raise LigerSimError(f"{p} prefill replicas x tp {pol.prefill_tp} + {d} decode replicas x tp {pol.tp} = "
                             f"{p * pol.prefill_tp + d * pol.tp} GPUs, not hardware.count = {gpus}", file=file,
                             field="policy.prefill_tp")
@@ -380,9 +394,9 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     except ValidationError as err:
         raise format_validation_error(err, file) from None
     pol, gpus = scn.policy, scn.hardware.count
-    if pol.prefill_tp is not None:
-        _check_prefill_tp(scn, file)
-    elif gpus % pol.dp:
+    if pol.prefill_replicas or pol.prefill_tp is not None or pol.kv_transfer != "after_prefill":
+        _check_disaggregation(scn, file)
+    if pol.prefill_tp is None and gpus % pol.dp:
         raise LigerSimError(f"dp={pol.dp} replicas cannot split hardware.count = {gpus} GPUs evenly; give a dp that "
                             f"divides {gpus}", file=file, field="policy.dp")
     tp, pp, dp = scn.tp(), scn.pp(), pol.dp
@@ -403,20 +417,6 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if dp > 1 and pol.router == "least_loaded" and scn.serving.mode != "generative":
         raise LigerSimError("least_loaded counts the waiting and running requests of generative "
                             "serving; in serving.mode: encoder use round_robin", file=file, field="policy.router")
-    if pol.kv_transfer != "after_prefill" and not pol.prefill_replicas:
-        raise LigerSimError("kv_transfer is how disaggregated serving moves the KV cache: set "
-                            "policy.prefill_replicas too", file=file, field="policy.kv_transfer")
-    if pol.prefill_replicas:
-        if scn.serving.mode != "generative":
-            raise LigerSimError("disaggregation splits prefill from decode: it needs serving.mode: generative",
-                                file=file, field="policy.prefill_replicas")
-        if pol.prefill_replicas >= dp:
-            hint = f"give 1 to {dp - 1}" if dp > 1 else "set policy.dp >= 2 (prefill and decode replicas in all)"
-            raise LigerSimError(f"{pol.prefill_replicas} prefill replicas leave none of the dp={dp} replicas to "
-                                f"decode; {hint}", file=file, field="policy.prefill_replicas")
-        if pol.name not in ("intra_op", "in_order"):
-            raise LigerSimError(f"disaggregated replicas run intra_op (tensor parallel); {pol.name} inside a "
-                                "prefill or decode replica is not modelled", file=file, field="policy.name")
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
                             field="policy.pp")
