@@ -151,6 +151,10 @@ def _scenarios(settings: Settings) -> list[tuple]:
         loaded = [(parse_scenario(d, f"<builtin {d['name']}>"), REPO) for d in TINY_CPU]
     if not loaded:
         raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
+    from hw.run import one_replica
+
+    for (scn, _), path in zip(loaded, settings.scenarios or [None] * len(loaded)):
+        one_replica(scn, str(path or scn.name))
     return [(scn, load_jobs(scn, base)) for scn, base in loaded]
 
 

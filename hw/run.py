@@ -123,11 +123,16 @@ class RankResult:
 
 
 def one_replica(scn: Scenario, file: str) -> None:
-    """The CUDA backend runs one model replica: several data-parallel replicas are simulated only."""
+    """What the CUDA backend runs: one model replica of a dense model. Several data-parallel
+    replicas and mixture-of-experts layers are simulated only."""
     if scn.policy.dp > 1:
         raise LigerSimError(f"policy.dp={scn.policy.dp}: the CUDA backend runs one model replica; run one replica's "
                             "GPUs with policy.dp: 1 (the simulator models replicas, whose only shared resource is "
                             "the interconnect)", file=file, field="policy.dp")
+    if scn.model.experts:
+        raise LigerSimError(f"model {scn.model.name} is a mixture of experts ({scn.model.experts} experts): the CUDA "
+                            "backend runs dense models only; `ligersim run` simulates it", file=file,
+                            field="model.experts")
 
 
 def build_plan(src: Source) -> Plan:

@@ -78,11 +78,21 @@ class RooflineCost(CachedSolo):
         t_math = spec.flops / self.peak_flops
         if spec.kind in ("gemm", "bgemm"):
             t_math = max(t_math, self._gemm_waves(spec))
+        elif spec.kind == "grouped_gemm" and spec.dims["m"]:
+            t_math = max(t_math, self._grouped_waves(spec))
         return max(t_math, t_mem) + self.kernel_overhead_s
+
+    def _grouped_waves(self, spec: KernelSpec) -> float:
+        """A grouped GEMM pads each expert's rows to the row tile (as vLLM's moe_align_block_size
+        does): priced as `e` GEMMs of the mean rows per expert, waves over them all."""
+        d = spec.dims
+        return self._waves(d["e"], math.ceil(d["m"] / d["e"]), d["n"], d["k"])
 
     def _gemm_waves(self, spec: KernelSpec) -> float:
         d = spec.dims
-        m, n, k, b = d["m"], d["n"], d["k"], d.get("b", 1)
+        return self._waves(d.get("b", 1), d["m"], d["n"], d["k"])
+
+    def _waves(self, b: int, m: int, n: int, k: int) -> float:
         # The library picks a tile no bigger than the problem (multiples of 16).
         tm, tn = min(TILE, 16 * math.ceil(m / 16)), min(TILE, 16 * math.ceil(n / 16))
         tiles = b * math.ceil(m / tm) * math.ceil(n / tn)

@@ -16,6 +16,8 @@ KERNEL_CLASSES = ("compute", "memory", "collective", "copy")
 KIND_CLASS: dict[str, str] = {
     "gemm": "compute",
     "bgemm": "compute",
+    # mixture of experts: one launch computing several experts' GEMMs, each over its own rows
+    "grouped_gemm": "compute",
     "attention": "compute",
     "decode_attention": "memory",  # one query token per sequence: reads the whole KV cache
     "softmax": "memory",
@@ -40,7 +42,7 @@ SPLITTABLE_KINDS = frozenset({"gemm"})
 class KernelSpec:
     """Shape-level description of a kernel.
 
-    dims by kind: gemm m,n,k; bgemm b,m,n,k; attention b,h,sq,skv,d; softmax/elementwise/
+    dims by kind: gemm m,n,k; bgemm b,m,n,k; grouped_gemm e,m,n,k (m rows over e experts); attention b,h,sq,skv,d; softmax/elementwise/
     norms/rope/copy: elems; collectives: nbytes (payload each rank contributes).
     `fraction` < 1 marks a piece of a GEMM split along N (`parent_n` is the whole N).
     """
@@ -103,6 +105,14 @@ def gemm(name: str, m: int, n: int, k: int, dtype_bytes: int = 2, bias: bool = F
 def bgemm(name: str, b: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
     nbytes = b * (m * k + k * n + m * n) * dtype_bytes
     return KernelSpec("bgemm", name, {"b": b, "m": m, "n": n, "k": k}, 2.0 * b * m * n * k, nbytes, dtype_bytes)
+
+
+def grouped_gemm(name: str, experts: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
+    """`m` token rows spread over `experts` experts' GEMMs of N × K each, in one launch (vLLM's
+    fused MoE, CUTLASS grouped GEMM): it reads every one of those experts' weights once."""
+    nbytes = (experts * k * n + m * k + m * n) * dtype_bytes
+    return KernelSpec("grouped_gemm", name, {"e": experts, "m": m, "n": n, "k": k}, 2.0 * m * n * k, float(nbytes),
+                      dtype_bytes)
 
 
 def attention(name: str, b: int, h: int, sq: int, skv: int, d: int, kv_h: int, causal: bool,

@@ -3,7 +3,8 @@
 Tensor parallelism follows Megatron-LM (Shoeybi et al. 2019): Q/K/V and the MLP's first
 GEMM are column-parallel (each rank holds heads/t heads and ffn/t columns), the attention
 output and the MLP's second GEMM are row-parallel, and each is followed by an all-reduce
-of the layer's activations.
+of the layer's activations. A mixture-of-experts model's MLP is a router and its experts,
+sharded as `sim.moe` says; the all-reduce after it is the same.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim import kernels as K
+from sim.moe import expert_load
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,13 @@ class ModelShape:
     rope: bool
     dtype_bytes: int
     context: int = 0  # tokens per sequence the model was trained for (0: not given)
+    experts: int = 0  # routed experts per MoE layer (0: a dense FFN); `ffn` is then each expert's width
+    experts_per_token: int = 0  # top-k experts each token is routed to
+    expert_parallel: bool = False  # the policy's: each TP rank holds experts/tp whole experts (sim.moe)
+
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
 
 
 def tp_errors(m: ModelShape, tp: int) -> str | None:
@@ -40,8 +49,15 @@ def tp_errors(m: ModelShape, tp: int) -> str | None:
         return f"tp={tp} does not divide the model's {m.heads} attention heads; allowed: {ok}"
     if m.kv_heads % tp and tp % m.kv_heads:
         return f"tp={tp} and the model's {m.kv_heads} KV heads divide neither way"
-    if m.ffn % tp:
-        return f"tp={tp} does not divide the model's FFN width {m.ffn}"
+    if m.moe and m.expert_parallel:
+        if m.experts % tp:
+            ok = [d for d in range(1, m.experts + 1) if m.experts % d == 0 and m.heads % d == 0]
+            return (f"expert parallelism over tp={tp} ranks does not divide the model's {m.experts} experts; "
+                    f"allowed: {ok}")
+    elif m.ffn % tp:
+        what = "each expert's FFN width" if m.moe else "the model's FFN width"
+        return f"tp={tp} does not divide {what} {m.ffn}" + (" (policy.expert_parallel shards whole experts)"
+                                                             if m.moe else "")
     return None
 
 
@@ -113,23 +129,58 @@ def _decoder_tail(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
     ks = [K.gemm("o_proj", t, h, _local_heads(m, tp)[0] * m.head_dim, db)]
     if tp > 1:
         ks.append(K.collective("all_reduce", "attn_all_reduce", t * h * db))
-    ks += [
-        K.pointwise("rmsnorm" if m.norm == "rmsnorm" else "layernorm", "post_attn_norm", t * h, 2, 1, 6.0, db),
-        K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
-        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
-        K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
-    ]
+    ks.append(K.pointwise("rmsnorm" if m.norm == "rmsnorm" else "layernorm", "post_attn_norm", t * h, 2, 1, 6.0, db))
+    if m.moe:
+        ks += _moe_mlp(m, tp, t)
+    else:
+        ks += [
+            K.gemm("gate_up_proj" if m.gated else "fc1", t, f * (2 if m.gated else 1), h, db),
+            K.pointwise("elementwise", "silu_mul" if m.gated else "relu", t * f, 2 if m.gated else 1, 1, 5.0, db),
+            K.gemm("down_proj" if m.gated else "fc2", t, h, f, db),
+        ]
     if tp > 1:
         ks.append(K.collective("all_reduce", "mlp_all_reduce", t * h * db))
     return ks
 
 
+def _moe_mlp(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
+    """A mixture-of-experts MLP over `t` tokens on one rank, as vLLM's fused MoE runs it: the
+    router (replicated on every rank), softmax and top-k, the experts' gate/up and down
+    projections as grouped GEMMs over the rows this rank computes, the activation over those
+    rows, and the sum of each token's expert outputs weighted by the router."""
+    db, h, e, k = m.dtype_bytes, m.hidden, m.experts, m.experts_per_token
+    if m.expert_parallel:
+        load, width = expert_load(t, e, k, tp), m.ffn
+    else:
+        load, width = expert_load(t, e, k, 1), m.ffn // tp
+    up = width * (2 if m.gated else 1)
+    topk = K.KernelSpec("softmax", "router_topk", {"elems": t * e}, 5.0 * t * e, float((t * e + 2 * t * k) * db), db)
+    moe_sum = K.KernelSpec("elementwise", "moe_sum", {"elems": t * h}, 2.0 * load.rows * h,
+                           float((load.rows + t) * h * db), db)
+    return [
+        K.gemm("router", t, e, h, db),
+        topk,
+        K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db),
+        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", max(1, load.rows) * width,
+                    2 if m.gated else 1, 1, 5.0, db),
+        K.grouped_gemm("experts_down", load.active, load.rows, h, width, db),
+        moe_sum,
+    ]
+
+
+def ffn_rows(m: ModelShape) -> int:
+    """FFN rows per token: 1 for a dense model, top-k for a mixture of experts (activations)."""
+    return m.experts_per_token if m.moe else 1
+
+
 def layer_params(m: ModelShape) -> int:
-    """Weights of one layer (unsharded), biases and norms included."""
+    """Weights of one layer (unsharded), biases and norms included; every expert and the router
+    for a mixture of experts."""
     h, d = m.hidden, m.head_dim
     attn = h * (m.heads + 2 * m.kv_heads) * d + m.heads * d * h
-    mlp = h * m.ffn * (3 if m.gated else 2)
-    small = 4 * h + (m.heads + 2 * m.kv_heads) * d + m.ffn * (2 if m.gated else 1)
+    experts = max(1, m.experts)
+    mlp = experts * h * m.ffn * (3 if m.gated else 2) + m.experts * h
+    small = 4 * h + (m.heads + 2 * m.kv_heads) * d + experts * m.ffn * (2 if m.gated else 1)
     return attn + mlp + small
 
 
@@ -153,7 +204,7 @@ def activation_bytes_per_gpu(m: ModelShape, tp: int, batch: int, seq: int) -> fl
     nh, _ = _local_heads(m, tp)
     t = batch * seq
     scores = batch * nh * seq * seq if m.arch == "encoder" else 0
-    return (4 * t * m.hidden + t * m.ffn // tp * 2 + 2 * scores) * m.dtype_bytes
+    return (4 * t * m.hidden + t * ffn_rows(m) * m.ffn // tp * 2 + 2 * scores) * m.dtype_bytes
 
 
 def prologue_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:

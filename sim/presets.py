@@ -156,6 +156,22 @@ MODELS: dict[str, dict[str, Any]] = {
     "opt-30b": dict(name="opt-30b", arch="decoder", layers=48, hidden=7168, heads=56, kv_heads=56,
                     head_dim=128, ffn=28672, gated=False, vocab=50272, norm="layernorm", rope=False,
                     dtype_bytes=2, context=2048),
+    # Mixtures of experts: `ffn` is each expert's width; every layer is a MoE layer, without shared
+    # experts. Mixtral 8x7B (Jiang et al. 2024, "Mixtral of Experts"; mistralai/Mixtral-8x7B-v0.1
+    # config.json): 8 experts of 14,336, top-2, GQA with 8 KV heads, 32k context; 46.7B parameters.
+    "mixtral-8x7b": dict(name="mixtral-8x7b", arch="decoder", layers=32, hidden=4096, heads=32, kv_heads=8,
+                         head_dim=128, ffn=14336, gated=True, vocab=32000, norm="rmsnorm", rope=True,
+                         dtype_bytes=2, context=32768, experts=8, experts_per_token=2),
+    # Qwen3 MoE (Qwen team 2025, "Qwen3 Technical Report"; Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B
+    # config.json): 128 experts (moe_intermediate_size 768 and 1,536), top-8, 4 KV heads, head_dim 128
+    # (so 32 x 128 query width over a 2,048 hidden for 30B), 32,768-token native context. Their
+    # per-head q/k RMSNorm is not a kernel here.
+    "qwen3-30b-a3b": dict(name="qwen3-30b-a3b", arch="decoder", layers=48, hidden=2048, heads=32, kv_heads=4,
+                          head_dim=128, ffn=768, gated=True, vocab=151936, norm="rmsnorm", rope=True,
+                          dtype_bytes=2, context=32768, experts=128, experts_per_token=8),
+    "qwen3-235b-a22b": dict(name="qwen3-235b-a22b", arch="decoder", layers=94, hidden=4096, heads=64, kv_heads=4,
+                            head_dim=128, ffn=1536, gated=True, vocab=151936, norm="rmsnorm", rope=True,
+                            dtype_bytes=2, context=32768, experts=128, experts_per_token=8),
     "opt-66b": dict(name="opt-66b", arch="decoder", layers=64, hidden=9216, heads=72, kv_heads=72,
                     head_dim=128, ffn=36864, gated=False, vocab=50272, norm="layernorm", rope=False,
                     dtype_bytes=2, context=2048),

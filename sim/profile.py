@@ -558,9 +558,12 @@ class MeasuredKernels:
         """Refuse up front a scenario needing a kind this profile never measured."""
         missing = sorted(set(kinds) - self.kinds)
         if missing:
+            advice = ("the CUDA backend does not run mixture-of-experts layers, so no calibration measures "
+                      "them: leave hardware.profile out to price this model with the roofline"
+                      if "grouped_gemm" in missing else "re-run `ligersim calibrate` with a scenario that uses them")
             raise LigerSimError(f"no measurements of kernel kind(s) {', '.join(missing)} (the profile has "
-                                f"{', '.join(sorted(self.kinds)) or 'none'}); re-run `ligersim calibrate` with a "
-                                "scenario that uses them", file=self.profile.path, field=f"kernels.{missing[0]}")
+                                f"{', '.join(sorted(self.kinds)) or 'none'}); {advice}", file=self.profile.path,
+                                field=f"kernels.{missing[0]}")
 
     def estimate(self, spec: KernelSpec) -> float:
         kind = spec.kind
@@ -693,7 +696,7 @@ def profile_cost(path: str | Path, roofline, scn):
     measured = _MEASURED.get(key)
     if measured is None or measured.profile is not prof:  # one per profile and GPU: warnings stay one-time
         measured = _MEASURED[key] = MeasuredKernels(prof, roofline.spec_solo)
-    measured.require(kinds_needed(scn.model.shape(), scn.tp(), scn.pp()))
+    measured.require(kinds_needed(scn.model_shape(), scn.tp(), scn.pp()))
     emulation = prof.emulated_times(scn.hardware.interconnect.name) if EMULATED.get() else None
     return ProfileCost(roofline, measured, emulation), prof
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import typing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,7 +176,7 @@ class ModelSpec(StrictModel):
     heads: int = Field(ge=1, description="Attention (query) heads.")
     kv_heads: int = Field(ge=1, description="Key/value heads (GQA when < heads).")
     head_dim: int = Field(ge=1, description="Dimension of one head.")
-    ffn: int = Field(ge=1, description="FFN inner width.")
+    ffn: int = Field(ge=1, description="FFN inner width (a mixture of experts: each expert's).")
     gated: bool = Field(description="Gated FFN (SwiGLU/GeGLU: two up projections).")
     vocab: int = Field(ge=0, description="Vocabulary size (embedding and LM head weights).")
     norm: Literal["layernorm", "rmsnorm"] = Field(description="Normalisation kernel.")
@@ -184,12 +185,22 @@ class ModelSpec(StrictModel):
     context: int = Field(0, ge=0, description="Context length: tokens per sequence (prompt + output) the model "
                          "was trained for; 0 = not given. Longer requests run as asked, with a warning, unless "
                          "serving.over_context is `enforce`.")
+    experts: int = Field(0, ge=0, description="Mixture of experts: routed experts per layer, each a (gated) FFN "
+                         "of width ffn; 0 = a dense FFN.")
+    experts_per_token: int = Field(0, ge=0, description="Mixture of experts: experts each token is routed to "
+                                   "(top-k); 1 to experts.")
     _pre = model_validator(mode="before")(classmethod(lambda cls, v: _preset("model", "model")(v)))
 
     @model_validator(mode="after")
     def _heads(self) -> ModelSpec:
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
+        if self.experts and not 1 <= self.experts_per_token <= self.experts:
+            raise ValueError(f"experts_per_token={self.experts_per_token} must be 1 to experts={self.experts}")
+        if not self.experts and self.experts_per_token:
+            raise ValueError(f"experts_per_token={self.experts_per_token} without experts: set model.experts too")
+        if self.experts and self.arch != "decoder":
+            raise ValueError("mixture-of-experts layers are modelled for decoder models only (arch: decoder)")
         return self
 
     def shape(self) -> ModelShape:
@@ -233,6 +244,10 @@ class PolicySpec(StrictModel):
     prefill_tp: int | None = Field(None, ge=1, description="Disaggregated serving: the prefill replicas' TP degree "
                                    "when it differs from the decode replicas' (policy.tp, then required); "
                                    "prefill_replicas x prefill_tp + (dp - prefill_replicas) x tp = hardware.count.")
+    expert_parallel: bool = Field(False, description="Mixture-of-experts models: each rank of a TP group holds "
+                                  "experts / tp whole experts and computes the tokens routed to them (vLLM's "
+                                  "enable_expert_parallel), instead of a 1/tp slice of every expert; the ranks wait "
+                                  "for the busiest at the all-reduce after the experts.")
 
     @field_validator("name")
     @classmethod
@@ -273,6 +288,11 @@ class Scenario(StrictModel):
 
     def pp(self) -> int:
         return self.policy.degrees(self.hardware.count)[1]
+
+    def model_shape(self) -> ModelShape:
+        """The model as the kernel lists need it, with the policy's expert sharding."""
+        m = self.model.shape()
+        return replace(m, expert_parallel=True) if self.policy.expert_parallel else m
 
     def replica_gpus(self) -> int:
         """GPUs one data-parallel replica holds (tp x pp; a decode replica's when disaggregated)."""
@@ -377,7 +397,7 @@ def _check_disaggregation(scn: Scenario, file: str) -> None:
         raise LigerSimError(f"{p} prefill replicas x tp {pol.prefill_tp} + {d} decode replicas x tp {pol.tp} = "
                             f"{p * pol.prefill_tp + d * pol.tp} GPUs, not hardware.count = {gpus}", file=file,
                             field="policy.prefill_tp")
-    problem = tp_errors(scn.model.shape(), pol.prefill_tp)
+    problem = tp_errors(scn.model_shape(), pol.prefill_tp)
     if problem:
         raise LigerSimError(problem, file=file, field="policy.prefill_tp")
     if pol.prefill_tp % pol.tp and pol.tp % pol.prefill_tp:  # else KV heads would move in unequal flows
@@ -420,7 +440,10 @@ def parse_scenario(data: Any, file: str = "<scenario>") -> Scenario:
     if pp > scn.model.layers:
         raise LigerSimError(f"pp={pp} stages exceed the model's {scn.model.layers} layers", file=file,
                             field="policy.pp")
-    problem = tp_errors(scn.model.shape(), tp)
+    if pol.expert_parallel and not scn.model.experts:
+        raise LigerSimError(f"expert_parallel shards a mixture of experts; model {scn.model.name} has none "
+                            "(model.experts: 0)", file=file, field="policy.expert_parallel")
+    problem = tp_errors(scn.model_shape(), tp)
     if problem:
         raise LigerSimError(problem, file=file, field="policy.tp" if pol.tp else "hardware.count")
     return scn
@@ -465,7 +488,7 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
 
 def check_memory(scn: Scenario, jobs_max_tokens: tuple[int, int], file: str, tp: int, pp: int = 1) -> None:
     """Refuse a model that does not fit: weights plus one job's activations per GPU."""
-    m = scn.model.shape()
+    m = scn.model_shape()
     batch, seq = jobs_max_tokens
     need = weight_bytes_per_gpu(m, tp, pp) + activation_bytes_per_gpu(m, tp, batch, seq)
     have = scn.hardware.gpu.memory

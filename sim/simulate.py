@@ -178,7 +178,7 @@ def prepare(scn: Scenario, jobs: list[Job], record_ir: bool = True, file: str = 
     least_loaded = dp > 1 and pol.router == "least_loaded"
     routed = pol.prefill_replicas or dp  # disaggregated: arrivals go to the prefill replicas only
     shares = [[] if least_loaded or r >= routed else jobs[r::routed] for r in range(dp)]
-    ctxs = [policies.PolicyContext(scn.model.shape(), share, gpus, pol, cost.solo, cost.spec_solo, engine.contention,
+    ctxs = [policies.PolicyContext(scn.model_shape(), share, gpus, pol, cost.solo, cost.spec_solo, engine.contention,
                                    sv, base=base, typical_jobs=jobs)
             for (base, gpus), share in zip(scn.replicas(), shares)]
     if generative:
