@@ -91,9 +91,11 @@ def reference() -> str:
         net = f"{c['net_step_latency_s'] * 1e6:g}" if c.get("net_step_latency_s") is not None else ""
         lines.append(f"| {c['name']} | {c['kind']} | {c['link_bw'] / 1e9:g} | {bridge} | {per_node} | {nics} | {nic} | "
                      f"{c['step_latency_s'] * 1e6:g} | {net} | {c['base_latency_s'] * 1e6:g} | {c['max_gpus']} |")
-    lines += ["", "### Models", "", "| name | arch | layers | hidden | heads (KV) | head dim | FFN | gated | vocab |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "### Models", "", "FFN is each expert's for a mixture of experts.", "",
+              "| name | arch | layers | hidden | heads (KV) | head dim | FFN | gated | experts (per token) | vocab |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in PRESETS["model"].values():
+        experts = f"{m['experts']} ({m['experts_per_token']})" if m.get("experts") else "-"
         lines.append(f"| {m['name']} | {m['arch']} | {m['layers']} | {m['hidden']} | {m['heads']} ({m['kv_heads']}) "
-                     f"| {m['head_dim']} | {m['ffn']} | {m['gated']} | {m['vocab']} |")
+                     f"| {m['head_dim']} | {m['ffn']} | {m['gated']} | {experts} | {m['vocab']} |")
     return "\n".join(lines) + "\n"

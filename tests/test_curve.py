@@ -281,7 +281,8 @@ def test_the_knob_table_covers_every_policy_field():
     from sim.policies import GENERATIVE_KNOBS, KNOBS, POLICIES, POLICY_FIELDS
     from sim.scenario import PolicySpec
 
-    every = {"policy.name", "policy.tp", "policy.pp", "policy.dp", "policy.router"}  # read by every policy
+    every = {"policy.name", "policy.tp", "policy.pp", "policy.dp", "policy.router",
+             "policy.expert_parallel"}  # read by every policy
     fields = {f"policy.{f}" for f in PolicySpec.model_fields} - every
     assert fields == {f for f in POLICY_FIELDS if f.startswith("policy.")}
     assert set(KNOBS) == set(GENERATIVE_KNOBS) == set(POLICIES)

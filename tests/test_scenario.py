@@ -210,7 +210,7 @@ BOOLEANS = [
     ("hardware.host.kernel_overhead_s", True, NUMBER, HOST),
     ("hardware.contention.pairs.0.slowdown", True, NUMBER, PAIRS),
     *((f"model.{f}", True, INTEGER, {}) for f in ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
-                                                   "dtype_bytes", "context")),
+                                                   "dtype_bytes", "context", "experts", "experts_per_token")),
     *((f"policy.{f}", True, INTEGER, {}) for f in ("tp", "pp", "dp", "depth", "split", "microbatches",
                                                     "prefill_replicas", "prefill_tp")),
     *((f"serving.{f}", True, INTEGER, {}) for f in ("max_batch_tokens", "max_batch_seqs", "kv_block_tokens", "groups")),
