@@ -3,7 +3,7 @@ replicas that each prefill and decode (`+dpN`) or by prefill-only and decode-onl
 same GPUs (`+PpDd`, `policy.prefill_replicas`), at the trace's own rate and at `--scale` times it,
 with the share of requests meeting the scenario's SLOs and a tighter TPOT SLO.
 
-Run: `.venv/bin/python results/disaggregation_table.py [--jobs 200] [--scale 4]`; writes
+Run: `.venv/bin/python -m results.disaggregation_table [--jobs 200] [--scale 4]`; writes
 results/disaggregation/<scenario>/<layout>-x<scale>.json (summaries) and prints markdown tables.
 """
 

@@ -42,13 +42,16 @@ COLUMNS = [("ttft_mean_s", "TTFT mean (ms)", 1e3), ("ttft_p99_s", "TTFT p99 (ms)
            ("tokens_per_s", "tokens/s", 1.0), ("slo_attainment", "SLO met (%)", 100.0)]
 
 
-def layout_of(name: str, gpus: int, layout: str, interconnect: dict | str | None) -> tuple[dict, Path, Path]:
-    """The scenario mapping of `name` on `gpus` GPUs in `layout` (a --policies label), its file
-    and the folder its trace is read relative to."""
+def layout_of(name: str, gpus: int, layout: str, interconnect: dict | str | None,
+              model: str | None = None) -> tuple[dict, Path, Path]:
+    """The scenario mapping of `name` on `gpus` GPUs in `layout` (a --policies label), with another
+    `model` preset if given, its file and the folder its trace is read relative to."""
     path = ROOT / "scenarios" / f"{name}.yaml"
     scn, base = load_scenario(path)
     d = scn.model_dump(mode="json")
     d["hardware"]["count"] = gpus
+    if model:
+        d["model"] = model
     if interconnect:
         d["hardware"]["interconnect"] = interconnect
     d["policy"].update(tp=None, pp=None)
@@ -56,10 +59,12 @@ def layout_of(name: str, gpus: int, layout: str, interconnect: dict | str | None
 
 
 def run(name: str, gpus: int, layout: str, router: str, jobs: int, scale: float,
-        interconnect: dict | str | None = None, tight_tpot_s: float | None = None, policy: dict | None = None) -> dict:
+        interconnect: dict | str | None = None, tight_tpot_s: float | None = None, policy: dict | None = None,
+        model: str | None = None) -> dict:
     """One row's summary; with `tight_tpot_s`, also `slo_attainment_tight`: the share of requests
-    within the scenario's TTFT SLO and that TPOT SLO instead of its own. `policy`: more policy fields."""
-    d, path, base = layout_of(name, gpus, layout, interconnect)
+    within the scenario's TTFT SLO and that TPOT SLO instead of its own. `policy`: more policy fields;
+    `model`: another model preset."""
+    d, path, base = layout_of(name, gpus, layout, interconnect, model)
     d["policy"].update(router=router, **(policy or {}))
     d["workload"]["jobs"] = jobs
     if scale != 1:

@@ -48,8 +48,11 @@ def _run(args: argparse.Namespace) -> None:
              if pf else f"{pol.dp}")
     replicas = (f", {split} replicas of tp {scn.tp()}" + (f" x pp {scn.pp()}" if scn.pp() > 1 else "")
                 + f" ({pol.router})") if pol.dp > 1 else ""
+    m = scn.model
+    moe = (f"; {m.experts} experts, top {m.experts_per_token}, "
+           + ("expert-parallel" if pol.expert_parallel else "tensor-parallel")) if m.experts else ""
     print(f"{scn.name}: {scn.hardware.count} x {scn.hardware.gpu.name} over {scn.hardware.interconnect.name}, "
-          f"{scn.model.name} ({scn.model.layers} layers){replicas}")
+          f"{m.name} ({m.layers} layers{moe}){replicas}")
     print(describe(summary))
     if (not args.fold_ranks and scn.policy.name in SYMMETRIC_POLICIES and scn.replica_gpus() > 1
             and run.result.sim_wall_s > FOLD_HINT_S):

@@ -107,12 +107,14 @@ def bgemm(name: str, b: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> Ke
     return KernelSpec("bgemm", name, {"b": b, "m": m, "n": n, "k": k}, 2.0 * b * m * n * k, nbytes, dtype_bytes)
 
 
-def grouped_gemm(name: str, experts: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
+def grouped_gemm(name: str, experts: float, m: float, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
     """`m` token rows spread over `experts` experts' GEMMs of N × K each, in one launch (vLLM's
-    fused MoE, CUTLASS grouped GEMM): it reads every one of those experts' weights once."""
+    fused MoE, CUTLASS grouped GEMM): it reads every one of those experts' weights once. Rows and
+    experts may be expectations (`sim.moe`): FLOPs and bytes take them as they are, the dims
+    (what tiles are counted over) rounded."""
     nbytes = (experts * k * n + m * k + m * n) * dtype_bytes
-    return KernelSpec("grouped_gemm", name, {"e": experts, "m": m, "n": n, "k": k}, 2.0 * m * n * k, float(nbytes),
-                      dtype_bytes)
+    dims = {"e": max(1, round(experts)), "m": max(1, round(m)), "n": n, "k": k}
+    return KernelSpec("grouped_gemm", name, dims, 2.0 * m * n * k, float(nbytes), dtype_bytes)
 
 
 def attention(name: str, b: int, h: int, sq: int, skv: int, d: int, kv_h: int, causal: bool,

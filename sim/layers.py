@@ -161,7 +161,7 @@ def _moe_mlp(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
         K.gemm("router", t, e, h, db),
         topk,
         K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db),
-        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", max(1, load.rows) * width,
+        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", max(1, round(load.rows * width)),
                     2 if m.gated else 1, 1, 5.0, db),
         K.grouped_gemm("experts_down", load.active, load.rows, h, width, db),
         moe_sum,

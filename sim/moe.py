@@ -34,11 +34,12 @@ _SEED = 20240101  # fixed: the same routing expectation in every run
 
 @dataclass(frozen=True, slots=True)
 class ExpertLoad:
-    """What the busiest rank of an iteration's MoE layer computes: `rows` token-expert pairs
-    over `active` of its experts (those with at least one token)."""
+    """What the busiest rank of an iteration's MoE layer computes, in expectation: `rows`
+    token-expert pairs (the most any rank gets) over `active` of its experts (the most experts
+    with at least one token any rank has: what a memory-bound decode step reads)."""
 
-    rows: int
-    active: int
+    rows: float
+    active: float
 
 
 @cache
@@ -64,9 +65,9 @@ def expert_load(tokens: int, experts: int, top_k: int, ranks: int) -> ExpertLoad
     each pick `top_k` of `experts` (ranks = 1: the whole routed load, t × k rows)."""
     local = experts // ranks
     if tokens <= 0:
-        return ExpertLoad(0, 0)
+        return ExpertLoad(0.0, 0.0)
     if ranks == 1:
-        return ExpertLoad(tokens * top_k, max(1, round(_active(tokens, experts, top_k, local))))
+        return ExpertLoad(float(tokens * top_k), _active(tokens, experts, top_k, local))
     mean = tokens * top_k / ranks
     if mean >= NORMAL_FROM:
         # A token's picks among one rank's experts are hypergeometric; the ranks' loads sum to t × k,
@@ -75,8 +76,8 @@ def expert_load(tokens: int, experts: int, top_k: int, ranks: int) -> ExpertLoad
         g = local / experts
         var = tokens * top_k * g * (1 - g) * (experts - top_k) / (experts - 1)
         s = math.sqrt(var / (1.0 - 1.0 / ranks))
-        rows = min(tokens * min(top_k, local), round(mean + s * _expected_max_normal(ranks)))
-        return ExpertLoad(rows, max(1, round(_active(tokens, experts, top_k, local))))
+        rows = min(tokens * min(top_k, local), mean + s * _expected_max_normal(ranks))
+        return ExpertLoad(rows, _active(tokens, experts, top_k, local))
     rng = np.random.default_rng(_SEED)
     counts = np.zeros((SAMPLES, experts), dtype=np.int64)
     chunk = max(1, CHUNK_DRAWS // (tokens * experts))  # samples drawn at once, to bound memory
@@ -85,6 +86,4 @@ def expert_load(tokens: int, experts: int, top_k: int, ranks: int) -> ExpertLoad
         picks = np.argpartition(rng.random((n, tokens, experts)), top_k - 1, axis=-1)[..., :top_k]
         np.add.at(counts[lo:lo + n], (np.arange(n)[:, None, None], picks), 1)
     per_rank = counts.reshape(SAMPLES, ranks, local)
-    loads = per_rank.sum(-1)
-    active = (per_rank[np.arange(SAMPLES), loads.argmax(-1)] > 0).sum(-1)
-    return ExpertLoad(round(float(loads.max(-1).mean())), max(1, round(float(active.mean()))))
+    return ExpertLoad(float(per_rank.sum(-1).max(-1).mean()), float((per_rank > 0).sum(-1).max(-1).mean()))

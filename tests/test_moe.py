@@ -48,7 +48,7 @@ def test_one_rank_computes_every_routed_row():
     for t in (1, 7, 300, 5000):
         load = moe.expert_load(t, 128, 8, 1)
         assert load.rows == t * 8
-        assert load.active == max(1, round(128 * (1 - (1 - 8 / 128) ** t)))
+        assert load.active == pytest.approx(128 * (1 - (1 - 8 / 128) ** t))
 
 
 @pytest.mark.parametrize("tokens,experts,k,ranks", [(1, 8, 2, 8), (4, 8, 2, 4), (40, 128, 8, 8), (3000, 128, 8, 8),
@@ -58,11 +58,15 @@ def test_busiest_rank_is_between_the_mean_and_every_token(tokens, experts, k, ra
     local = experts // ranks
     assert tokens * k / ranks <= load.rows <= tokens * min(k, local)
     assert 1 <= load.active <= local
+    assert load.active >= moe._active(tokens, experts, k, local)  # the busiest is above the mean
 
 
-def test_one_token_over_one_expert_per_rank_gives_one_row():
-    """Mixtral over 8 ranks: a token's two experts are on two ranks, so the busiest computes one row."""
-    assert moe.expert_load(1, 8, 2, 8) == moe.ExpertLoad(1, 1)
+def test_one_token_over_mixtrals_experts():
+    """Mixtral over 8 ranks: a token's two experts are on two ranks, so the busiest computes one row;
+    over 4 ranks of two experts each, both are on one rank with probability 1/7."""
+    assert moe.expert_load(1, 8, 2, 8) == moe.ExpertLoad(1.0, 1.0)
+    two = moe.expert_load(1, 8, 2, 4)
+    assert two.rows == pytest.approx(1 + 1 / 7, abs=0.03) and two.active == pytest.approx(1 + 1 / 7, abs=0.03)
 
 
 def test_sampled_and_normal_limits_meet_where_they_switch(monkeypatch):
@@ -171,7 +175,10 @@ def test_runs_every_token_and_expert_parallel_folds_exactly():
 
 
 def test_expert_parallel_changes_only_the_experts():
-    jobs = load_jobs(parse_scenario(scenario()), None)
+    """One request alone runs the same iterations either way: only the expert kernels differ."""
+    from sim.jobs import Job
+
+    jobs = [Job(0, 0.0, 1, 300, 300, 8)]
     ev = {ep: simulate(parse_scenario(scenario(expert_parallel=ep)), jobs, fold_ranks=True).events
           for ep in (False, True)}
     for name in ("qkv_proj", "decode_attention", "router"):
