@@ -151,10 +151,11 @@ def _scenarios(settings: Settings) -> list[tuple]:
         loaded = [(parse_scenario(d, f"<builtin {d['name']}>"), REPO) for d in TINY_CPU]
     if not loaded:
         raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
-    from hw.run import one_replica
-
     for (scn, _), path in zip(loaded, settings.scenarios or [None] * len(loaded)):
-        one_replica(scn, str(path or scn.name))
+        if scn.model.experts:  # one replica's kernels are all calibration needs, but no MoE kernel runs here
+            raise LigerSimError(f"model {scn.model.name} is a mixture of experts: the CUDA backend runs dense models "
+                                "only, so calibration has no MoE kernels to measure", file=str(path or scn.name),
+                                field="model.experts")
     return [(scn, load_jobs(scn, base)) for scn, base in loaded]
 
 

@@ -144,33 +144,44 @@ def _decoder_tail(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
 
 
 def _moe_mlp(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
-    """A mixture-of-experts MLP over `t` tokens on one rank, as vLLM's fused MoE runs it: the
-    router (replicated on every rank), softmax and top-k, the experts' gate/up and down
-    projections as grouped GEMMs over the rows this rank computes, the activation over those
-    rows, and the sum of each token's expert outputs weighted by the router."""
+    """A mixture-of-experts MLP over `t` tokens on one rank, as vLLM's fused MoE (Triton) runs it:
+    the router (replicated on every rank), softmax and top-k, the experts' gate/up and down
+    projections as grouped GEMMs over the rows this rank's experts get, the activation over every
+    routed row, and the sum of each token's expert outputs weighted by the router. Under expert
+    parallelism the GEMMs write zeros for the rows routed to other ranks' experts, and the
+    activation and the sum still run over all t × k rows (vLLM's expert_map)."""
     db, h, e, k = m.dtype_bytes, m.hidden, m.experts, m.experts_per_token
     if m.expert_parallel:
         load, width = expert_load(t, e, k, tp), m.ffn
     else:
         load, width = expert_load(t, e, k, 1), m.ffn // tp
-    up = width * (2 if m.gated else 1)
-    topk = K.KernelSpec("softmax", "router_topk", {"elems": t * e}, 5.0 * t * e, float((t * e + 2 * t * k) * db), db)
-    moe_sum = K.KernelSpec("elementwise", "moe_sum", {"elems": t * h}, 2.0 * load.rows * h,
-                           float((load.rows + t) * h * db), db)
+    up, routed = width * (2 if m.gated else 1), t * k
+    gate_up = K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db)
+    down = K.grouped_gemm("experts_down", load.active, load.rows, h, width, db)
+    for spec, n in ((gate_up, up), (down, h)):  # zeros written for the other ranks' rows
+        spec.bytes += (routed - load.rows) * n * db
+    topk = K.KernelSpec("softmax", "router_topk", {"elems": t * e}, 5.0 * t * e, float((t * e + 2 * routed) * db), db)
+    moe_sum = K.KernelSpec("elementwise", "moe_sum", {"elems": t * h}, 2.0 * routed * h, float((routed + t) * h * db),
+                           db)
     return [
         K.gemm("router", t, e, h, db),
         topk,
-        K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db),
-        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", max(1, round(load.rows * width)),
-                    2 if m.gated else 1, 1, 5.0, db),
-        K.grouped_gemm("experts_down", load.active, load.rows, h, width, db),
+        gate_up,
+        K.pointwise("elementwise", "silu_mul" if m.gated else "relu", routed * width, 2 if m.gated else 1, 1, 5.0, db),
+        down,
         moe_sum,
     ]
 
 
-def ffn_rows(m: ModelShape) -> int:
-    """FFN rows per token: 1 for a dense model, top-k for a mixture of experts (activations)."""
-    return m.experts_per_token if m.moe else 1
+def ffn_activation_elems(m: ModelShape, tp: int) -> int:
+    """Elements of FFN activations per token on one rank: the up projection's output and the
+    activation's (2 × ffn/tp); for a mixture of experts, vLLM's fused-MoE buffers for each of the
+    token's k rows: max(gate/up width, hidden) shared by the gate/up and down outputs, plus the
+    activation's (width: the expert's FFN, or its 1/tp slice with tensor-parallel experts)."""
+    if not m.moe:
+        return 2 * m.ffn // tp
+    width = m.ffn if m.expert_parallel else m.ffn // tp
+    return m.experts_per_token * (max(2 * width, m.hidden) + width)
 
 
 def layer_params(m: ModelShape) -> int:
@@ -204,7 +215,7 @@ def activation_bytes_per_gpu(m: ModelShape, tp: int, batch: int, seq: int) -> fl
     nh, _ = _local_heads(m, tp)
     t = batch * seq
     scores = batch * nh * seq * seq if m.arch == "encoder" else 0
-    return (4 * t * m.hidden + t * ffn_rows(m) * m.ffn // tp * 2 + 2 * scores) * m.dtype_bytes
+    return (4 * t * m.hidden + t * ffn_activation_elems(m, tp) + 2 * scores) * m.dtype_bytes
 
 
 def prologue_kernels(m: ModelShape, tp: int, batch: int, seq: int) -> list[K.KernelSpec]:

@@ -26,7 +26,7 @@ from pydantic import Field
 from sim.errors import LigerSimError
 from sim.jobs import Job
 from sim.kernels import KernelSpec
-from sim.layers import ModelShape, ffn_rows, iteration_layer, weight_bytes_per_gpu
+from sim.layers import ModelShape, ffn_activation_elems, iteration_layer, weight_bytes_per_gpu
 from sim.schema import Float, StrictModel
 
 
@@ -104,7 +104,7 @@ def kv_capacity_tokens(m: ModelShape, tp: int, pp: int, memory: float, spec: Ser
     iterations that run at once (interleaving keeps one per batch group on the GPU)."""
     weights = weight_bytes_per_gpu(m, tp, pp)
     # activations of the largest iteration (a few hidden-sized and FFN-sized buffers)
-    act = (4 * m.hidden + 2 * ffn_rows(m) * m.ffn // tp) * spec.max_batch_tokens * m.dtype_bytes * in_flight
+    act = (4 * m.hidden + ffn_activation_elems(m, tp)) * spec.max_batch_tokens * m.dtype_bytes * in_flight
     free = memory * spec.memory_utilization - weights - act
     per_token = kv_bytes_per_token(m, tp, pp)
     tokens = int(free // per_token) // spec.kv_block_tokens * spec.kv_block_tokens
