@@ -15,6 +15,7 @@ import warnings
 from dataclasses import replace
 
 from results.replicas_table import COLUMNS, ROOT, print_header, row_cells, run, study_parser
+from sim.curve import replicas_of
 from sim.errors import ScenarioWarning
 from sim.layers import iteration_layer
 from sim.scenario import load_scenario
@@ -72,10 +73,10 @@ def main() -> None:
         for scale in (1.0, args.scale):
             for layout in layouts:
                 for ep, label in SHARDINGS.items():
+                    if ep and replicas_of(layout) == gpus:
+                        continue  # one GPU per replica holds every expert whole either way
                     s = run(name, gpus, layout, "round_robin", args.jobs, scale, policy={"expert_parallel": ep},
                             model=model)
-                    if ep and s["layout"].endswith("(tp 1)"):
-                        continue  # one GPU per replica holds every expert whole either way
                     file = out / f"{layout.replace(':', '-')}-{'ep' if ep else 'tp'}-x{scale:g}.json"
                     file.write_text(json.dumps(s, indent=2, default=float) + "\n")
                     print(f"| {s['layout']} | {label} | {scale:g}x ({s['offered_rate_jobs_s']:.2f}/s) | "
