@@ -181,7 +181,7 @@ def ffn_activation_elems(m: ModelShape, tp: int) -> int:
     if not m.moe:
         return 2 * m.ffn // tp
     width = m.ffn if m.expert_parallel else m.ffn // tp
-    return m.experts_per_token * (max(2 * width, m.hidden) + width)
+    return m.experts_per_token * (max(width * (2 if m.gated else 1), m.hidden) + width)
 
 
 def layer_params(m: ModelShape) -> int:
