@@ -151,11 +151,10 @@ def _scenarios(settings: Settings) -> list[tuple]:
         loaded = [(parse_scenario(d, f"<builtin {d['name']}>"), REPO) for d in TINY_CPU]
     if not loaded:
         raise LigerSimError("no scenarios to calibrate for; pass --scenario FILE", field="--scenario")
+    from hw.run import dense_only
+
     for (scn, _), path in zip(loaded, settings.scenarios or [None] * len(loaded)):
-        if scn.model.experts:  # one replica's kernels are all calibration needs, but no MoE kernel runs here
-            raise LigerSimError(f"model {scn.model.name} is a mixture of experts: the CUDA backend runs dense models "
-                                "only, so calibration has no MoE kernels to measure", file=str(path or scn.name),
-                                field="model.experts")
+        dense_only(scn, str(path or scn.name))  # one replica's kernels are all it needs: dp > 1 is fine
     return [(scn, load_jobs(scn, base)) for scn, base in loaded]
 
 

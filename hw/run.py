@@ -129,6 +129,11 @@ def one_replica(scn: Scenario, file: str) -> None:
         raise LigerSimError(f"policy.dp={scn.policy.dp}: the CUDA backend runs one model replica; run one replica's "
                             "GPUs with policy.dp: 1 (the simulator models replicas, whose only shared resource is "
                             "the interconnect)", file=file, field="policy.dp")
+    dense_only(scn, file)
+
+
+def dense_only(scn: Scenario, file: str) -> None:
+    """The CUDA backend's kernel library has no mixture-of-experts layers (nor calibration, then)."""
     if scn.model.experts:
         raise LigerSimError(f"model {scn.model.name} is a mixture of experts ({scn.model.experts} experts): the CUDA "
                             "backend runs dense models only; `ligersim run` simulates it", file=file,

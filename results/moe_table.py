@@ -18,13 +18,13 @@ from results.replicas_table import COLUMNS, ROOT, print_header, row_cells, run, 
 from sim.curve import replicas_of
 from sim.errors import ScenarioWarning
 from sim.layers import iteration_layer
-from sim.scenario import load_scenario
+from sim.scenario import ModelSpec, load_scenario
 from sim.simulate import make_engine
 
-# scenario, model preset (None: the scenario's), GPUs, layouts (a --policies label each)
+# results folder, scenario, model preset (None: the scenario's), GPUs, layouts (a --policies label each)
 STUDIES = [  # Qwen3-235B fits only TP 8 on 8 x H100: its curve (README) compares the shardings
-    ("azure-conv-qwen3-30b-8xh100", None, 8, ["intra_op", "intra_op+dp2", "intra_op+dp4", "intra_op+dp8"]),
-    ("azure-conv-qwen3-30b-8xh100", "mixtral-8x7b", 4, ["intra_op", "intra_op+dp2"]),
+    ("qwen3-30b", "azure-conv-qwen3-30b-8xh100", None, 8, ["intra_op", "intra_op+dp2", "intra_op+dp4", "intra_op+dp8"]),
+    ("mixtral-8x7b", "azure-conv-qwen3-30b-8xh100", "mixtral-8x7b", 4, ["intra_op", "intra_op+dp2"]),
 ]
 SHARDINGS = {False: "TP experts", True: "EP"}
 
@@ -33,11 +33,7 @@ def steps(name: str, model: str | None, tp: int, contexts: int = 1000) -> None:
     """One decode iteration (every layer) at several batch sizes, each sequence with `contexts`
     tokens cached, and the time its expert kernels take, under each sharding."""
     scn, _ = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
-    m = scn.model.shape()
-    if model:
-        from sim.scenario import ModelSpec
-
-        m = ModelSpec.model_validate(model).shape()
+    m = (ModelSpec.model_validate(model) if model else scn.model).shape()
     _, cost = make_engine(scn, False)
     group = tuple(range(tp))
     print(f"\n**{m.name}**, one decode iteration on TP {tp} ({scn.hardware.gpu.name}), {contexts} tokens cached "
@@ -61,12 +57,12 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore", ScenarioWarning)  # the over-context requests run as asked (README says)
     if args.steps:
-        for name, model, gpus in [("azure-conv-qwen3-235b-8xh100", None, 8), *((n, m, g) for n, m, g, _ in STUDIES)]:
+        for name, model, gpus in [("azure-conv-qwen3-235b-8xh100", None, 8), *(st[1:4] for st in STUDIES)]:
             steps(name, model, gpus)
         return
     for index in (int(i) for i in args.studies.split(",")):
-        name, model, gpus, layouts = STUDIES[index]
-        out = ROOT / "results" / "moe" / (model or name.split("-")[2] + "-" + name.split("-")[3])
+        folder, name, model, gpus, layouts = STUDIES[index]
+        out = ROOT / "results" / "moe" / folder
         out.mkdir(parents=True, exist_ok=True)
         print_header(f"**{model or name}** on {gpus} x H100 (first {args.jobs} requests)",
                      ["layout", "experts", "rate"], COLUMNS)

@@ -42,8 +42,8 @@ SPLITTABLE_KINDS = frozenset({"gemm"})
 class KernelSpec:
     """Shape-level description of a kernel.
 
-    dims by kind: gemm m,n,k; bgemm b,m,n,k; grouped_gemm e,m,n,k (m rows over e experts); attention b,h,sq,skv,d; softmax/elementwise/
-    norms/rope/copy: elems; collectives: nbytes (payload each rank contributes).
+    dims by kind: gemm m,n,k; bgemm b,m,n,k; grouped_gemm e,m,n,k (m rows over e experts);
+    attention b,h,sq,skv,d; softmax/elementwise/norms/rope/copy: elems; collectives: nbytes (payload each rank contributes).
     `fraction` < 1 marks a piece of a GEMM split along N (`parent_n` is the whole N).
     """
 
@@ -107,12 +107,14 @@ def bgemm(name: str, b: int, m: int, n: int, k: int, dtype_bytes: int = 2) -> Ke
     return KernelSpec("bgemm", name, {"b": b, "m": m, "n": n, "k": k}, 2.0 * b * m * n * k, nbytes, dtype_bytes)
 
 
-def grouped_gemm(name: str, experts: float, m: float, n: int, k: int, dtype_bytes: int = 2) -> KernelSpec:
+def grouped_gemm(name: str, experts: float, m: float, n: int, k: int, dtype_bytes: int = 2,
+                 zero_rows: float = 0.0) -> KernelSpec:
     """`m` token rows spread over `experts` experts' GEMMs of N × K each, in one launch (vLLM's
-    fused MoE, CUTLASS grouped GEMM): it reads every one of those experts' weights once. Rows and
-    experts may be expectations (`sim.moe`): FLOPs and bytes take them as they are, the dims
-    (what tiles are counted over) rounded."""
-    nbytes = (experts * k * n + m * k + m * n) * dtype_bytes
+    fused MoE, CUTLASS grouped GEMM): it reads every one of those experts' weights once, and writes
+    zeros to `zero_rows` output rows routed elsewhere (expert parallelism). Rows and experts may be
+    expectations (`sim.moe`): FLOPs and bytes take them as they are, the dims (what tiles are
+    counted over) rounded."""
+    nbytes = (experts * k * n + m * k + (m + zero_rows) * n) * dtype_bytes
     dims = {"e": max(1, round(experts)), "m": max(1, round(m)), "n": n, "k": k}
     return KernelSpec("grouped_gemm", name, dims, 2.0 * m * n * k, float(nbytes), dtype_bytes)
 

@@ -156,10 +156,9 @@ def _moe_mlp(m: ModelShape, tp: int, t: int) -> list[K.KernelSpec]:
     else:
         load, width = expert_load(t, e, k, 1), m.ffn // tp
     up, routed = width * (2 if m.gated else 1), t * k
-    gate_up = K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db)
-    down = K.grouped_gemm("experts_down", load.active, load.rows, h, width, db)
-    for spec, n in ((gate_up, up), (down, h)):  # zeros written for the other ranks' rows
-        spec.bytes += (routed - load.rows) * n * db
+    elsewhere = routed - load.rows  # rows routed to other ranks' experts: written as zeros
+    gate_up = K.grouped_gemm("experts_gate_up", load.active, load.rows, up, h, db, elsewhere)
+    down = K.grouped_gemm("experts_down", load.active, load.rows, h, width, db, elsewhere)
     topk = K.KernelSpec("softmax", "router_topk", {"elems": t * e}, 5.0 * t * e, float((t * e + 2 * routed) * db), db)
     moe_sum = K.KernelSpec("elementwise", "moe_sum", {"elems": t * h}, 2.0 * routed * h, float((routed + t) * h * db),
                            db)
